@@ -1,1 +1,23 @@
+//! tidings: a high-density WebSocket event relay.
+//!
+//! Producers publish [`Event`]s through a [`Publisher`]; one reactor thread
+//! fans each out, serialized once, to every WebSocket subscribed to its
+//! channel. See `docs/protocol.md` for the wire protocol.
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod fanout;
+mod io;
+pub mod proto;
+mod relay;
+pub mod route;
+pub mod stats;
+pub mod time;
+
+pub use config::{AuthConfig, Config, Limits, PublishConfig, SlowConsumerPolicy, Timeouts, TokenConfig};
+pub use error::{CloseReason, ConfigError, Error};
+pub use fanout::event::Event;
+pub use fanout::publisher::{PublishError, Publisher};
+pub use relay::{Relay, RelayHandle};
+pub use stats::StatsSnapshot;

@@ -1,0 +1,267 @@
+//! Command-line flags and the small parsers they need.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{Ipv4Addr, SocketAddr};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidings-swarm",
+    version,
+    about = "Load-test client swarm for the tidings WebSocket relay (loopback targets only)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Mode {
+    /// Subscribe N sockets, publish at a rate, measure deliveries and latency.
+    Fanout(FanoutArgs),
+    /// Hold N subscribed sockets and measure the server's memory per socket.
+    Idle(IdleArgs),
+    /// Fanout phases at rising rates until completeness or p99 fails.
+    Sweep(SweepArgs),
+    /// Internal: one worker process of a large swarm.
+    #[command(hide = true)]
+    Worker { cfg: String },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// WebSocket endpoint (ws://, 127.0.0.0/8 or localhost only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Subscribed connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Channel the publisher publishes to.
+    #[arg(long, default_value = "metrics.system")]
+    pub channel: String,
+    /// Pattern the sockets subscribe to (default: the channel).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// New connections per second.
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Connections per source address (127.0.0.2, 127.0.0.3, ...).
+    #[arg(long, default_value_t = 25_000)]
+    pub per_source: usize,
+    /// Give up on a connection not subscribed within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub connect_timeout: f64,
+    /// Connections being opened at once, at most.
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+    /// Worker processes (0: all in this process; default: as the file limit requires).
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// The relay's pid, to report its CPU and memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// After publishing, wait at most this long for the last deliveries.
+    #[arg(long, default_value = "5s", value_parser = parse_secs)]
+    pub drain: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Publish {
+    /// Publish endpoint (default: /api/publish on the WebSocket host).
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Bytes of each event's `data` object (timestamp plus padding).
+    #[arg(long, default_value_t = 150)]
+    pub payload: usize,
+    /// Most events in one POST.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_max: usize,
+    /// Publishing before the measured window.
+    #[arg(long, default_value = "2s", value_parser = parse_secs)]
+    pub warmup: f64,
+    /// The measured window (publishing goes on for warmup + duration).
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    pub duration: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub publish: Publish,
+    /// Events per second, or `max` (back-to-back POSTs of --batch-max events).
+    #[arg(long, default_value = "10", value_parser = parse_rate)]
+    pub rate: Rate,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How long to hold the connections.
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    pub duration: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub publish: Publish,
+    /// Events per second of the first step.
+    #[arg(long, default_value_t = 10.0)]
+    pub start_rate: f64,
+    /// Each step's rate is the previous one times this.
+    #[arg(long, default_value_t = 2.0)]
+    pub step: f64,
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: usize,
+    /// A step fails when p99 latency exceeds this (ms).
+    #[arg(long, default_value_t = 250.0)]
+    pub max_p99_ms: f64,
+    /// A step fails when received/expected is below this.
+    #[arg(long, default_value_t = 0.999)]
+    pub min_completeness: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+impl Rate {
+    pub fn per_second(self) -> Option<f64> {
+        match self {
+            Rate::PerSecond(r) => Some(r),
+            Rate::Max => None,
+        }
+    }
+}
+
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate::PerSecond(r)),
+        _ => Err(format!("{s:?} is not a positive rate or `max`")),
+    }
+}
+
+/// Seconds from `10`, `10s`, `250ms` or `2m`.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v * scale),
+        _ => Err(format!("{s:?} is not a duration like 10s, 250ms or 2m")),
+    }
+}
+
+/// Where a URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    pub path: String,
+}
+
+/// Parses `scheme://host[:port][/path]`; the host must be in 127.0.0.0/8
+/// (or `localhost`): the swarm never loads anything but this machine.
+pub fn parse_url(url: &str, scheme: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| format!("{url:?} does not start with {scheme}://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in {url:?}"))?,
+        ),
+        None => (authority, 80),
+    };
+    let ip: Ipv4Addr = if host.eq_ignore_ascii_case("localhost") {
+        Ipv4Addr::LOCALHOST
+    } else {
+        host.parse()
+            .map_err(|_| format!("{host:?} is not an IPv4 address"))?
+    };
+    if !ip.is_loopback() {
+        return Err(format!(
+            "{ip} is not a loopback address: only 127.0.0.0/8 may be targeted"
+        ));
+    }
+    if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("bad path in {url:?}"));
+    }
+    Ok(Target {
+        addr: SocketAddr::new(ip.into(), port),
+        host: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// A channel or pattern that can go into JSON without escaping.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        return Err(format!("{name:?} is not a usable channel or pattern"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:18080/ws", "ws").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            t.addr,
+            "127.0.0.1:18080".parse().unwrap_or_else(|_| unreachable!())
+        );
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:18080", "/ws")
+        );
+        let t = parse_url("http://localhost", "http").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
+        assert!(parse_url("ws://10.0.0.1:80/ws", "ws").is_err());
+        assert!(parse_url("ws://example.com/ws", "ws").is_err());
+        assert!(parse_url("http://127.0.0.1/ws", "ws").is_err());
+        assert!(parse_url("ws://127.0.0.1:x/ws", "ws").is_err());
+    }
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_secs("10"), Ok(10.0));
+        assert_eq!(parse_secs("250ms"), Ok(0.25));
+        assert_eq!(parse_secs("2m"), Ok(120.0));
+        assert!(parse_secs("-1").is_err());
+        assert_eq!(parse_rate("MAX"), Ok(Rate::Max));
+        assert_eq!(parse_rate("12.5"), Ok(Rate::PerSecond(12.5)));
+        assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("job.*").is_ok());
+        assert!(check_name("a\"b").is_err());
+        assert!(check_name("").is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! One swarm connection: its state and what it does with the bytes it reads.
+//! No sockets here; the swarm loop moves bytes in and out.
+
+use crate::frame::{self, Item, Step};
+use crate::handshake::{self, Head};
+use crate::scan;
+use crate::stats::PhaseAcc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    /// The upgrade request is out; waiting for `101`.
+    Handshake,
+    /// The subscribe message is out; waiting for `subscribed`.
+    Subscribing,
+    Ready,
+    Closed,
+}
+
+/// What the connection wants after a feed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Keep,
+    /// Drop the socket; the reason is a close code or a short word.
+    Close(String),
+}
+
+pub struct Conn {
+    pub state: State,
+    /// Unprocessed bytes kept between reads: a partial frame (at most
+    /// `frame::MAX_FRAME_LEFTOVER`) or a partial handshake response.
+    pub leftover: Vec<u8>,
+    /// Bytes waiting to be written.
+    pub out: Vec<u8>,
+    /// Payload bytes of a large frame still to be skipped.
+    pub skip: u64,
+    pub last_seq: u64,
+    /// A close frame was received or sent: drop once `out` is written.
+    pub closing: Option<String>,
+    pub started_ms: u64,
+}
+
+/// Everything a feed may touch besides the connection.
+pub struct Ctx<'a> {
+    pub now_us: u64,
+    pub acc: Option<&'a mut PhaseAcc>,
+    pub subscribe: &'a [u8],
+    pub mask: [u8; 4],
+    pub pings: &'a mut u64,
+}
+
+impl Conn {
+    pub fn new(request: Vec<u8>, started_ms: u64) -> Self {
+        Conn {
+            state: State::Connecting,
+            leftover: Vec::new(),
+            out: request,
+            skip: 0,
+            last_seq: 0,
+            closing: None,
+            started_ms,
+        }
+    }
+
+    /// Handles `data` (the previous leftover followed by newly read bytes).
+    /// Keeps what it cannot use yet in `leftover`.
+    pub fn feed(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Fate {
+        if self.state == State::Handshake {
+            match handshake::parse_head(data) {
+                Head::Partial => {
+                    self.leftover.clear();
+                    self.leftover.extend_from_slice(data);
+                    return Fate::Keep;
+                }
+                Head::Invalid => return Fate::Close("bad_http_response".into()),
+                Head::Status { code: 101, len } => {
+                    self.state = State::Subscribing;
+                    frame::encode_masked(&mut self.out, frame::OP_TEXT, cx.subscribe, cx.mask);
+                    return self.feed_frames(&data[len..], cx);
+                }
+                Head::Status { code, .. } => return Fate::Close(format!("http_{code}")),
+            }
+        }
+        self.feed_frames(data, cx)
+    }
+
+    fn feed_frames(&mut self, data: &[u8], cx: &mut Ctx<'_>) -> Fate {
+        let mut pos = 0;
+        // Every turn consumes at least one byte or leaves the loop.
+        while pos < data.len() {
+            if self.skip > 0 {
+                let n = self.skip.min((data.len() - pos) as u64);
+                pos += n as usize;
+                self.skip -= n;
+                continue;
+            }
+            match frame::next_frame(&data[pos..]) {
+                Step::NeedMore => break,
+                Step::Error(_) => return Fate::Close("protocol_error".into()),
+                Step::Frame {
+                    item,
+                    consumed,
+                    skip,
+                } => {
+                    pos += consumed.max(1);
+                    self.skip = skip;
+                    if let Fate::Close(why) = self.on_item(item, cx) {
+                        return Fate::Close(why);
+                    }
+                }
+            }
+        }
+        self.leftover.clear();
+        self.leftover
+            .extend_from_slice(&data[pos.min(data.len())..]);
+        Fate::Keep
+    }
+
+    fn on_item(&mut self, item: Item<'_>, cx: &mut Ctx<'_>) -> Fate {
+        match item {
+            Item::Text(p) => {
+                let (seq, t) = scan::event_fields(p);
+                if let Some(seq) = seq {
+                    if let Some(acc) = cx.acc.as_deref_mut() {
+                        acc.event(cx.now_us, self.last_seq, seq, t);
+                    }
+                    self.last_seq = self.last_seq.max(seq);
+                } else if self.state == State::Subscribing {
+                    if scan::find(p, b"\"subscribed\"").is_some() {
+                        self.state = State::Ready;
+                    } else if scan::find(p, b"\"error\"").is_some() {
+                        return Fate::Close("subscribe_error".into());
+                    }
+                }
+            }
+            Item::Ping(p) => {
+                *cx.pings += 1;
+                if self.closing.is_none() {
+                    frame::encode_masked(&mut self.out, frame::OP_PONG, p, cx.mask);
+                }
+            }
+            Item::Close(code) => {
+                if self.closing.is_none() {
+                    frame::encode_close(&mut self.out, code_to_echo(code), cx.mask);
+                }
+                self.closing = Some(code.to_string());
+                return Fate::Close(code.to_string());
+            }
+            Item::Pong | Item::Data => {}
+        }
+        Fate::Keep
+    }
+}
+
+/// The code to echo in the answering close frame (1005 may not be sent).
+fn code_to_echo(code: u16) -> u16 {
+    if code == frame::CLOSE_NO_CODE {
+        1000
+    } else {
+        code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Window;
+
+    fn text(payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x81];
+        if payload.len() < 126 {
+            v.push(payload.len() as u8);
+        } else {
+            v.push(126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn event(seq: u64, t: u64) -> Vec<u8> {
+        text(
+            format!(r#"{{"type":"m.s","timestamp":"x","seq":{seq},"data":{{"t":{t},"p":"xx"}}}}"#)
+                .as_bytes(),
+        )
+    }
+
+    fn acc() -> PhaseAcc {
+        PhaseAcc::new(
+            Window {
+                start_us: 0,
+                steady_start_us: 0,
+                steady_end_us: u64::MAX,
+                deadline_us: u64::MAX,
+            },
+            1,
+        )
+    }
+
+    fn feed(c: &mut Conn, acc: &mut PhaseAcc, pings: &mut u64, data: &[u8]) -> Fate {
+        let mut all = std::mem::take(&mut c.leftover);
+        all.extend_from_slice(data);
+        let mut cx = Ctx {
+            now_us: 1_000_000,
+            acc: Some(acc),
+            subscribe: br#"{"type":"subscribe","channels":["m.s"]}"#,
+            mask: [9, 8, 7, 6],
+            pings,
+        };
+        c.feed(&all, &mut cx)
+    }
+
+    #[test]
+    fn handshake_subscribe_then_events_split_anywhere() {
+        let mut stream = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        stream.extend(text(br#"{"type":"subscribed","channels":["m.s"]}"#));
+        for s in 1..=50 {
+            stream.extend(event(s, 999_000));
+        }
+        stream.extend([0x89, 0x02, b'h', b'i']);
+        for chunk in [1usize, 3, 7, 64, 1000] {
+            let mut c = Conn::new(Vec::new(), 0);
+            c.state = State::Handshake;
+            let mut a = acc();
+            let mut pings = 0;
+            for piece in stream.chunks(chunk) {
+                assert_eq!(feed(&mut c, &mut a, &mut pings, piece), Fate::Keep);
+            }
+            assert_eq!(c.state, State::Ready);
+            assert!(c.leftover.is_empty());
+            assert_eq!(a.stats.received, 50, "chunk {chunk}");
+            assert_eq!(a.stats.seq_gaps, 0);
+            assert_eq!(pings, 1);
+            assert_eq!(a.hist.max(), 1000);
+            // subscribe frame then a masked pong "hi"
+            assert_eq!(c.out[0], 0x81);
+            let pong = &c.out[c.out.len() - 8..];
+            assert_eq!(&pong[..2], &[0x8A, 0x82]);
+            assert_eq!(pong[6] ^ pong[2], b'h');
+        }
+    }
+
+    #[test]
+    fn rejected_upgrade_and_subscribe_error() {
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Handshake;
+        let (mut a, mut p) = (acc(), 0);
+        assert_eq!(
+            feed(
+                &mut c,
+                &mut a,
+                &mut p,
+                b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+            ),
+            Fate::Close("http_503".into())
+        );
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Subscribing;
+        let err = text(br#"{"type":"error","data":{"code":"invalid_channel","message":"x"}}"#);
+        assert_eq!(
+            feed(&mut c, &mut a, &mut p, &err),
+            Fate::Close("subscribe_error".into())
+        );
+    }
+
+    #[test]
+    fn close_frame_is_recorded_and_echoed() {
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        let (mut a, mut p) = (acc(), 0);
+        let mut data = event(1, 5);
+        data.extend([0x88, 0x02, 0x03, 0xF0]);
+        data.extend(event(2, 5)); // after close: ignored
+        assert_eq!(
+            feed(&mut c, &mut a, &mut p, &data),
+            Fate::Close("1008".into())
+        );
+        assert_eq!(a.stats.received, 1);
+        assert_eq!(c.closing.as_deref(), Some("1008"));
+        assert_eq!(&c.out[..2], &[0x88, 0x82]);
+    }
+
+    #[test]
+    fn large_event_is_scanned_by_prefix_and_skipped() {
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        let (mut a, mut p) = (acc(), 0);
+        let pad = "x".repeat(50_000);
+        let big = text(format!(r#"{{"seq":7,"data":{{"t":10,"p":"{pad}"}}}}"#).as_bytes());
+        let mut data = big.clone();
+        data.extend(event(8, 10));
+        for piece in data.chunks(4096) {
+            assert_eq!(feed(&mut c, &mut a, &mut p, piece), Fate::Keep);
+            assert!(c.leftover.len() <= frame::MAX_FRAME_LEFTOVER);
+        }
+        assert_eq!(a.stats.received, 2);
+        assert_eq!(c.last_seq, 8);
+    }
+
+    #[test]
+    fn garbage_closes_without_panic() {
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        let (mut a, mut p) = (acc(), 0);
+        assert_eq!(
+            feed(&mut c, &mut a, &mut p, &[0xFF; 32]),
+            Fate::Close("protocol_error".into())
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The client side of the WebSocket opening handshake.
+
+/// What the buffered response head says so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The head is not complete yet.
+    Partial,
+    /// A complete head with this status; `len` bytes belong to the head.
+    Status { code: u16, len: usize },
+    /// Not HTTP, or a head longer than `MAX_HEAD`.
+    Invalid,
+}
+
+pub const MAX_HEAD: usize = 8192;
+
+/// The upgrade request for `path` on `host`.
+pub fn request(host: &str, path: &str, key: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes in base64.
+pub fn key(bytes: [u8; 16]) -> String {
+    base64(&bytes)
+}
+
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Looks for a complete response head at the start of `buf`.
+pub fn parse_head(buf: &[u8]) -> Head {
+    let Some(end) = crate::scan::find(buf, b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            Head::Invalid
+        } else {
+            Head::Partial
+        };
+    };
+    match status_code(buf) {
+        Some(code) => Head::Status { code, len: end + 4 },
+        None => Head::Invalid,
+    }
+}
+
+/// The status code of an `HTTP/1.x NNN ...` status line at the start of `buf`.
+pub fn status_code(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.")?;
+    let digits = rest.get(2..5)?;
+    if rest.get(1) != Some(&b' ') || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u16, |v, d| v * 10 + u16::from(d - b'0')),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(key([0; 16]).len(), 24);
+        assert_eq!(key(*b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn request_has_the_upgrade_headers() {
+        let r = String::from_utf8(request("127.0.0.1:80", "/ws", "k")).unwrap_or_default();
+        assert!(r.starts_with("GET /ws HTTP/1.1\r\n"));
+        assert!(r.contains("Upgrade: websocket\r\n"));
+        assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn parses_heads() {
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
+        assert_eq!(
+            parse_head(ok),
+            Head::Status {
+                code: 101,
+                len: ok.len() - 4
+            }
+        );
+        assert_eq!(parse_head(b"HTTP/1.1 101 Switching"), Head::Partial);
+        assert_eq!(
+            parse_head(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"),
+            Head::Status { code: 503, len: 36 }
+        );
+        assert_eq!(parse_head(b"SSH-2.0\r\n\r\n"), Head::Invalid);
+        assert_eq!(parse_head(&[b'a'; MAX_HEAD + 1]), Head::Invalid);
+        assert_eq!(status_code(b"HTTP/1.1 1x1 "), None);
+    }
+}

@@ -1,0 +1,305 @@
+//! Turning merged counts into the figures people read: a table on stderr
+//! and one `RESULT {json}` line on stdout.
+
+use crate::publisher::PubStats;
+use crate::stats::{hist_from_hex, ConnectReport, PhaseStats};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectSummary {
+    pub requested: u64,
+    pub ready: u64,
+    pub failed: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub rate_per_s: f64,
+}
+
+pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
+    ConnectSummary {
+        requested: r.requested,
+        ready: r.ready,
+        failed: r.failed.clone(),
+        seconds: r.seconds,
+        rate_per_s: per_s(r.ready as f64, r.seconds),
+    }
+}
+
+/// One fanout phase, all figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    /// Target events/s (`null`: as fast as the relay answers).
+    pub rate_target: Option<f64>,
+    pub events_published: u64,
+    pub events_per_s: f64,
+    pub publish: PubStats,
+    pub connections_at_start: u64,
+    pub connections_at_end: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub missing: u64,
+    pub completeness: f64,
+    pub seq_gaps: u64,
+    pub out_of_order: u64,
+    pub foreign_events: u64,
+    pub closes: BTreeMap<String, u64>,
+    pub steady_seconds: f64,
+    pub steady_deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub latency: Latency,
+    pub server_pings: u64,
+    /// CPU of the swarm's own threads during the phase (members + publisher).
+    pub swarm_cpu_s: f64,
+    pub publisher_cpu_s: f64,
+    /// Swarm CPU seconds per wall second (1.0 = one core busy).
+    pub swarm_cores: f64,
+    pub swarm_cpu_s_per_million: Option<f64>,
+    pub server_cpu_s: Option<f64>,
+    pub server_cores: Option<f64>,
+    pub server_cpu_s_per_million: Option<f64>,
+}
+
+pub struct PhaseInput<'a> {
+    pub rate: Option<f64>,
+    pub publish: &'a PubStats,
+    pub stats: &'a PhaseStats,
+    pub steady_seconds: f64,
+    pub wall_seconds: f64,
+    pub publisher_cpu_s: f64,
+    pub server_cpu_s: Option<f64>,
+}
+
+pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
+    let s = i.stats;
+    let expected = i.publish.accepted.saturating_mul(s.open_at_start);
+    let million = s.received as f64 / 1e6;
+    let per_million = |cpu: f64| (s.received > 0).then(|| cpu / million);
+    let swarm_cpu = s.cpu_s + i.publisher_cpu_s;
+    PhaseSummary {
+        rate_target: i.rate,
+        events_published: i.publish.accepted,
+        events_per_s: per_s(i.publish.accepted as f64, i.publish.seconds),
+        publish: i.publish.clone(),
+        connections_at_start: s.open_at_start,
+        connections_at_end: s.open_at_end,
+        expected,
+        received: s.received,
+        missing: expected.saturating_sub(s.received),
+        completeness: if expected == 0 {
+            0.0
+        } else {
+            s.received as f64 / expected as f64
+        },
+        seq_gaps: s.seq_gaps,
+        out_of_order: s.out_of_order,
+        foreign_events: s.foreign,
+        closes: s.closes.clone(),
+        steady_seconds: i.steady_seconds,
+        steady_deliveries: s.received_steady,
+        deliveries_per_s: per_s(s.received_steady as f64, i.steady_seconds),
+        latency: latency(&s.hist),
+        server_pings: s.pings,
+        swarm_cpu_s: swarm_cpu,
+        publisher_cpu_s: i.publisher_cpu_s,
+        swarm_cores: per_s(swarm_cpu, i.wall_seconds),
+        swarm_cpu_s_per_million: per_million(swarm_cpu),
+        server_cpu_s: i.server_cpu_s,
+        server_cores: i.server_cpu_s.map(|c| per_s(c, i.wall_seconds)),
+        server_cpu_s_per_million: i.server_cpu_s.and_then(per_million),
+    }
+}
+
+fn per_s(n: f64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n / secs
+    } else {
+        0.0
+    }
+}
+
+pub fn latency(hex: &str) -> Latency {
+    let Ok(h) = hist_from_hex(hex) else {
+        return Latency::default();
+    };
+    if h.is_empty() {
+        return Latency::default();
+    }
+    Latency {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.50),
+        p90_us: h.value_at_quantile(0.90),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        mean_us: h.mean(),
+    }
+}
+
+/// Rows of a two-column table.
+pub struct Table(Vec<(String, String)>);
+
+impl Table {
+    pub fn new() -> Self {
+        Table(Vec::new())
+    }
+    pub fn row(&mut self, k: &str, v: impl std::fmt::Display) {
+        self.0.push((k.to_string(), v.to_string()));
+    }
+    pub fn print(&self) {
+        let w = self.0.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &self.0 {
+            eprintln!("  {k:<w$}  {v}");
+        }
+    }
+}
+
+pub fn connect_rows(t: &mut Table, c: &ConnectSummary) {
+    t.row(
+        "connections",
+        format!("{} ready of {} requested", c.ready, c.requested),
+    );
+    t.row(
+        "connect",
+        format!("{:.1} s, {:.0}/s", c.seconds, c.rate_per_s),
+    );
+    if !c.failed.is_empty() {
+        t.row("connect failures", map(&c.failed));
+    }
+}
+
+pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
+    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
+    let rate = p
+        .rate_target
+        .map_or("max".to_string(), |r| format!("{r}/s"));
+    t.row(
+        "published",
+        format!(
+            "{} events ({:.1}/s, target {rate}), {} rejected, {} unsent",
+            p.events_published, p.events_per_s, p.publish.rejected, p.publish.unsent
+        ),
+    );
+    t.row(
+        "deliveries/s",
+        format!(
+            "{:.0} (steady {:.1} s)",
+            p.deliveries_per_s, p.steady_seconds
+        ),
+    );
+    t.row(
+        "completeness",
+        format!(
+            "{:.5} ({} of {}, {} missing, {} seq gaps)",
+            p.completeness, p.received, p.expected, p.missing, p.seq_gaps
+        ),
+    );
+    t.row(
+        "closes",
+        if p.closes.is_empty() {
+            "none".to_string()
+        } else {
+            map(&p.closes)
+        },
+    );
+    let l = &p.latency;
+    t.row(
+        "latency ms",
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+            ms(l.p50_us),
+            ms(l.p90_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us),
+            l.count
+        ),
+    );
+    let pm = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    t.row(
+        "swarm CPU",
+        format!(
+            "{:.2} s ({:.2} cores), {} s per million deliveries",
+            p.swarm_cpu_s,
+            p.swarm_cores,
+            pm(p.swarm_cpu_s_per_million)
+        ),
+    );
+    if let Some(c) = p.server_cpu_s {
+        t.row(
+            "server CPU",
+            format!(
+                "{c:.2} s ({:.2} cores), {} s per million deliveries",
+                p.server_cores.unwrap_or(0.0),
+                pm(p.server_cpu_s_per_million)
+            ),
+        );
+    }
+}
+
+fn map(m: &BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints the one machine-readable line.
+pub fn emit(json: &serde_json::Value) {
+    println!("RESULT {json}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{hist_to_hex, new_hist};
+
+    #[test]
+    fn summary_figures() {
+        let mut h = new_hist();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        let stats = PhaseStats {
+            open_at_start: 100,
+            received: 1_000_000,
+            received_steady: 800_000,
+            cpu_s: 2.0,
+            hist: hist_to_hex(&h),
+            ..Default::default()
+        };
+        let publish = PubStats {
+            accepted: 10_001,
+            seconds: 10.0,
+            ..Default::default()
+        };
+        let p = phase_summary(&PhaseInput {
+            rate: Some(1000.0),
+            publish: &publish,
+            stats: &stats,
+            steady_seconds: 8.0,
+            wall_seconds: 10.0,
+            publisher_cpu_s: 0.5,
+            server_cpu_s: Some(4.0),
+        });
+        assert_eq!(p.expected, 1_000_100);
+        assert_eq!(p.missing, 100);
+        assert!((p.deliveries_per_s - 100_000.0).abs() < 1e-6);
+        assert_eq!(p.swarm_cpu_s_per_million, Some(2.5));
+        assert_eq!(p.server_cpu_s_per_million, Some(4.0));
+        assert_eq!(p.latency.p50_us, 500);
+        assert_eq!(p.latency.max_us, 1000);
+        let json = serde_json::to_value(&p).unwrap_or_default();
+        assert_eq!(json["latency"]["p99_us"], 990);
+    }
+}

@@ -1,0 +1,353 @@
+//! The modes: plan the members, connect, run phases, report.
+
+use crate::cli::{check_name, parse_url, Common, FanoutArgs, IdleArgs, Publish, SweepArgs, Target};
+use crate::control::Cmd;
+use crate::fleet::Fleet;
+use crate::publisher::{self, PubCfg};
+use crate::report::{self, PhaseInput, PhaseSummary, Table};
+use crate::stats::{ConnectReport, Window};
+use crate::swarm::SwarmCfg;
+use crate::sys::{self, Who};
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// File descriptors a process keeps for itself besides its connections.
+const FD_RESERVE: usize = 100;
+
+/// Splits the connections over members: one thread if this process can
+/// hold them all, worker processes otherwise (or as `--processes` says).
+pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String> {
+    check_name(&c.channel)?;
+    let pattern = c.pattern.clone().unwrap_or_else(|| c.channel.clone());
+    check_name(&pattern)?;
+    if c.connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+    let sources = (c.connections - 1) / c.per_source.max(1) + 1;
+    if sources > 253 {
+        return Err(format!(
+            "{sources} source addresses needed; raise --per-source"
+        ));
+    }
+    let (soft, _hard) = sys::raise_nofile();
+    let per_process = (soft as usize).saturating_sub(FD_RESERVE).max(1);
+    let (members, processes) = match c.processes {
+        Some(0) => (1, false),
+        Some(k) => (k, true),
+        None if c.connections <= per_process => (1, false),
+        None => (c.connections.div_ceil(per_process), true),
+    };
+    if c.connections.div_ceil(members) > per_process {
+        return Err(format!(
+            "{} connections per process exceed the file limit ({soft})",
+            c.connections.div_ceil(members)
+        ));
+    }
+    let base = c.connections / members;
+    let extra = c.connections % members;
+    let mut offset = 0;
+    let cfgs = (0..members)
+        .map(|m| {
+            let n = base + usize::from(m < extra);
+            let cfg = SwarmCfg {
+                target: target.addr,
+                host: target.host.clone(),
+                path: target.path.clone(),
+                pattern: pattern.clone(),
+                connections: n,
+                offset,
+                connect_rate: c.connect_rate / members as f64,
+                per_source: c.per_source,
+                connect_timeout_ms: (c.connect_timeout * 1000.0) as u64,
+                max_inflight: c.max_inflight.div_ceil(members).max(1),
+                drain_ms: (c.drain * 1000.0) as u64,
+                idle_limit_s: 3600,
+            };
+            offset += n;
+            cfg
+        })
+        .filter(|cfg| cfg.connections > 0)
+        .collect();
+    Ok((cfgs, processes))
+}
+
+/// Starts the members and waits until they are connected.
+fn connect(c: &Common, target: &Target) -> Result<(Fleet, ConnectReport), String> {
+    let (cfgs, processes) = plan(c, target)?;
+    let mut fleet = Fleet::start(cfgs, processes)?;
+    let tty = std::io::stderr().is_terminal();
+    let n = c.connections as u64;
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs_f64(
+        n as f64 / c.connect_rate.max(1.0) + c.connect_timeout * 2.0 + 30.0,
+    );
+    let report = fleet.connected(timeout, &mut |started, ready, failed| {
+        if tty {
+            let done = (ready + failed) * 30 / n.max(1);
+            let bar: String = (0..30).map(|i| if i < done { '#' } else { '-' }).collect();
+            let rate = ready as f64 / t0.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r[{bar}] {ready}/{n} ready, {failed} failed, {started} started, {rate:.0}/s "
+            );
+            let _ = std::io::stderr().flush();
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    match report {
+        Ok(r) => Ok((fleet, r)),
+        Err(e) => {
+            fleet.stop();
+            Err(e)
+        }
+    }
+}
+
+fn publish_cfg(
+    c: &Common,
+    p: &Publish,
+    target: &Target,
+    rate: Option<f64>,
+) -> Result<PubCfg, String> {
+    let url = p
+        .publish_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/api/publish", target.host));
+    let t = parse_url(&url, "http")?;
+    Ok(PubCfg {
+        target: t.addr,
+        host: t.host,
+        path: t.path,
+        channel: c.channel.clone(),
+        rate,
+        payload: p.payload,
+        batch_max: p.batch_max,
+    })
+}
+
+/// One measured phase: publish for warmup + duration, then collect.
+fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<PhaseSummary, String> {
+    let rate = pc.rate;
+    let start = sys::unix_us() + 300_000;
+    let steady_start = start + (p.warmup * 1e6) as u64;
+    let steady_end = steady_start + (p.duration * 1e6) as u64;
+    let drain = (c.drain * 1e6) as u64;
+    let window = Window {
+        start_us: start,
+        steady_start_us: steady_start,
+        steady_end_us: steady_end,
+        deadline_us: steady_end + drain + 30_000_000,
+    };
+    let server0 = c.server_pid.and_then(sys::proc_cpu_seconds);
+    let cpu0 = sys::cpu_seconds(Who::Thread);
+    let wall0 = Instant::now();
+    fleet.send(&Cmd::Go(window));
+    let published = publisher::run(pc, start, steady_end);
+    let publisher_cpu_s = sys::cpu_seconds(Who::Thread) - cpu0;
+    fleet.send(&Cmd::End {
+        published: published.accepted,
+    });
+    let stats = fleet.phase(Duration::from_secs_f64(c.drain + 40.0))?;
+    let wall_seconds = wall0.elapsed().as_secs_f64();
+    let server_cpu_s = match (server0, c.server_pid.and_then(sys::proc_cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(report::phase_summary(&PhaseInput {
+        rate,
+        publish: &published,
+        stats: &stats,
+        steady_seconds: p.duration,
+        wall_seconds,
+        publisher_cpu_s,
+        server_cpu_s,
+    }))
+}
+
+fn header(mode: &str, c: &Common, fleet: &Fleet) -> serde_json::Value {
+    json!({
+        "mode": mode,
+        "url": c.url,
+        "channel": c.channel,
+        "pattern": c.pattern.clone().unwrap_or_else(|| c.channel.clone()),
+        "connections_requested": c.connections,
+        "members": fleet.len(),
+        "server_pid": c.server_pid,
+        "unix_time_s": sys::unix_us() / 1_000_000,
+    })
+}
+
+fn total_cpu() -> f64 {
+    sys::cpu_seconds(Who::Process) + sys::cpu_seconds(Who::Children)
+}
+
+pub fn fanout(a: FanoutArgs) -> Result<(), String> {
+    let c = &a.common;
+    let target = parse_url(&c.url, "ws")?;
+    let pc = publish_cfg(c, &a.publish, &target, a.rate.per_second())?;
+    let (mut fleet, connected) = connect(c, &target)?;
+    let result = phase(&mut fleet, c, &a.publish, pc);
+    let mut head = header("fanout", c, &fleet);
+    fleet.stop();
+    let summary = result?;
+    let cs = report::connect_summary(&connected);
+    let mut t = Table::new();
+    report::connect_rows(&mut t, &cs);
+    report::phase_rows(&mut t, &summary);
+    t.print();
+    head["connect"] = json!(cs);
+    head["phase"] = json!(summary);
+    head["swarm_cpu_total_s"] = json!(total_cpu());
+    report::emit(&head);
+    Ok(())
+}
+
+pub fn sweep(a: SweepArgs) -> Result<(), String> {
+    let c = &a.common;
+    let target = parse_url(&c.url, "ws")?;
+    if a.step.is_nan() || a.step <= 1.0 {
+        return Err("--step must be above 1".into());
+    }
+    let (mut fleet, connected) = connect(c, &target)?;
+    let mut steps: Vec<PhaseSummary> = Vec::new();
+    let mut stopped = "max_steps".to_string();
+    let mut rate = a.start_rate;
+    for _ in 0..a.max_steps {
+        let pc = match publish_cfg(c, &a.publish, &target, Some(rate)) {
+            Ok(pc) => pc,
+            Err(e) => {
+                stopped = e;
+                break;
+            }
+        };
+        let s = match phase(&mut fleet, c, &a.publish, pc) {
+            Ok(s) => s,
+            Err(e) => {
+                stopped = e;
+                break;
+            }
+        };
+        let p99_ms = s.latency.p99_us as f64 / 1000.0;
+        eprintln!(
+            "step {rate:.1} events/s: {:.0} deliveries/s, completeness {:.5}, p99 {p99_ms:.2} ms",
+            s.deliveries_per_s, s.completeness
+        );
+        let failed = if s.completeness < a.min_completeness {
+            Some(format!(
+                "completeness {:.5} < {}",
+                s.completeness, a.min_completeness
+            ))
+        } else if p99_ms > a.max_p99_ms {
+            Some(format!("p99 {p99_ms:.1} ms > {} ms", a.max_p99_ms))
+        } else if s.connections_at_end == 0 {
+            Some("no connections left".into())
+        } else {
+            None
+        };
+        steps.push(s);
+        if let Some(f) = failed {
+            stopped = f;
+            break;
+        }
+        rate *= a.step;
+    }
+    let mut head = header("sweep", c, &fleet);
+    fleet.stop();
+    let passing = |s: &&PhaseSummary| {
+        s.completeness >= a.min_completeness && s.latency.p99_us as f64 / 1000.0 <= a.max_p99_ms
+    };
+    let best = steps
+        .iter()
+        .filter(passing)
+        .max_by(|x, y| x.deliveries_per_s.total_cmp(&y.deliveries_per_s));
+    let cs = report::connect_summary(&connected);
+    let mut t = Table::new();
+    report::connect_rows(&mut t, &cs);
+    for s in &steps {
+        t.row(
+            "--- step",
+            s.rate_target
+                .map_or("max".into(), |r| format!("{r:.1} events/s")),
+        );
+        report::phase_rows(&mut t, s);
+    }
+    t.row("stopped because", &stopped);
+    t.row(
+        "best sustained",
+        best.map_or("none".into(), |b| {
+            format!("{:.0} deliveries/s", b.deliveries_per_s)
+        }),
+    );
+    t.print();
+    head["connect"] = json!(cs);
+    head["steps"] = json!(steps);
+    head["stopped_because"] = json!(stopped);
+    head["best_deliveries_per_s"] = json!(best.map(|b| b.deliveries_per_s));
+    head["best_rate"] = json!(best.and_then(|b| b.rate_target));
+    head["swarm_cpu_total_s"] = json!(total_cpu());
+    report::emit(&head);
+    Ok(())
+}
+
+pub fn idle(a: IdleArgs) -> Result<(), String> {
+    let c = &a.common;
+    let target = parse_url(&c.url, "ws")?;
+    let rss = || c.server_pid.and_then(sys::proc_rss_kib);
+    let rss_before = rss();
+    let (mut fleet, connected) = connect(c, &target)?;
+    let rss_connected = rss();
+    let now = sys::unix_us();
+    let hold = (a.duration * 1e6) as u64;
+    fleet.send(&Cmd::Go(Window {
+        start_us: now,
+        steady_start_us: now,
+        steady_end_us: now + hold,
+        deadline_us: now + hold + 30_000_000,
+    }));
+    // The members keep answering pings while this thread waits.
+    std::thread::sleep(Duration::from_micros(hold));
+    fleet.send(&Cmd::End { published: 0 });
+    let result = fleet.phase(Duration::from_secs(40));
+    let rss_after = rss();
+    let mut head = header("idle", c, &fleet);
+    fleet.stop();
+    let stats = result?;
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if connected.ready > 0 => {
+            Some((a.saturating_sub(b) as f64 * 1024.0) / connected.ready as f64)
+        }
+        _ => None,
+    };
+    let cs = report::connect_summary(&connected);
+    let mut t = Table::new();
+    report::connect_rows(&mut t, &cs);
+    t.row(
+        "held",
+        format!("{:.1} s, {} open at the end", a.duration, stats.open_at_end),
+    );
+    t.row("closes", format!("{:?}", stats.closes));
+    t.row("server pings", stats.pings);
+    if let (Some(b), Some(x)) = (rss_before, rss_after) {
+        t.row("server RSS", format!("{b} KiB before, {x} KiB after"));
+    }
+    if let Some(p) = per_conn {
+        t.row("RSS per connection", format!("{p:.0} bytes"));
+    }
+    t.row("swarm CPU", format!("{:.2} s during the hold", stats.cpu_s));
+    t.print();
+    head["connect"] = json!(cs);
+    head["hold_seconds"] = json!(a.duration);
+    head["open_at_end"] = json!(stats.open_at_end);
+    head["closes"] = json!(stats.closes);
+    head["server_pings"] = json!(stats.pings);
+    head["server_rss_kib_before"] = json!(rss_before);
+    head["server_rss_kib_connected"] = json!(rss_connected);
+    head["server_rss_kib_after"] = json!(rss_after);
+    head["server_rss_bytes_per_connection"] = json!(per_conn);
+    head["swarm_cpu_hold_s"] = json!(stats.cpu_s);
+    head["swarm_cpu_total_s"] = json!(total_cpu());
+    report::emit(&head);
+    Ok(())
+}

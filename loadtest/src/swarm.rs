@@ -1,0 +1,482 @@
+//! The swarm member: many WebSocket client connections on one mio poll loop.
+
+use crate::conn::{Conn, Ctx, Fate, State};
+use crate::control::{Cmd, Control, Msg};
+use crate::frame::MAX_FRAME_LEFTOVER;
+use crate::handshake::{self, MAX_HEAD};
+use crate::stats::{ConnectReport, PhaseAcc};
+use crate::sys::{self, Who};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub const WAKE: Token = Token(usize::MAX);
+/// Bytes read per `read` call into the buffer all connections share.
+const READ_SIZE: usize = 64 * 1024;
+/// Reads per connection per readiness before others get a turn.
+const READS_PER_TURN: usize = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmCfg {
+    pub target: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    pub path: String,
+    pub pattern: String,
+    pub connections: usize,
+    /// Index of this member's first connection in the whole swarm (picks
+    /// source addresses).
+    pub offset: usize,
+    pub connect_rate: f64,
+    pub per_source: usize,
+    pub connect_timeout_ms: u64,
+    pub max_inflight: usize,
+    pub drain_ms: u64,
+    /// A member with no phase and no command for this long exits.
+    pub idle_limit_s: u64,
+}
+
+impl SwarmCfg {
+    /// The source address of connection `i` of this member.
+    pub fn source(&self, i: usize) -> Option<IpAddr> {
+        if !self.target.ip().is_loopback() {
+            return None;
+        }
+        let n = 2 + (self.offset + i) / self.per_source.max(1);
+        u8::try_from(n)
+            .ok()
+            .filter(|&n| n < 255)
+            .map(|n| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+    }
+}
+
+pub struct Swarm {
+    cfg: SwarmCfg,
+    poll: Poll,
+    events: Events,
+    conns: Vec<Conn>,
+    streams: Vec<Option<TcpStream>>,
+    buf: Vec<u8>,
+    subscribe: Vec<u8>,
+    rng: u64,
+    /// Connections that may have more to read.
+    again: Vec<usize>,
+    /// Subscribed connections.
+    open: u64,
+    /// Connections started and neither ready nor failed.
+    inflight: usize,
+    failed: BTreeMap<String, u64>,
+    closes: BTreeMap<String, u64>,
+    pings: u64,
+    acc: Option<PhaseAcc>,
+}
+
+impl Swarm {
+    pub fn new(poll: Poll, cfg: SwarmCfg) -> Self {
+        let subscribe =
+            format!(r#"{{"type":"subscribe","channels":["{}"]}}"#, cfg.pattern).into_bytes();
+        let seed = sys::unix_us() ^ (u64::from(std::process::id()) << 32) ^ cfg.offset as u64;
+        Swarm {
+            poll,
+            events: Events::with_capacity(4096),
+            conns: Vec::with_capacity(cfg.connections),
+            streams: Vec::with_capacity(cfg.connections),
+            buf: vec![0; MAX_HEAD.max(MAX_FRAME_LEFTOVER) + READ_SIZE],
+            subscribe,
+            rng: seed | 1,
+            again: Vec::new(),
+            open: 0,
+            inflight: 0,
+            failed: BTreeMap::new(),
+            closes: BTreeMap::new(),
+            pings: 0,
+            acc: None,
+            cfg,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: random enough for masks and handshake keys.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        (self.random() as u32).to_ne_bytes()
+    }
+
+    /// Opens all connections at the configured rate and waits until each is
+    /// subscribed, failed or timed out.
+    pub fn connect_all(&mut self, progress: &mut dyn FnMut(u64, u64, u64)) -> ConnectReport {
+        let t0 = Instant::now();
+        let n = self.cfg.connections;
+        let rate = self.cfg.connect_rate.max(1.0);
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let deadline = t0 + Duration::from_secs_f64(n as f64 / rate) + timeout * 2;
+        let mut last_tick = t0;
+        // Bounded by `deadline`.
+        while Instant::now() < deadline {
+            let failed: u64 = self.failed.values().sum();
+            if self.conns.len() == n && self.inflight == 0 {
+                break;
+            }
+            let allowed = ((t0.elapsed().as_secs_f64() * rate) as usize + 1).min(n);
+            while self.conns.len() < allowed && self.inflight < self.cfg.max_inflight {
+                self.open_one();
+            }
+            self.turn(Duration::from_millis(1));
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                self.expire(timeout);
+                progress(self.conns.len() as u64, self.open, failed);
+            }
+        }
+        // Whatever is not subscribed by now has failed.
+        for i in 0..self.conns.len() {
+            if !matches!(self.conns[i].state, State::Ready | State::Closed) {
+                self.close(i, "timeout".into());
+            }
+        }
+        let unstarted = (n - self.conns.len()) as u64;
+        if unstarted > 0 {
+            *self.failed.entry("not_started".into()).or_insert(0) += unstarted;
+        }
+        let failed = self.failed.values().sum();
+        progress(self.conns.len() as u64, self.open, failed);
+        ConnectReport {
+            requested: n as u64,
+            ready: self.open,
+            failed: std::mem::take(&mut self.failed),
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn open_one(&mut self) {
+        let i = self.conns.len();
+        let key = handshake::key(
+            ((u128::from(self.random())) << 64 | u128::from(self.random())).to_ne_bytes(),
+        );
+        let request = handshake::request(&self.cfg.host, &self.cfg.path, &key);
+        self.conns.push(Conn::new(request, 0));
+        self.streams.push(None);
+        self.inflight += 1;
+        let stream = open_socket(self.cfg.source(i), self.cfg.target).and_then(|mut s| {
+            self.poll
+                .registry()
+                .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .map(|()| s)
+        });
+        match stream {
+            Ok(s) => {
+                self.streams[i] = Some(s);
+                self.conns[i].started_ms = now_ms();
+            }
+            Err(e) => self.close(i, io_reason(&e)),
+        }
+    }
+
+    /// Fails connections that have been connecting for longer than `timeout`.
+    fn expire(&mut self, timeout: Duration) {
+        let limit = now_ms().saturating_sub(timeout.as_millis() as u64);
+        for i in 0..self.conns.len() {
+            let c = &self.conns[i];
+            if !matches!(c.state, State::Ready | State::Closed) && c.started_ms < limit {
+                self.close(i, "timeout".into());
+            }
+        }
+    }
+
+    /// One poll and the work it brings.
+    fn turn(&mut self, timeout: Duration) {
+        let timeout = if self.again.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        if let Err(e) = self.poll.poll(&mut self.events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                // Nothing sensible to do but try again next turn.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .filter(|e| e.token() != WAKE)
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (i, r, w) in ready {
+            self.on_event(i, r, w);
+        }
+        let again = std::mem::take(&mut self.again);
+        for i in again {
+            if self.read(i) {
+                self.again.push(i);
+            }
+        }
+    }
+
+    fn on_event(&mut self, i: usize, readable: bool, writable: bool) {
+        let Some(stream) = self.streams.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        if self.conns[i].state == State::Connecting {
+            match stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.close(i, io_reason(&e)),
+                Ok(None) => {}
+            }
+            match stream.peer_addr() {
+                Ok(_) => self.conns[i].state = State::Handshake,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return,
+                Err(e) => return self.close(i, io_reason(&e)),
+            }
+            if let Err(why) = self.flush(i) {
+                return self.close(i, why);
+            }
+        } else if writable && !self.conns[i].out.is_empty() {
+            if let Err(why) = self.flush(i) {
+                return self.close(i, why);
+            }
+        }
+        if readable && self.read(i) {
+            self.again.push(i);
+        }
+    }
+
+    /// Reads what connection `i` has; true if it may have more.
+    fn read(&mut self, i: usize) -> bool {
+        for _ in 0..READS_PER_TURN {
+            let mask = self.mask();
+            let Some(stream) = self.streams.get_mut(i).and_then(Option::as_mut) else {
+                return false;
+            };
+            let c = &mut self.conns[i];
+            let l = c.leftover.len();
+            if l > self.buf.len() - READ_SIZE {
+                self.close(i, "leftover_overflow".into());
+                return false;
+            }
+            self.buf[..l].copy_from_slice(&c.leftover);
+            let n = match stream.read(&mut self.buf[l..l + READ_SIZE]) {
+                Ok(0) => {
+                    self.close(i, "eof".into());
+                    return false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.close(i, io_reason(&e));
+                    return false;
+                }
+            };
+            let was = c.state;
+            // Stamp after the read: a turn-wide time could predate the data.
+            let mut cx = Ctx {
+                now_us: sys::unix_us(),
+                acc: self.acc.as_mut(),
+                subscribe: &self.subscribe,
+                mask,
+                pings: &mut self.pings,
+            };
+            let fate = c.feed(&self.buf[..l + n], &mut cx);
+            if was != State::Ready && c.state == State::Ready {
+                self.open += 1;
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            let pending_out = !c.out.is_empty();
+            if let Fate::Close(why) = fate {
+                self.close(i, why);
+                return false;
+            }
+            if pending_out {
+                if let Err(why) = self.flush(i) {
+                    self.close(i, why);
+                    return false;
+                }
+            }
+            if n < READ_SIZE {
+                // A short read drained the socket; new data raises a new edge.
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes as much of connection `i`'s pending output as the socket takes.
+    fn flush(&mut self, i: usize) -> Result<(), String> {
+        let Some(stream) = self.streams.get_mut(i).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let c = &mut self.conns[i];
+        let mut written = 0;
+        for _ in 0..64 {
+            if written == c.out.len() {
+                break;
+            }
+            match stream.write(&c.out[written..]) {
+                Ok(0) => return Err("eof".into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_reason(&e)),
+            }
+        }
+        c.out.drain(..written);
+        Ok(())
+    }
+
+    /// Drops connection `i` and counts why: as a connect failure if it was
+    /// never subscribed, as a close otherwise.
+    fn close(&mut self, i: usize, why: String) {
+        let Some(c) = self.conns.get(i) else { return };
+        if c.state == State::Closed {
+            return;
+        }
+        if c.state != State::Connecting && !c.out.is_empty() {
+            let _ = self.flush(i); // best effort: the echoed close frame
+        }
+        if let Some(mut s) = self.streams[i].take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        let c = &mut self.conns[i];
+        if c.state == State::Ready {
+            self.open = self.open.saturating_sub(1);
+            *self.closes.entry(why).or_insert(0) += 1;
+        } else {
+            self.inflight = self.inflight.saturating_sub(1);
+            *self.failed.entry(why).or_insert(0) += 1;
+        }
+        c.state = State::Closed;
+        c.leftover = Vec::new();
+        c.out = Vec::new();
+    }
+
+    /// Serves commands until `Quit`, reporting each phase through `out`.
+    pub fn serve(&mut self, ctl: &Control, out: &mut dyn FnMut(Msg)) {
+        let idle_limit = Duration::from_secs(self.cfg.idle_limit_s);
+        let drain_us = self.cfg.drain_ms * 1000;
+        let mut last_cmd = Instant::now();
+        let mut end: Option<(u64, u64)> = None;
+        let mut cpu0 = 0.0;
+        loop {
+            self.turn(Duration::from_millis(10));
+            let now_us = sys::unix_us();
+            for cmd in ctl.take() {
+                last_cmd = Instant::now();
+                match cmd {
+                    Cmd::Go(w) => {
+                        self.acc = Some(PhaseAcc::new(w, self.open));
+                        self.closes.clear();
+                        self.pings = 0;
+                        end = None;
+                        cpu0 = sys::cpu_seconds(Who::Thread);
+                    }
+                    Cmd::End { published } => end = Some((published, now_us)),
+                    Cmd::Quit => return,
+                }
+            }
+            if let Some(acc) = &self.acc {
+                let expected = |p: u64| p.saturating_mul(acc.stats.open_at_start);
+                let done = now_us >= acc.window.deadline_us
+                    || end.is_some_and(|(p, at)| {
+                        acc.stats.received >= expected(p) || now_us >= at + drain_us
+                    });
+                if done {
+                    if let Some(mut acc) = self.acc.take() {
+                        acc.stats.closes = std::mem::take(&mut self.closes);
+                        acc.stats.pings = self.pings;
+                        let cpu = sys::cpu_seconds(Who::Thread) - cpu0;
+                        out(Msg::Phase(acc.finish(self.open, cpu)));
+                    }
+                    last_cmd = Instant::now();
+                }
+            } else if last_cmd.elapsed() > idle_limit {
+                out(Msg::Fatal(format!(
+                    "no command for {} s",
+                    idle_limit.as_secs()
+                )));
+                return;
+            }
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    sys::unix_us() / 1000
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::ECONNRESET) => "reset".into(),
+        Some(libc::EADDRNOTAVAIL) => "addr_not_available".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "too_many_files".into(),
+        Some(libc::ETIMEDOUT) => "timeout".into(),
+        Some(libc::EPIPE) => "broken_pipe".into(),
+        _ => format!("io_{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// A non-blocking TCP socket bound to `source` (port chosen at connect
+/// time) with a connect to `target` in progress.
+fn open_socket(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    if let Some(src) = source {
+        // Let connect pick the port per 4-tuple, so each source address can
+        // hold a full ephemeral range towards the one target.
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        s.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
+}
+
+/// Runs one member: connect, report, then serve commands.
+pub fn run_member(poll: Poll, ctl: &Control, cfg: SwarmCfg, out: &mut dyn FnMut(Msg)) {
+    let mut swarm = Swarm::new(poll, cfg);
+    let report = swarm.connect_all(&mut |started, ready, failed| {
+        out(Msg::Progress {
+            started,
+            ready,
+            failed,
+        })
+    });
+    out(Msg::Ready(report));
+    swarm.serve(ctl, out);
+}

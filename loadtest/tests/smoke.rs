@@ -1,0 +1,117 @@
+//! End-to-end smoke test: a real relay, a small swarm, full completeness.
+//!
+//! The relay binary comes from `TIDINGS_BIN`, else `tidings` next to this
+//! crate's own binary (the same target directory), else
+//! `<workspace>/target/{debug,release}/tidings`. If none exists the test
+//! fails and says to build the relay first: it must not pass silently.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn relay_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDINGS_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = PathBuf::from(env!("CARGO_BIN_EXE_tidings-swarm")).parent() {
+        candidates.push(dir.join("tidings"));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for profile in ["debug", "release"] {
+        candidates.push(root.join("target").join(profile).join("tidings"));
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+            "no relay binary found (looked at {candidates:?}); run `cargo build --bin tidings` \
+             in the workspace first, or set TIDINGS_BIN"
+        )
+        })
+}
+
+/// Starts the relay on an ephemeral port and returns it with its ws:// URL.
+fn start_relay() -> (KillOnDrop, String) {
+    let bin = relay_binary();
+    let mut child = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin:?}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let child = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the relay printed no `tidings listening on ...` line within 20 s");
+    let url = line
+        .strip_prefix("tidings listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from the relay: {line:?}"))
+        .trim()
+        .to_string();
+    (child, url)
+}
+
+#[test]
+fn fanout_200_subscribers_gets_everything() {
+    let (_relay, url) = start_relay();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings-swarm"))
+        .args([
+            "fanout",
+            "--url",
+            &url,
+            "--connections",
+            "200",
+            "--rate",
+            "200",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "3s",
+            "--drain",
+            "5s",
+            "--processes",
+            "0",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tidings-swarm");
+    assert!(out.status.success(), "swarm failed: {:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
+    let v: serde_json::Value = serde_json::from_str(json).expect("RESULT is JSON");
+    let phase = &v["phase"];
+    assert_eq!(v["connect"]["ready"], 200, "{v}");
+    let received = phase["received"].as_u64().unwrap_or(0);
+    assert!(received > 0, "no deliveries: {v}");
+    assert_eq!(phase["expected"].as_u64(), Some(received), "{v}");
+    assert_eq!(phase["completeness"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(phase["seq_gaps"], 0, "{v}");
+    assert!(
+        phase["deliveries_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{v}"
+    );
+}

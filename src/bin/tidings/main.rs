@@ -1,0 +1,80 @@
+//! The `tidings` server: the relay on a port, configured by flags and TOML.
+
+mod demo;
+mod logger;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use tidings::{Config, Relay};
+
+/// A high-density WebSocket event relay.
+///
+/// Clients connect to ws://ADDR/ws and subscribe to channels; producers
+/// publish with POST /api/publish. See docs/protocol.md.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (WebSocket and HTTP API) [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file (see docs/configuration.md)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Pattern a client receives until its first subscribe (repeatable;
+    /// replaces `default_channels` from the config file)
+    #[arg(long = "default-channel", value_name = "PATTERN")]
+    default_channels: Vec<String>,
+    /// Publish realistic sample events (metrics, jobs, alerts, clusters)
+    #[arg(long)]
+    demo: bool,
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tidings: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !args.default_channels.is_empty() {
+        config.default_channels = args.default_channels.clone();
+    }
+    let relay = Relay::new(config).map_err(|e| e.to_string())?;
+    let publisher = relay.publisher();
+    let addr = relay.local_addr();
+    // Register before announcing, so a signal sent right after the startup
+    // line is never missed.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let handle = relay.spawn().map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "tidings listening on ws://{addr}/ws");
+    let _ = stdout.flush();
+    if args.demo {
+        demo::start(publisher);
+        log::info!("demo producers publishing metrics.system, job.*, alert.* and cluster.* events");
+    }
+    if let Some(signal) = signals.forever().next() {
+        log::info!("received signal {signal}; closing every client with 1001");
+    }
+    handle.shutdown().map_err(|e| e.to_string())
+}

@@ -1,0 +1,438 @@
+//! Configuration: every limit and timeout, with defaults, loadable from TOML.
+//!
+//! Defaults follow the seeds the users already know: ping every 54 s, pong wait
+//! 60 s, write deadline 10 s, 512-byte incoming messages.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::route::{validate_pattern, SubjectLimits};
+
+/// The whole relay configuration. `Config::default()` is a working relay on
+/// 127.0.0.1:8080 with auth off and no default channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address for both the WebSocket endpoint and the HTTP API.
+    pub listen: SocketAddr,
+    /// Patterns a socket receives until its first `subscribe`.
+    pub default_channels: Vec<String>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub auth: AuthConfig,
+    pub publish: PublishConfig,
+}
+
+/// Sizes and counts. Memory under any input is a sum of these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest incoming WebSocket message, in bytes (after reassembly).
+    pub max_message_size: usize,
+    /// Frames waiting in one socket's outbound queue.
+    pub max_queue_messages: usize,
+    /// Bytes waiting in one socket's outbound queue.
+    pub max_queue_bytes: usize,
+    /// What to do when a socket's queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Patterns one socket may hold.
+    pub max_subscriptions: usize,
+    /// Longest channel name or pattern, in bytes.
+    pub max_channel_length: usize,
+    /// Most segments in a channel name or pattern.
+    pub max_channel_segments: usize,
+    /// Open sockets (WebSocket and HTTP) the relay accepts.
+    pub max_connections: usize,
+    /// Largest HTTP request head (request line and headers), in bytes.
+    pub max_request_head: usize,
+    /// Most headers in one HTTP request.
+    pub max_headers: usize,
+    /// Largest `POST /api/publish` body, in bytes.
+    pub max_request_body: usize,
+    /// Events waiting between producers and the reactor.
+    pub ingest_capacity: usize,
+    /// Events the reactor takes from the ingest queue per loop turn, so that
+    /// a publish burst cannot starve socket I/O.
+    pub ingest_batch: usize,
+}
+
+/// What happens to a socket whose outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Close it with 1008 (the default): the client reconnects and resyncs.
+    Close,
+    /// Drop its oldest whole queued frames to make room; the client sees a gap in `seq`.
+    DropOldest,
+}
+
+/// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, or a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(with = "duration_text")]
+    pub ping_interval: Duration,
+    /// Close a socket from which nothing at all arrived for this long.
+    #[serde(with = "duration_text")]
+    pub pong_wait: Duration,
+    /// Close a socket with output pending that made no write progress for this long.
+    #[serde(with = "duration_text")]
+    pub write_deadline: Duration,
+    /// A complete HTTP request head must arrive within this.
+    #[serde(with = "duration_text")]
+    pub handshake: Duration,
+    /// With auth on, an unauthenticated socket must send `auth` within this.
+    #[serde(with = "duration_text")]
+    pub auth: Duration,
+    /// After sending a close frame, how long to wait for the peer's before dropping.
+    #[serde(with = "duration_text")]
+    pub close_linger: Duration,
+}
+
+/// WebSocket client auth. Off while `tokens` is empty.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    /// Patterns this token may subscribe to; all channels when absent.
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+}
+
+/// `POST /api/publish` auth. Open while `tokens` is empty.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    pub tokens: Vec<String>,
+}
+
+// Tokens are secrets: keep them out of debug output and so out of logs.
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("token", &"<redacted>")
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PublishConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishConfig")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            default_channels: Vec::new(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            auth: AuthConfig::default(),
+            publish: PublishConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 512,
+            // gorilla's chat hub cuts at 256 messages, Centrifugo at 1 MB; one
+            // stuck reader costs at most 256 KiB of queued frames here.
+            max_queue_messages: 1024,
+            max_queue_bytes: 256 * 1024,
+            slow_consumer: SlowConsumerPolicy::Close,
+            max_subscriptions: 128,
+            max_channel_length: 255,
+            max_channel_segments: 16,
+            max_connections: 200_000,
+            max_request_head: 8 * 1024,
+            max_headers: 64,
+            max_request_body: 1024 * 1024,
+            ingest_capacity: 65_536,
+            ingest_batch: 4096,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            ping_interval: Duration::from_secs(54),
+            pong_wait: Duration::from_secs(60),
+            write_deadline: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            auth: Duration::from_secs(10),
+            close_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML and validates it; errors name the offending key.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    pub fn subject_limits(&self) -> SubjectLimits {
+        SubjectLimits {
+            max_length: self.limits.max_channel_length,
+            max_segments: self.limits.max_channel_segments,
+        }
+    }
+
+    /// Whether WebSocket clients must present a token.
+    pub fn auth_required(&self) -> bool {
+        !self.auth.tokens.is_empty()
+    }
+
+    /// Checks values that parse but cannot work; `Relay::new` calls it too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_message_size", l.max_message_size),
+            ("limits.max_queue_messages", l.max_queue_messages),
+            ("limits.max_queue_bytes", l.max_queue_bytes),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_channel_length", l.max_channel_length),
+            ("limits.max_channel_segments", l.max_channel_segments),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_headers", l.max_headers),
+            ("limits.ingest_capacity", l.ingest_capacity),
+            ("limits.ingest_batch", l.ingest_batch),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_request_head < 256 {
+            return Err(ConfigError::invalid(
+                "limits.max_request_head",
+                "must be at least 256 bytes",
+            ));
+        }
+        if l.max_message_size > 16 * 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_message_size",
+                "must be at most 16 MiB",
+            ));
+        }
+        let t = &self.timeouts;
+        let timeouts = [
+            ("timeouts.ping_interval", t.ping_interval),
+            ("timeouts.pong_wait", t.pong_wait),
+            ("timeouts.write_deadline", t.write_deadline),
+            ("timeouts.handshake", t.handshake),
+            ("timeouts.auth", t.auth),
+        ];
+        for (key, value) in timeouts {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if t.pong_wait <= t.ping_interval {
+            return Err(ConfigError::invalid(
+                "timeouts.pong_wait",
+                "must be longer than timeouts.ping_interval, or every idle client is cut off",
+            ));
+        }
+        let subject = self.subject_limits();
+        for pattern in &self.default_channels {
+            validate_pattern(pattern, &subject)
+                .map_err(|e| ConfigError::invalid("default_channels", format!("{pattern:?}: {e}")))?;
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.token.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].token"),
+                    "must not be empty",
+                ));
+            }
+            for pattern in token.channels.iter().flatten() {
+                validate_pattern(pattern, &subject).map_err(|e| {
+                    ConfigError::invalid(format!("auth.tokens[{i}].channels"), format!("{pattern:?}: {e}"))
+                })?;
+            }
+        }
+        if self.publish.tokens.iter().any(String::is_empty) {
+            return Err(ConfigError::invalid("publish.tokens", "tokens must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare number of seconds.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"54s\", \"500ms\", \"2m\", or a number of seconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(|_| E::custom("not a valid number of seconds"))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            super::parse_duration(v).ok_or_else(|| {
+                E::custom(format!(
+                    "{v:?} is not a duration; write e.g. \"54s\", \"500ms\" or \"2m\""
+                ))
+            })
+        }
+    }
+}
+
+/// Parses `"54s"`, `"500ms"`, `"2m"`, `"1h"` or `"1.5s"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seeds() {
+        let c = Config::default();
+        assert_eq!(c.timeouts.ping_interval, Duration::from_secs(54));
+        assert_eq!(c.timeouts.pong_wait, Duration::from_secs(60));
+        assert_eq!(c.timeouts.write_deadline, Duration::from_secs(10));
+        assert_eq!(c.limits.max_message_size, 512);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::from_toml_str(
+            r#"
+            listen = "127.0.0.1:9000"
+            default_channels = ["cluster.*"]
+            [[auth.tokens]]
+            token = "secret"
+            channels = ["job.*"]
+            [[auth.tokens]]
+            token = "admin"
+            [publish]
+            tokens = ["pub"]
+            [limits]
+            max_message_size = 1024
+            slow_consumer = "drop_oldest"
+            [timeouts]
+            ping_interval = "5s"
+            pong_wait = 7
+            write_deadline = "1500ms"
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.default_channels, vec!["cluster.*"]);
+        assert_eq!(c.auth.tokens.len(), 2);
+        assert_eq!(c.auth.tokens[0].channels.as_deref(), Some(&["job.*".to_string()][..]));
+        assert!(c.auth.tokens[1].channels.is_none());
+        assert_eq!(c.publish.tokens, vec!["pub"]);
+        assert_eq!(c.limits.max_message_size, 1024);
+        assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::DropOldest);
+        assert_eq!(c.timeouts.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.timeouts.pong_wait, Duration::from_secs(7));
+        assert_eq!(c.timeouts.write_deadline, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("[limits]\nmax_message_size = 0", "limits.max_message_size"),
+            ("[limits]\nbogus = 1", "bogus"),
+            ("[timeouts]\nping_interval = \"soon\"", "ping_interval"),
+            ("[timeouts]\nping_interval = \"70s\"", "timeouts.pong_wait"),
+            ("default_channels = [\"a..b\"]", "default_channels"),
+            ("[[auth.tokens]]\ntoken = \"\"", "auth.tokens[0].token"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml_str(text).expect_err(text).to_string();
+            assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let c = Config::from_toml_str(
+            "[[auth.tokens]]\ntoken = \"s3cret-tok\"\n[publish]\ntokens = [\"pub-s3cret\"]",
+        )
+        .expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn duration_text_forms() {
+        assert_eq!(parse_duration("54s"), Some(Duration::from_secs(54)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! Events and the one frame each becomes.
+//!
+//! A producer serializes everything but `seq` (which the reactor assigns in
+//! the order events leave) into an [`EncodedEvent`]; the reactor then only
+//! splices in the number and the frame header, once per event.
+
+use std::time::SystemTime;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::publisher::PublishError;
+use crate::proto::frames::{header_len, put_header};
+use crate::time::rfc3339_millis;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// An event as a producer hands it to the relay.
+#[derive(Debug, Clone)]
+pub struct Event {
+    channel: String,
+    event_type: Option<String>,
+    data: Box<RawValue>,
+}
+
+impl Event {
+    /// An event on `channel` whose `data` is `data` serialized to JSON.
+    pub fn new(channel: impl Into<String>, data: &impl Serialize) -> Result<Event, PublishError> {
+        let data = serde_json::value::to_raw_value(data)
+            .map_err(|e| PublishError::Json(e.to_string()))?;
+        Ok(Event::from_raw(channel.into(), None, data))
+    }
+
+    /// An event whose `data` is already JSON text; it is checked, not re-encoded.
+    pub fn from_json(channel: impl Into<String>, json: &str) -> Result<Event, PublishError> {
+        let data = RawValue::from_string(json.to_string())
+            .map_err(|e| PublishError::Json(e.to_string()))?;
+        Ok(Event::from_raw(channel.into(), None, data))
+    }
+
+    pub(crate) fn from_raw(channel: String, event_type: Option<String>, data: Box<RawValue>) -> Event {
+        Event {
+            channel,
+            event_type,
+            data,
+        }
+    }
+
+    /// Sets `type` to something other than the channel; the event then also
+    /// carries `"channel"` so subscribers can still tell where it came from.
+    pub fn with_type(mut self, event_type: impl Into<String>) -> Event {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub fn event_type(&self) -> Option<&str> {
+        self.event_type.as_deref()
+    }
+
+    /// Serializes the event stamped with `at`, leaving a slot for `seq`.
+    pub fn encode(self, at: SystemTime) -> EncodedEvent {
+        let mut body = Vec::with_capacity(64 + self.channel.len() * 2 + self.data.get().len());
+        body.extend_from_slice(b"{\"type\":");
+        match &self.event_type {
+            Some(event_type) if *event_type != self.channel => {
+                push_json_string(&mut body, event_type);
+                body.extend_from_slice(b",\"channel\":");
+                push_json_string(&mut body, &self.channel);
+            }
+            _ => push_json_string(&mut body, &self.channel),
+        }
+        body.extend_from_slice(b",\"timestamp\":\"");
+        body.extend_from_slice(&rfc3339_millis(at));
+        body.extend_from_slice(b"\",\"seq\":");
+        let seq_at = body.len();
+        body.extend_from_slice(b",\"data\":");
+        body.extend_from_slice(self.data.get().as_bytes());
+        body.push(b'}');
+        EncodedEvent {
+            channel: self.channel.into_boxed_str(),
+            body,
+            seq_at,
+        }
+    }
+}
+
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("bug: writing a string to a Vec cannot fail");
+}
+
+/// An event serialized but for its `seq`, on its way to the reactor.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    pub channel: Box<str>,
+    body: Vec<u8>,
+    /// Where the decimal `seq` goes in `body`.
+    seq_at: usize,
+}
+
+impl EncodedEvent {
+    /// The complete WebSocket text frame, shared by every subscriber.
+    pub fn frame(&self, seq: u64) -> Bytes {
+        let mut digits = [0u8; 20];
+        let digits = format_u64(seq, &mut digits);
+        let len = self.body.len() + digits.len();
+        let mut out = BytesMut::with_capacity(header_len(len) + len);
+        put_header(&mut out, OpCode::Data(Data::Text), len);
+        out.put_slice(&self.body[..self.seq_at]);
+        out.put_slice(digits);
+        out.put_slice(&self.body[self.seq_at..]);
+        out.freeze()
+    }
+
+    /// Payload bytes of the frame, for accounting.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+/// Decimal digits of `value`, without allocating.
+fn format_u64(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn payload(frame: &Bytes) -> serde_json::Value {
+        let skip = header_len(frame.len() - 2);
+        serde_json::from_slice(&frame[skip..]).expect("valid JSON")
+    }
+
+    fn at() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_734_863_401_456)
+    }
+
+    #[test]
+    fn event_frame_shape() {
+        let event = Event::new("job.progress", &serde_json::json!({"jobId": "import-abc123"}))
+            .expect("serializable");
+        let frame = event.encode(at()).frame(42);
+        assert_eq!(frame[0], 0x81, "final text frame");
+        assert_eq!(frame[1] as usize, frame.len() - 2, "7-bit length");
+        assert_eq!(
+            &frame[2..],
+            br#"{"type":"job.progress","timestamp":"2024-12-22T10:30:01.456Z","seq":42,"data":{"jobId":"import-abc123"}}"#
+        );
+    }
+
+    #[test]
+    fn custom_type_carries_channel_and_escapes() {
+        let event = Event::from_json("alert.\"x\"", "[1, 2]")
+            .expect("json")
+            .with_type("alert.warning");
+        let value = payload(&event.encode(at()).frame(7));
+        assert_eq!(
+            value,
+            serde_json::json!({"type":"alert.warning","channel":"alert.\"x\"","timestamp":"2024-12-22T10:30:01.456Z","seq":7,"data":[1,2]})
+        );
+    }
+
+    #[test]
+    fn seq_digits_and_long_frames() {
+        let big = "x".repeat(1000);
+        let encoded = Event::new("a", &big).expect("ok").encode(at());
+        for seq in [0, 9, 10, 12345, u64::MAX] {
+            let frame = encoded.frame(seq);
+            assert_eq!(frame[1], 126, "16-bit length for a 1 KB event");
+            let value = payload(&frame);
+            assert_eq!(value["seq"], seq);
+        }
+    }
+
+    #[test]
+    fn invalid_json_is_refused() {
+        assert!(matches!(
+            Event::from_json("a", "{nope"),
+            Err(PublishError::Json(_))
+        ));
+    }
+}

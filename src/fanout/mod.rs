@@ -1,0 +1,5 @@
+//! Events, their shared frames, the per-socket queues, and the producer handle.
+
+pub mod event;
+pub mod publisher;
+pub mod queue;

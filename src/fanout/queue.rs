@@ -1,0 +1,305 @@
+//! `OutQueue`: one socket's bounded queue of shared frames.
+//!
+//! It holds `Bytes` clones of frames built once per event, counts messages
+//! and bytes, and writes many frames per syscall. It holds no allocation
+//! while empty, so idle sockets cost nothing here.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+
+/// Frames handed to one `writev`. Linux allows 1024; past a few dozen the
+/// kernel's copy dominates and a longer array only costs stack.
+const MAX_IOVECS: usize = 64;
+
+/// The limits of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The frame did not fit; nothing was queued.
+    Full,
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub bytes: usize,
+    /// The socket would take no more before the queue emptied.
+    pub blocked: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written.
+    front_sent: usize,
+    /// Unsent bytes across all frames.
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Unsent bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues a data frame if it fits within `limits`.
+    pub fn push(&mut self, frame: Bytes, limits: QueueLimits) -> Push {
+        if self.frames.len() >= limits.max_messages || self.bytes + frame.len() > limits.max_bytes {
+            return Push::Full;
+        }
+        self.push_unbounded(frame);
+        Push::Queued
+    }
+
+    /// Queues a frame whatever the limits: handshake responses, replies, pong
+    /// and close frames, which the relay makes at a rate the client controls
+    /// only through its own (rate-limited) messages.
+    pub fn push_unbounded(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Drops whole unsent frames from the front until `incoming` more bytes
+    /// and one more frame fit. Returns how many frames were dropped.
+    pub fn drop_oldest_for(&mut self, incoming: usize, limits: QueueLimits) -> usize {
+        let mut dropped = 0;
+        // A partly written front frame must finish, or the stream breaks.
+        let keep = usize::from(self.front_sent > 0);
+        while self.frames.len() > keep
+            && (self.frames.len() >= limits.max_messages || self.bytes + incoming > limits.max_bytes)
+        {
+            let frame = self.frames.remove(keep).expect("bug: index checked against len");
+            self.bytes -= frame.len();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops every frame not yet started, keeping a partly written front frame
+    /// so that what follows (a close frame) starts at a frame boundary.
+    pub fn discard_unsent(&mut self) {
+        let keep = usize::from(self.front_sent > 0);
+        self.frames.truncate(keep);
+        self.bytes = self.frames.front().map_or(0, |f| f.len() - self.front_sent);
+        self.release_if_empty();
+    }
+
+    /// Writes as much as `sink` takes, many frames per call.
+    pub fn flush_to(&mut self, sink: &mut impl Write) -> io::Result<Flushed> {
+        let mut total = 0;
+        while !self.frames.is_empty() {
+            let written = match self.write_once(sink) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Flushed {
+                        bytes: total,
+                        blocked: true,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += written;
+            self.advance(written);
+        }
+        self.release_if_empty();
+        Ok(Flushed {
+            bytes: total,
+            blocked: false,
+        })
+    }
+
+    fn write_once(&self, sink: &mut impl Write) -> io::Result<usize> {
+        let front = &self.frames[0][self.front_sent..];
+        if self.frames.len() == 1 {
+            return sink.write(front);
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        slices[0] = IoSlice::new(front);
+        let mut count = 1;
+        for (slot, frame) in slices[1..].iter_mut().zip(self.frames.iter().skip(1)) {
+            *slot = IoSlice::new(frame);
+            count += 1;
+        }
+        sink.write_vectored(&slices[..count])
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let front_left = self.frames[0].len() - self.front_sent;
+            if written < front_left {
+                self.front_sent += written;
+                return;
+            }
+            written -= front_left;
+            self.frames.pop_front();
+            self.front_sent = 0;
+        }
+    }
+
+    /// Gives back the ring buffer after a burst: an idle socket keeps none.
+    fn release_if_empty(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+            self.front_sent = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 4,
+        max_bytes: 100,
+    };
+
+    /// A sink that takes at most `budget` bytes per call, then `WouldBlock`
+    /// once `total` is used up.
+    struct Sink {
+        out: Vec<u8>,
+        per_call: usize,
+        total: usize,
+        calls: usize,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            let mut room = self.per_call.min(self.total - self.out.len());
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(room);
+                self.out.extend_from_slice(&buf[..take]);
+                room -= take;
+                n += take;
+            }
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(byte: u8, len: usize) -> Bytes {
+        Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn limits_in_messages_and_bytes() {
+        let mut q = OutQueue::default();
+        for _ in 0..4 {
+            assert_eq!(q.push(frame(1, 10), LIMITS), Push::Queued);
+        }
+        assert_eq!(q.push(frame(1, 10), LIMITS), Push::Full, "message limit");
+        let mut q = OutQueue::default();
+        assert_eq!(q.push(frame(1, 60), LIMITS), Push::Queued);
+        assert_eq!(q.push(frame(1, 41), LIMITS), Push::Full, "byte limit");
+        assert_eq!(q.push(frame(1, 40), LIMITS), Push::Queued);
+        assert_eq!(q.bytes(), 100);
+    }
+
+    #[test]
+    fn many_frames_per_call_and_order_kept() {
+        let mut q = OutQueue::default();
+        for i in 0..4 {
+            q.push(frame(i, 10), LIMITS);
+        }
+        let mut sink = Sink { out: vec![], per_call: 1000, total: 1000, calls: 0 };
+        let done = q.flush_to(&mut sink).expect("flush");
+        assert_eq!(done, Flushed { bytes: 40, blocked: false });
+        assert_eq!(sink.calls, 1, "one vectored write for four frames");
+        let expected: Vec<u8> = (0..4).flat_map(|i| vec![i; 10]).collect();
+        assert_eq!(sink.out, expected);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut q = OutQueue::default();
+        q.push(frame(1, 10), LIMITS);
+        q.push(frame(2, 10), LIMITS);
+        let mut sink = Sink { out: vec![], per_call: 3, total: 14, calls: 0 };
+        let done = q.flush_to(&mut sink).expect("flush");
+        assert_eq!(done, Flushed { bytes: 14, blocked: true });
+        assert_eq!(q.bytes(), 6);
+        // A close frame queued now must follow the partly written frame 2.
+        q.discard_unsent();
+        assert_eq!(q.len(), 1);
+        q.push_unbounded(frame(9, 2));
+        sink.total = 100;
+        q.flush_to(&mut sink).expect("flush");
+        let mut expected = vec![1; 10];
+        expected.extend([2; 10]);
+        expected.extend([9; 2]);
+        assert_eq!(sink.out, expected);
+    }
+
+    #[test]
+    fn discard_unsent_at_a_boundary_empties() {
+        let mut q = OutQueue::default();
+        q.push(frame(1, 10), LIMITS);
+        q.push(frame(2, 10), LIMITS);
+        q.discard_unsent();
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_partial_front() {
+        let mut q = OutQueue::default();
+        for i in 0..4 {
+            q.push(frame(i, 20), LIMITS);
+        }
+        let mut sink = Sink { out: vec![], per_call: 5, total: 5, calls: 0 };
+        q.flush_to(&mut sink).expect("flush");
+        let dropped = q.drop_oldest_for(20, LIMITS);
+        assert_eq!(dropped, 1);
+        assert_eq!(q.push(frame(9, 20), LIMITS), Push::Queued);
+        sink.total = 1000;
+        sink.per_call = 1000;
+        q.flush_to(&mut sink).expect("flush");
+        let mut expected = vec![0; 20];
+        expected.extend([2; 20]);
+        expected.extend([3; 20]);
+        expected.extend([9; 20]);
+        assert_eq!(sink.out, expected, "frame 1 dropped whole, frame 0 finished");
+    }
+
+    #[test]
+    fn empty_queue_holds_no_buffer() {
+        let mut q = OutQueue::default();
+        q.push(frame(1, 10), LIMITS);
+        let mut sink = Sink { out: vec![], per_call: 100, total: 100, calls: 0 };
+        q.flush_to(&mut sink).expect("flush");
+        assert_eq!(q.frames.capacity(), 0);
+    }
+}

@@ -1,0 +1,121 @@
+//! One socket's state. Kept small: an idle, subscribed WebSocket holds no
+//! read buffer, no queue allocation and no timer object (invariant 7).
+
+use std::rc::Rc;
+
+use mio::net::TcpStream;
+
+use super::timer::Millis;
+use crate::auth::TokenId;
+use crate::fanout::queue::OutQueue;
+use crate::proto::frames::MessageReader;
+
+pub(crate) struct Conn {
+    pub socket: TcpStream,
+    /// Unique per accepted socket, unlike the slab key, which is reused.
+    pub id: u32,
+    pub phase: Phase,
+    pub out: OutQueue,
+    /// Last time any byte arrived.
+    pub last_rx: Millis,
+    /// Since when output has waited without a byte leaving.
+    pub stalled_since: Option<Millis>,
+    /// When the timer wheel should next look at this socket.
+    pub timer_at: Millis,
+    /// On the reactor's list of sockets to flush this turn.
+    pub dirty: bool,
+}
+
+pub(crate) enum Phase {
+    /// Reading HTTP requests: the upgrade, or the HTTP API (kept alive).
+    Http(Box<HttpConn>),
+    WebSocket(WsConn),
+    /// A close frame or final response is queued; the socket lingers until the
+    /// peer closes or `timeouts.close_linger` passes.
+    Closing(Closing),
+}
+
+pub(crate) struct HttpConn {
+    pub buf: Vec<u8>,
+    /// The current request must be complete by then (slowloris guard).
+    pub deadline: Millis,
+}
+
+pub(crate) struct WsConn {
+    pub auth: Auth,
+    pub subs: Subs,
+    /// Partial frame bytes and a fragmented message, only while there are any.
+    pub inbound: Option<Box<Inbound>>,
+    pub next_ping: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    NotRequired,
+    /// Auth is on and the client has until `deadline` to send `auth`.
+    Pending { deadline: Millis },
+    Authenticated(TokenId),
+}
+
+impl Auth {
+    pub fn token(self) -> Option<TokenId> {
+        match self {
+            Auth::Authenticated(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The patterns a socket holds in the router.
+pub(crate) enum Subs {
+    None,
+    /// The configured defaults (shared), until the first `subscribe`.
+    Defaults(Rc<[Box<str>]>),
+    Own(Vec<Box<str>>),
+}
+
+impl Subs {
+    pub fn patterns(&self) -> &[Box<str>] {
+        match self {
+            Subs::None => &[],
+            Subs::Defaults(list) => list,
+            Subs::Own(list) => list,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Inbound {
+    pub reader: MessageReader,
+    pub leftover: Vec<u8>,
+}
+
+pub(crate) struct Closing {
+    pub until: Millis,
+    /// The peer has closed (or will read nothing more): drop once flushed.
+    pub drop_when_flushed: bool,
+    /// Our side of the TCP stream is shut after the last byte.
+    pub write_shut: bool,
+}
+
+impl Conn {
+    pub fn new(socket: TcpStream, id: u32, phase: Phase, now: Millis) -> Conn {
+        Conn {
+            socket,
+            id,
+            phase,
+            out: OutQueue::default(),
+            last_rx: now,
+            stalled_since: None,
+            timer_at: Millis::MAX,
+            dirty: false,
+        }
+    }
+
+    pub fn ws_mut(&mut self) -> Option<&mut WsConn> {
+        match &mut self.phase {
+            Phase::WebSocket(ws) => Some(ws),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! What the reactor does with a socket still speaking HTTP: the upgrade to
+//! WebSocket, and the HTTP API (publish, health, metrics).
+
+use std::time::SystemTime;
+
+use log::{debug, info};
+use serde_json::json;
+
+use super::conn::{Auth, Phase, WsConn};
+use super::reactor::Reactor;
+use super::timer::Millis;
+use crate::auth::PublishAuth;
+use crate::fanout::event::Event;
+use crate::fanout::publisher::{validate_event, PublishError};
+use crate::proto::handshake::{check_upgrade, parse_head, upgrade_refusal, RequestHead};
+use crate::proto::http::{
+    bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
+};
+use crate::stats::Stats;
+
+/// What one request did to the socket.
+enum Outcome {
+    /// Answered; the socket stays on HTTP for the next request.
+    KeepAlive { consumed: usize },
+    /// Answered with a final response, or upgraded: stop reading HTTP.
+    Done,
+    /// The body has not fully arrived.
+    NeedMore,
+}
+
+impl Reactor {
+    /// Feeds bytes read from an HTTP socket. Returns false once it stopped
+    /// reading HTTP on this socket (closing).
+    pub(super) fn on_http_bytes(&mut self, key: usize, data: &[u8]) -> bool {
+        let limits = &self.config.limits;
+        let max_buffered = limits.max_request_head + limits.max_request_body;
+        let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+            return false;
+        };
+        if http.buf.len() + data.len() > max_buffered {
+            let refusal = upgrade_refusal(Status::PayloadTooLarge);
+            self.respond_and_close(key, refusal);
+            return false;
+        }
+        http.buf.extend_from_slice(data);
+        loop {
+            let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+                return false;
+            };
+            let limits = &self.config.limits;
+            let head = match parse_head(&http.buf, limits.max_request_head, limits.max_headers) {
+                Ok(Some(head)) => head,
+                Ok(None) => return true,
+                Err(e) => {
+                    debug!("socket {key}: bad request head: {e:?}");
+                    self.respond_and_close(key, upgrade_refusal(e.status()));
+                    return false;
+                }
+            };
+            match self.on_request(key, &head) {
+                Outcome::NeedMore => return true,
+                Outcome::Done => return matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::WebSocket(_))),
+                Outcome::KeepAlive { consumed } => {
+                    let idle = self.config.timeouts.handshake.as_millis() as Millis;
+                    let now = self.now;
+                    let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+                        return false;
+                    };
+                    http.buf.drain(..consumed);
+                    // Each request gets a fresh deadline, which also bounds
+                    // how long an idle kept-alive socket stays.
+                    http.deadline = now + idle;
+                    self.arm(key, now + idle);
+                    self.mark_dirty(key);
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, key: usize, head: &RequestHead) -> Outcome {
+        Stats::add(&self.stats.http_requests, 1);
+        let keep_alive = head.keep_alive;
+        let answer = match route(&head.method, &head.path) {
+            Route::WebSocket => return self.upgrade(key, head),
+            Route::Publish => return self.on_publish(key, head),
+            Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
+            Route::Metrics => {
+                let text = self.stats.snapshot().prometheus();
+                response(Status::Ok, &[], "text/plain; version=0.0.4", text.as_bytes(), keep_alive)
+            }
+            Route::NotFound => json_error(Status::NotFound, "not_found", "no such endpoint; the WebSocket is at /ws", keep_alive),
+            Route::MethodNotAllowed(allow) => {
+                let body = format!("{}\n", Status::MethodNotAllowed.reason());
+                response(Status::MethodNotAllowed, &[("Allow", allow)], "text/plain", body.as_bytes(), keep_alive)
+            }
+        };
+        // A body on a request that takes none would be read as the next request.
+        if head.content_length.unwrap_or(0) > 0 || head.chunked || !keep_alive {
+            self.respond_and_close(key, answer);
+            return Outcome::Done;
+        }
+        self.queue_response(key, answer);
+        Outcome::KeepAlive { consumed: head.len }
+    }
+
+    fn queue_response(&mut self, key: usize, bytes: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.out.push_unbounded(bytes.into());
+        }
+        self.mark_dirty(key);
+    }
+
+    fn upgrade(&mut self, key: usize, head: &RequestHead) -> Outcome {
+        let upgrade = match check_upgrade(head) {
+            Ok(upgrade) => upgrade,
+            Err(status) => {
+                debug!("socket {key}: upgrade refused with {}", status.code());
+                self.respond_and_close(key, upgrade_refusal(status));
+                return Outcome::Done;
+            }
+        };
+        let now = self.now;
+        let auth = if !self.tokens.clients_required() {
+            Auth::NotRequired
+        } else if let Some(token) = &upgrade.bearer_token {
+            match self.tokens.check_client(token) {
+                Some(id) => Auth::Authenticated(id),
+                None => {
+                    Stats::add(&self.stats.auth_failures, 1);
+                    info!("socket {key}: bad bearer token in the upgrade");
+                    self.respond_and_close(key, upgrade_refusal(Status::Unauthorized));
+                    return Outcome::Done;
+                }
+            }
+        } else {
+            let wait = self.config.timeouts.auth.as_millis() as Millis;
+            Auth::Pending { deadline: now + wait }
+        };
+        let ping_interval = self.config.timeouts.ping_interval.as_millis() as Millis;
+        let pong_wait = self.config.timeouts.pong_wait.as_millis() as Millis;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Outcome::Done;
+        };
+        let Phase::Http(http) = &mut conn.phase else {
+            return Outcome::Done;
+        };
+        // Frames the client sent right behind its request.
+        let mut early = http.buf.split_off(head.len);
+        conn.out.push_unbounded(upgrade.response().into());
+        conn.phase = Phase::WebSocket(WsConn {
+            auth,
+            subs: super::conn::Subs::None,
+            inbound: None,
+            next_ping: now + ping_interval,
+        });
+        conn.last_rx = now;
+        Stats::add(&self.stats.websockets, 1);
+        let mut first_timer = (now + ping_interval).min(now + pong_wait);
+        match auth {
+            Auth::Pending { deadline } => first_timer = first_timer.min(deadline),
+            _ => self.apply_defaults(key),
+        }
+        self.arm(key, first_timer);
+        self.mark_dirty(key);
+        if !early.is_empty() {
+            self.on_ws_bytes(key, &mut early);
+        }
+        Outcome::Done
+    }
+
+    fn on_publish(&mut self, key: usize, head: &RequestHead) -> Outcome {
+        let keep_alive = head.keep_alive;
+        let bearer = head.authorization.as_deref().and_then(bearer_token);
+        let refusal = match self.tokens.check_publisher(bearer) {
+            PublishAuth::Allowed => None,
+            PublishAuth::Missing => Some((Status::Unauthorized, "unauthorized", "send Authorization: Bearer <publish token>")),
+            PublishAuth::Wrong => Some((Status::Forbidden, "forbidden", "the publish token is not valid")),
+        };
+        if let Some((status, code, message)) = refusal {
+            Stats::add(&self.stats.auth_failures, 1);
+            info!("socket {key}: publish refused: {message}");
+            self.respond_and_close(key, json_error(status, code, message, false));
+            return Outcome::Done;
+        }
+        let Some(length) = head.content_length.filter(|_| !head.chunked) else {
+            let answer = json_error(Status::LengthRequired, "length_required", "send the body with a Content-Length", false);
+            self.respond_and_close(key, answer);
+            return Outcome::Done;
+        };
+        let max = self.config.limits.max_request_body;
+        if length > max {
+            let message = format!("the body is {length} bytes; limits.max_request_body is {max}");
+            self.respond_and_close(key, json_error(Status::PayloadTooLarge, "too_large", &message, false));
+            return Outcome::Done;
+        }
+        let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+            return Outcome::Done;
+        };
+        let end = head.len + length;
+        if http.buf.len() < end {
+            return Outcome::NeedMore;
+        }
+        let body = http.buf[head.len..end].to_vec();
+        let answer = self.publish_body(&body, keep_alive);
+        if !keep_alive {
+            self.respond_and_close(key, answer);
+            return Outcome::Done;
+        }
+        self.queue_response(key, answer);
+        Outcome::KeepAlive { consumed: end }
+    }
+
+    /// Validates every event first, so a bad one publishes none, then fans
+    /// them out in order right here on the reactor.
+    fn publish_body(&mut self, body: &[u8], keep_alive: bool) -> Vec<u8> {
+        let items = match parse_publish_body(body) {
+            Ok(items) => items,
+            Err(message) => return json_error(Status::BadRequest, "bad_request", &message, keep_alive),
+        };
+        let single = items.len() == 1 && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let mut events = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let event = Event::from_raw(item.channel, item.event_type, item.data);
+            if let Err(e) = validate_event(&event, &self.subject_limits) {
+                let message = if single { e.to_string() } else { format!("event {index}: {e}") };
+                let code = match e {
+                    PublishError::InvalidChannel(_) => "invalid_channel",
+                    _ => "invalid_event",
+                };
+                return json_error(Status::BadRequest, code, &message, keep_alive);
+            }
+            events.push(event);
+        }
+        // Producers' events already wait: the relay is saturated.
+        if self.publisher.is_full() {
+            return json_error(Status::ServiceUnavailable, "ingest_full", "the relay is saturated; retry shortly", keep_alive);
+        }
+        let now = SystemTime::now();
+        let seqs: Vec<u64> = events
+            .into_iter()
+            .map(|event| self.fan_out(&event.encode(now)))
+            .collect();
+        self.apply_deferred_closes();
+        let body = if single {
+            json!({ "seq": seqs[0] })
+        } else {
+            json!({ "seqs": seqs })
+        };
+        json_response(Status::Ok, &body, keep_alive)
+    }
+}

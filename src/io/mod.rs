@@ -1,0 +1,7 @@
+//! The only I/O: the reactor and the socket state it drives.
+
+mod conn;
+mod http_conn;
+pub(crate) mod reactor;
+mod session;
+pub(crate) mod timer;

@@ -1,0 +1,598 @@
+//! The reactor: one thread, one `mio::Poll`, every socket in a slab.
+//!
+//! Each turn: handle readiness (drained to `WouldBlock`), fan out a bounded
+//! batch of ingested events, apply the closes that fan-out asked for, run due
+//! timers, then flush every socket that got output with one vectored write.
+
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::conn::{Closing, Conn, HttpConn, Phase, Subs};
+use super::timer::{Entry, Millis, TimerWheel};
+use crate::auth::Tokens;
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::error::{CloseReason, Error};
+use crate::fanout::event::EncodedEvent;
+use crate::fanout::publisher::{Publisher, Wakeup};
+use crate::fanout::queue::{Push, QueueLimits};
+use crate::proto::frames::encode_close;
+use crate::proto::http::Status;
+use crate::route::{SubjectLimits, SubscriptionTrie};
+use crate::stats::Stats;
+
+pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// Reads per socket per turn, so one flooding client cannot starve the rest;
+/// a socket with more to read is revisited next turn.
+const READS_PER_TURN: usize = 8;
+/// Shared read buffer: large reads, and no per-socket buffer while idle.
+const READ_BUFFER: usize = 64 * 1024;
+/// Resolution of the timer wheel.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
+pub(crate) struct Reactor {
+    pub(super) poll: Poll,
+    listener: Option<TcpListener>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) router: SubscriptionTrie,
+    timers: TimerWheel,
+    ingest: Receiver<EncodedEvent>,
+    wakeup: Arc<Wakeup>,
+    pub(super) publisher: Publisher,
+    shutdown: Arc<AtomicBool>,
+    pub(super) stats: Arc<Stats>,
+    pub(super) config: Config,
+    pub(super) tokens: Tokens,
+    pub(super) defaults: Rc<[Box<str>]>,
+    pub(super) subject_limits: SubjectLimits,
+    pub(super) queue_limits: QueueLimits,
+    started: Instant,
+    pub(super) now: Millis,
+    next_id: u32,
+    next_seq: u64,
+    scratch: Vec<u8>,
+    dirty: Vec<usize>,
+    /// Closes requested during fan-out, applied after it (invariant: the
+    /// router and slab never change while an event is being fanned out).
+    deferred_closes: Vec<(usize, CloseReason)>,
+    read_again: Vec<usize>,
+    stopping_until: Option<Millis>,
+}
+
+pub(crate) struct ReactorParts {
+    pub config: Config,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub ingest: Receiver<EncodedEvent>,
+    pub wakeup: Arc<Wakeup>,
+    pub publisher: Publisher,
+    pub shutdown: Arc<AtomicBool>,
+    pub stats: Arc<Stats>,
+}
+
+impl Reactor {
+    pub fn new(parts: ReactorParts) -> Reactor {
+        let config = parts.config;
+        let defaults: Rc<[Box<str>]> = config
+            .default_channels
+            .iter()
+            .map(|p| p.as_str().into())
+            .collect();
+        Reactor {
+            poll: parts.poll,
+            listener: Some(parts.listener),
+            conns: Slab::new(),
+            router: SubscriptionTrie::default(),
+            timers: TimerWheel::new(TIMER_TICK),
+            ingest: parts.ingest,
+            wakeup: parts.wakeup,
+            publisher: parts.publisher,
+            shutdown: parts.shutdown,
+            stats: parts.stats,
+            tokens: Tokens::from_config(&config),
+            defaults,
+            subject_limits: config.subject_limits(),
+            queue_limits: QueueLimits {
+                max_messages: config.limits.max_queue_messages,
+                max_bytes: config.limits.max_queue_bytes,
+            },
+            config,
+            started: Instant::now(),
+            now: 0,
+            next_id: 0,
+            next_seq: 0,
+            scratch: vec![0; READ_BUFFER],
+            dirty: Vec::new(),
+            deferred_closes: Vec::new(),
+            read_again: Vec::new(),
+            stopping_until: None,
+        }
+    }
+
+    pub fn run(mut self) -> Result<(), Error> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Io(e));
+            }
+            self.now = self.started.elapsed().as_millis() as Millis;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_writable() {
+                            self.flush(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                    }
+                }
+            }
+            self.retry_reads();
+            self.drain_ingest();
+            self.expire_timers();
+            self.flush_dirty();
+            if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
+                self.begin_shutdown();
+            }
+            if let Some(until) = self.stopping_until {
+                if self.conns.is_empty() || self.now >= until {
+                    info!("stopped; {} sockets were still closing", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.read_again.is_empty() || !self.ingest.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let timer = self.timers.next_timeout(self.now);
+        if self.stopping_until.is_some() {
+            return Some(timer.map_or(TIMER_TICK, |t| t.min(TIMER_TICK)));
+        }
+        timer
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut socket, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and the like: log, and try again on the next
+                    // readiness rather than spin.
+                    warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.limits.max_connections {
+                Stats::add(&self.stats.rejected_connections, 1);
+                debug!("refusing {peer}: limits.max_connections reached");
+                let refusal = crate::proto::handshake::upgrade_refusal(Status::ServiceUnavailable);
+                // Best effort on a fresh socket, which has room for a few bytes.
+                let _ = io::Write::write(&mut socket, &refusal);
+                continue;
+            }
+            let _ = socket.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("cannot register socket from {peer}: {e}");
+                continue;
+            }
+            self.next_id = self.next_id.wrapping_add(1);
+            let deadline = self.now + self.config.timeouts.handshake.as_millis() as Millis;
+            let http = HttpConn {
+                buf: Vec::new(),
+                deadline,
+            };
+            entry.insert(Conn::new(socket, self.next_id, Phase::Http(Box::new(http)), self.now));
+            Stats::add(&self.stats.accepted, 1);
+            Stats::add(&self.stats.connections, 1);
+            self.arm(key, deadline);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut reads = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                break;
+            };
+            if reads == READS_PER_TURN {
+                self.read_again.push(key);
+                break;
+            }
+            reads += 1;
+            let n = match conn.socket.read(&mut scratch) {
+                Ok(0) => {
+                    self.on_eof(key);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("socket {key}: read failed: {e}");
+                    self.drop_conn(key);
+                    break;
+                }
+            };
+            conn.last_rx = self.now;
+            let open = match conn.phase {
+                Phase::Http(_) => self.on_http_bytes(key, &scratch[..n]),
+                Phase::WebSocket(_) => self.on_ws_bytes(key, &mut scratch[..n]),
+                // After our close frame, input is read only to see the peer's
+                // FIN; its content no longer matters (RFC 6455 1.4).
+                Phase::Closing(_) => true,
+            };
+            if !open {
+                break;
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn retry_reads(&mut self) {
+        for key in std::mem::take(&mut self.read_again) {
+            self.on_readable(key);
+        }
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get(key) {
+            if let Phase::WebSocket(_) = conn.phase {
+                debug!("socket {key}: peer went away without a close frame");
+            }
+        }
+        self.drop_conn(key);
+    }
+
+    fn drain_ingest(&mut self) {
+        self.wakeup.clear();
+        for _ in 0..self.config.limits.ingest_batch {
+            let Ok(event) = self.ingest.try_recv() else {
+                break;
+            };
+            self.fan_out(&event);
+        }
+        self.apply_deferred_closes();
+    }
+
+    /// Assigns the next `seq`, builds the frame once and queues a clone of it
+    /// on every matching socket. Returns the `seq`.
+    pub(super) fn fan_out(&mut self, event: &EncodedEvent) -> u64 {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let frame = event.frame(seq);
+        let subscribers = self.router.matches(&event.channel);
+        let limits = self.queue_limits;
+        let policy = self.config.limits.slow_consumer;
+        let (mut delivered, mut dropped) = (0, 0);
+        for &key in subscribers.iter() {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.out.push(frame.clone(), limits) == Push::Full {
+                match policy {
+                    SlowConsumerPolicy::Close => {
+                        self.deferred_closes.push((key, CloseReason::QueueOverflow));
+                        continue;
+                    }
+                    SlowConsumerPolicy::DropOldest => {
+                        dropped += conn.out.drop_oldest_for(frame.len(), limits);
+                        if conn.out.push(frame.clone(), limits) == Push::Full {
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                }
+            }
+            delivered += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        Stats::add(&self.stats.events_published, 1);
+        Stats::add(&self.stats.deliveries, delivered);
+        if dropped > 0 {
+            Stats::add(&self.stats.dropped_frames, dropped as u64);
+        }
+        seq
+    }
+
+    pub(super) fn apply_deferred_closes(&mut self) {
+        for (key, reason) in std::mem::take(&mut self.deferred_closes) {
+            self.close(key, reason);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.dirty = false;
+                self.flush(key);
+            }
+        }
+        dirty.clear();
+        // Flushing never marks sockets dirty, so nothing was added meanwhile.
+        self.dirty = dirty;
+    }
+
+    /// Marks a socket for the end-of-turn flush.
+    pub(super) fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let now = self.now;
+        let write_deadline = self.config.timeouts.write_deadline.as_millis() as Millis;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            return;
+        }
+        let flushed = match conn.out.flush_to(&mut conn.socket) {
+            Ok(flushed) => flushed,
+            Err(e) => {
+                debug!("socket {key}: write failed: {e}");
+                self.drop_conn(key);
+                return;
+            }
+        };
+        if flushed.blocked {
+            if flushed.bytes > 0 || conn.stalled_since.is_none() {
+                conn.stalled_since = Some(now);
+                self.arm(key, now + write_deadline);
+            }
+            return;
+        }
+        conn.stalled_since = None;
+        if let Phase::Closing(closing) = &mut conn.phase {
+            if closing.drop_when_flushed {
+                self.drop_conn(key);
+            } else if !closing.write_shut {
+                closing.write_shut = true;
+                // FIN after the close frame; the socket lingers for the peer's.
+                let _ = conn.socket.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+
+    /// Starts closing a socket: a WebSocket gets a close frame after any
+    /// partly written frame; an HTTP socket is dropped.
+    pub(super) fn close(&mut self, key: usize, reason: CloseReason) {
+        let linger = self.config.timeouts.close_linger.as_millis() as Millis;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let old = match conn.phase {
+            Phase::Closing(_) => return,
+            Phase::Http(_) => {
+                self.drop_conn(key);
+                return;
+            }
+            Phase::WebSocket(_) => std::mem::replace(
+                &mut conn.phase,
+                Phase::Closing(Closing {
+                    until: self.now + linger,
+                    drop_when_flushed: matches!(reason, CloseReason::Echo(_)),
+                    write_shut: false,
+                }),
+            ),
+        };
+        if reason != CloseReason::Shutdown {
+            conn.out.discard_unsent();
+        }
+        conn.out.push_unbounded(encode_close(&reason));
+        let peer = conn.socket.peer_addr().ok();
+        Stats::sub(&self.stats.websockets, 1);
+        if reason.is_slow_consumer() {
+            Stats::add(&self.stats.slow_consumer_closes, 1);
+            info!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+        } else if reason.is_protocol_error() {
+            Stats::add(&self.stats.protocol_closes, 1);
+            info!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+        } else {
+            debug!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+        }
+        if let Phase::WebSocket(ws) = old {
+            self.unsubscribe_all(key, &ws.subs);
+        }
+        self.arm(key, self.now + linger);
+        self.mark_dirty(key);
+    }
+
+    /// Sends a final HTTP response, then closes after it is written.
+    pub(super) fn respond_and_close(&mut self, key: usize, response: Vec<u8>) {
+        let linger = self.config.timeouts.close_linger.as_millis() as Millis;
+        let until = self.now + linger;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.out.push_unbounded(response.into());
+            conn.phase = Phase::Closing(Closing {
+                until,
+                drop_when_flushed: false,
+                write_shut: false,
+            });
+            self.arm(key, until);
+            self.mark_dirty(key);
+        }
+    }
+
+    pub(super) fn unsubscribe_all(&mut self, key: usize, subs: &Subs) {
+        for pattern in subs.patterns() {
+            self.router.remove(pattern, key as u32);
+        }
+    }
+
+    /// Removes a socket at once; the kernel closes it when the stream drops.
+    pub(super) fn drop_conn(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        if let Phase::WebSocket(ws) = &conn.phase {
+            Stats::sub(&self.stats.websockets, 1);
+            self.unsubscribe_all(key, &ws.subs);
+        }
+        Stats::sub(&self.stats.connections, 1);
+    }
+
+    /// Makes sure the timer wheel looks at `key` no later than `at`.
+    pub(super) fn arm(&mut self, key: usize, at: Millis) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if at < conn.timer_at {
+                conn.timer_at = at;
+                self.timers.schedule(Entry {
+                    key: key as u32,
+                    id: conn.id,
+                    at,
+                });
+            }
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let mut due = Vec::new();
+        self.timers.expire(self.now, &mut due);
+        for entry in due {
+            let key = entry.key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            // A stale entry: the socket was replaced or rescheduled since.
+            if conn.id != entry.id || conn.timer_at != entry.at {
+                continue;
+            }
+            if entry.at > self.now {
+                // It sat on the wheel's horizon; its time has not come yet.
+                self.timers.schedule(entry);
+                continue;
+            }
+            conn.timer_at = Millis::MAX;
+            self.on_timer(key);
+        }
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        let now = self.now;
+        let timeouts = &self.config.timeouts;
+        let pong_wait = timeouts.pong_wait.as_millis() as Millis;
+        let write_deadline = timeouts.write_deadline.as_millis() as Millis;
+        let ping_interval = timeouts.ping_interval.as_millis() as Millis;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let stall_deadline = conn.stalled_since.map(|since| since + write_deadline);
+        match &mut conn.phase {
+            Phase::Http(http) => {
+                if now < http.deadline {
+                    let at = http.deadline;
+                    self.arm(key, at);
+                } else if http.buf.is_empty() {
+                    // An idle kept-alive connection: nothing to answer.
+                    self.drop_conn(key);
+                } else {
+                    debug!("socket {key}: request incomplete after timeouts.handshake");
+                    let response = crate::proto::handshake::upgrade_refusal(Status::RequestTimeout);
+                    self.respond_and_close(key, response);
+                }
+            }
+            Phase::Closing(closing) => {
+                if now >= closing.until {
+                    self.drop_conn(key);
+                } else {
+                    let at = closing.until;
+                    self.arm(key, at);
+                }
+            }
+            Phase::WebSocket(ws) => {
+                let idle_deadline = conn.last_rx + pong_wait;
+                let auth_deadline = match ws.auth {
+                    super::conn::Auth::Pending { deadline } => Some(deadline),
+                    _ => None,
+                };
+                if now >= idle_deadline {
+                    self.close(key, CloseReason::IdleTimeout);
+                    return;
+                }
+                if auth_deadline.is_some_and(|d| now >= d) {
+                    self.close(key, CloseReason::AuthTimeout);
+                    return;
+                }
+                if stall_deadline.is_some_and(|d| now >= d) {
+                    self.close(key, CloseReason::WriteStalled);
+                    return;
+                }
+                if now >= ws.next_ping {
+                    ws.next_ping = now + ping_interval;
+                    conn.out.push_unbounded(crate::proto::frames::encode_ping());
+                    self.mark_dirty(key);
+                }
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                let Some(ws) = conn.ws_mut() else {
+                    return;
+                };
+                let next = [Some(idle_deadline), Some(ws.next_ping), auth_deadline, stall_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(idle_deadline);
+                self.arm(key, next);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        info!("shutting down: closing {} sockets", self.conns.len());
+        self.publisher.close();
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, CloseReason::Shutdown);
+        }
+        // Closing sockets get one linger to finish their handshakes.
+        let linger = self.config.timeouts.close_linger.as_millis() as Millis;
+        self.stopping_until = Some(self.now + linger);
+    }
+}

@@ -1,0 +1,170 @@
+//! WebSocket client auth (config.auth.tokens non-empty): the `Bearer`
+//! subprotocol from the seed, the `auth` message, and per-token channel limits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tidings::Config;
+
+const ALL: &str = "tok-all-9f3c";
+const JOB_ONLY: &str = "tok-job-77ab";
+
+/// A relay with two tokens: one for every channel, one limited to `job.*`.
+fn auth_relay(tweak: impl FnOnce(&mut Config)) -> TestRelay {
+    let toml = format!(
+        "[[auth.tokens]]\ntoken = \"{ALL}\"\n\n[[auth.tokens]]\ntoken = \"{JOB_ONLY}\"\nchannels = [\"job.*\"]\n"
+    );
+    let parsed = Config::from_toml_str(&toml).expect("auth config parses");
+    TestRelay::with(|c| {
+        c.auth = parsed.auth;
+        tweak(c);
+    })
+}
+
+fn authenticate(client: &mut Client, token: &str) {
+    let reply = client.request(&json!({"type": "auth", "token": token}));
+    assert_eq!(reply, json!({"type": "authenticated"}));
+}
+
+/// Upgrades with `Sec-WebSocket-Protocol: value` and checks the 101 reply.
+fn assert_subprotocol_accepted(value: &str) {
+    let relay = auth_relay(|_| {});
+    let (mut raw, response) = Raw::upgrade_with(relay.addr, &format!("Sec-WebSocket-Protocol: {value}\r\n"));
+    assert_eq!(response.status, 101, "{value:?}: {}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Protocol"), Some("Bearer"), "{}", response.head);
+    assert!(!response.head.contains(ALL), "the token must not be echoed: {}", response.head);
+    // Authenticated by the handshake: subscribe works without an auth message.
+    raw.send_text(r#"{"type":"subscribe","channels":["alert.*"]}"#);
+    assert_eq!(raw.next_json(), json!({"type": "subscribed", "channels": ["alert.*"]}));
+}
+
+#[test]
+fn bearer_subprotocol_with_space_is_accepted() {
+    // What a browser sends for `new WebSocket(url, ['Bearer', token])`.
+    assert_subprotocol_accepted(&format!("Bearer, {ALL}"));
+}
+
+#[test]
+fn bearer_subprotocol_without_space_is_accepted() {
+    assert_subprotocol_accepted(&format!("Bearer,{ALL}"));
+}
+
+#[test]
+fn tungstenite_accepts_the_chosen_subprotocol() {
+    // tungstenite, like browsers, fails the connection if the server picks a
+    // subprotocol that was not offered.
+    let relay = auth_relay(|_| {});
+    let mut client = try_connect(relay.addr, Some(&format!("Bearer, {ALL}"))).expect("upgrade with Bearer");
+    client.subscribe(&["job.*"]);
+    let seq = relay.publish("job.started", json!({}));
+    assert_eq!(event_seq(&client.next_json(), "job.started"), seq);
+}
+
+#[test]
+fn bad_subprotocol_token_is_401_before_upgrade() {
+    let relay = auth_relay(|_| {});
+    let (_raw, response) = Raw::upgrade_with(relay.addr, "Sec-WebSocket-Protocol: Bearer, wrong-token\r\n");
+    assert_eq!(response.status, 401, "{}", response.head);
+    assert!(!response.head.contains("wrong-token"), "{}", response.head);
+}
+
+#[test]
+fn auth_message_authenticates() {
+    let relay = auth_relay(|_| {});
+    let mut client = connect(relay.addr);
+    authenticate(&mut client, ALL);
+    client.subscribe(&["alert.*"]);
+    let seq = relay.publish("alert.error", json!({"severity": "error"}));
+    assert_eq!(event_seq(&client.next_json(), "alert.error"), seq);
+}
+
+#[test]
+fn bad_auth_message_token_closes_4001() {
+    let relay = auth_relay(|_| {});
+    let mut client = connect(relay.addr);
+    client.send_json(&json!({"type": "auth", "token": "nope"}));
+    assert_eq!(client.expect_close(), Closed::Code(4001));
+}
+
+#[test]
+fn subscribe_before_auth_is_not_authenticated() {
+    let relay = auth_relay(|_| {});
+    let mut client = connect(relay.addr);
+    let reply = client.request(&json!({"type": "subscribe", "channels": ["job.*"]}));
+    error_message(&reply, "not_authenticated");
+    // The socket stays open and can still authenticate.
+    authenticate(&mut client, ALL);
+    client.subscribe(&["job.*"]);
+}
+
+#[test]
+fn unauthenticated_socket_gets_no_events() {
+    let relay = auth_relay(|c| c.default_channels = vec!["job.*".into()]);
+    let mut client = connect(relay.addr);
+    relay.publish("job.secret", json!({"leak": true}));
+    authenticate(&mut client, ALL);
+    client.subscribe(&["marker.x"]);
+    let seq = relay.publish("marker.x", json!({}));
+    let event = client.next_json();
+    assert_eq!(event_seq(&event, "marker.x"), seq, "event leaked before auth: {event}");
+}
+
+#[test]
+fn no_auth_within_timeout_closes_4008() {
+    let relay = auth_relay(|c| c.timeouts.auth = Duration::from_millis(300));
+    let mut client = connect(relay.addr);
+    assert_eq!(client.expect_close(), Closed::Code(4008));
+}
+
+#[test]
+fn authenticated_socket_outlives_the_auth_timeout() {
+    let relay = auth_relay(|c| c.timeouts.auth = Duration::from_millis(300));
+    let mut client = connect(relay.addr);
+    authenticate(&mut client, ALL);
+    // Read for well past timeouts.auth; a 4008 close would surface here.
+    let until = Instant::now() + Duration::from_millis(1500);
+    match client.read_until(until) {
+        Ok(None) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    client.assert_alive();
+}
+
+#[test]
+fn restricted_token_limits_patterns() {
+    let relay = auth_relay(|_| {});
+    let mut client = connect(relay.addr);
+    authenticate(&mut client, JOB_ONLY);
+    client.subscribe(&["job.progress"]);
+    client.subscribe(&["job.*"]);
+    for pattern in ["alert.*", ">", "alert.warning"] {
+        let reply = client.request(&json!({"type": "subscribe", "channels": [pattern]}));
+        error_message(&reply, "forbidden");
+    }
+}
+
+#[test]
+fn forbidden_pattern_rejects_the_whole_subscribe() {
+    let relay = auth_relay(|_| {});
+    let mut client = connect(relay.addr);
+    authenticate(&mut client, JOB_ONLY);
+    client.subscribe(&["job.marker"]);
+    let reply = client.request(&json!({"type": "subscribe", "channels": ["job.started", "alert.*"]}));
+    let message = error_message(&reply, "forbidden");
+    assert!(message.contains("alert.*"), "message should name alert.*: {message}");
+    relay.publish("job.started", json!({}));
+    let seq = relay.publish("job.marker", json!({}));
+    assert_eq!(event_seq(&client.next_json(), "job.marker"), seq, "job.started was added");
+}
+
+#[test]
+fn restricted_token_via_subprotocol_is_restricted_too() {
+    let relay = auth_relay(|_| {});
+    let mut client = try_connect(relay.addr, Some(&format!("Bearer, {JOB_ONLY}"))).expect("upgrade");
+    client.subscribe(&["job.*"]);
+    let reply = client.request(&json!({"type": "subscribe", "channels": ["alert.*"]}));
+    error_message(&reply, "forbidden");
+}

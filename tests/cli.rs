@@ -1,0 +1,272 @@
+//! The `tidings` binary: startup line, flags, config files, signals, `--demo`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const STARTUP_PREFIX: &str = "tidings listening on ws://";
+
+/// A running `tidings` process; killed on drop if still alive.
+struct Proc {
+    child: Child,
+    stdout: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+impl Proc {
+    /// Starts the binary with `--listen 127.0.0.1:0` plus `args`.
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tidings");
+        // Readers on threads so that reads can be bounded with recv_timeout.
+        let (out_tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if out_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (err_tx, stderr) = mpsc::channel();
+        let mut err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            let _ = err_tx.send(text);
+        });
+        Proc { child, stdout, stderr }
+    }
+
+    /// Starts the binary and waits for its startup line; returns the address.
+    fn start(args: &[&str]) -> (Proc, SocketAddr) {
+        let mut proc = Proc::spawn(args);
+        let line = match proc.stdout.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => {
+                let status = proc.wait_exit();
+                panic!("no startup line ({e}); exit {status:?}; stderr:\n{}", proc.stderr_text());
+            }
+        };
+        let addr = parse_startup_line(&line);
+        (proc, addr)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
+    }
+
+    /// Waits up to WAIT for the process to exit; kills it and panics otherwise.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("tidings did not exit within {WAIT:?}; stderr:\n{}", self.stderr_text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The stdout lines after the startup line, once the process has exited.
+    fn rest_of_stdout(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.stdout.recv_timeout(WAIT) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => return lines,
+                Err(RecvTimeoutError::Timeout) => panic!("stdout not closed after exit"),
+            }
+        }
+    }
+
+    /// All of stderr; only complete once the process has exited.
+    fn stderr_text(&self) -> String {
+        self.stderr.recv_timeout(WAIT).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_startup_line(line: &str) -> SocketAddr {
+    let addr = line
+        .strip_prefix(STARTUP_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("startup line {line:?} is not `{STARTUP_PREFIX}ADDR/ws`"));
+    let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
+    assert_ne!(addr.port(), 0, "the line must show the bound port: {line}");
+    addr
+}
+
+/// A config file in the temp dir, removed on drop.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(name: &str, text: &str) -> TempConfig {
+        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("write temp config");
+        TempConfig(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends `signal` with a connected client; expects close 1001 and exit 0.
+fn signal_closes_clients_and_exits_zero(signal: libc::c_int) {
+    let (mut proc, addr) = Proc::start(&[]);
+    let mut client = connect(addr);
+    client.subscribe(&["job.*"]); // the socket is fully established
+    proc.signal(signal);
+    assert_eq!(client.expect_close(), Closed::Code(1001));
+    let status = proc.wait_exit();
+    assert_eq!(status.code(), Some(0), "exit {status:?}; stderr:\n{}", proc.stderr_text());
+    // Exactly one stdout line: nothing more after the startup line.
+    let extra = proc.rest_of_stdout();
+    assert!(extra.is_empty(), "unexpected stdout lines: {extra:?}");
+}
+
+#[test]
+fn startup_line_names_the_bound_address() {
+    let (mut proc, addr) = Proc::start(&[]);
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+    proc.signal(libc::SIGTERM);
+    assert!(proc.wait_exit().success());
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    signal_closes_clients_and_exits_zero(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_closes_clients_with_1001_and_exits_zero() {
+    signal_closes_clients_and_exits_zero(libc::SIGINT);
+}
+
+#[test]
+fn default_channel_flag_works_end_to_end() {
+    let (_proc, addr) = Proc::start(&["--default-channel", "job.*", "--default-channel", "cluster.*"]);
+    let mut client = connect(addr); // sends nothing, like the seed's client
+    for (channel, data) in [("other.x", json!(0)), ("cluster.updated", json!({"name": "prod-cluster"}))] {
+        let body = json!({"channel": channel, "data": data}).to_string();
+        let response = http_publish(addr, &body, "");
+        assert_eq!(response.status, 200, "{}", response.body_text());
+    }
+    let body = json!({"channel": "job.progress", "data": {"p": 1}}).to_string();
+    let job_seq = http_publish(addr, &body, "").json()["seq"].as_u64().expect("seq");
+
+    let event = client.next_json();
+    assert_eq!(event["type"], "cluster.updated", "other.x leaked or cluster.* missing: {event}");
+    assert_eq!(event["data"], json!({"name": "prod-cluster"}));
+    assert_eq!(event_seq(&client.next_json(), "job.progress"), job_seq);
+}
+
+#[test]
+fn config_file_is_applied() {
+    let config = TempConfig::new(
+        "good",
+        "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 2048\n",
+    );
+    let (_proc, addr) = Proc::start(&["--config", config.path()]);
+    let mut client = connect(addr);
+    let body = r#"{"channel":"cluster.added","data":{"name":"c1"}}"#;
+    let seq = http_publish(addr, body, "").json()["seq"].as_u64().expect("seq");
+    assert_eq!(event_seq(&client.next_json(), "cluster.added"), seq);
+    // 1000 bytes: over the default 512, under the configured 2048.
+    let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(980));
+    client.send_text(&text);
+    assert_eq!(client.next_json()["type"], "pong");
+}
+
+#[test]
+fn bad_config_file_exits_nonzero_naming_the_key() {
+    let cases = [
+        ("zero", "[limits]\nmax_message_size = 0\n", "limits.max_message_size"),
+        ("unknown", "[limits]\nbogus_limit = 1\n", "bogus_limit"),
+        ("pong", "[timeouts]\nping_interval = \"70s\"\n", "timeouts.pong_wait"),
+        ("pattern", "default_channels = [\"a..b\"]\n", "default_channels"),
+    ];
+    for (name, text, key) in cases {
+        let config = TempConfig::new(name, text);
+        let mut proc = Proc::spawn(&["--config", config.path()]);
+        let status = proc.wait_exit();
+        let stderr = proc.stderr_text();
+        assert!(!status.success(), "{name}: accepted a bad config; stderr:\n{stderr}");
+        assert!(stderr.contains(key), "{name}: stderr should name {key}:\n{stderr}");
+        let stdout = proc.rest_of_stdout();
+        assert!(stdout.is_empty(), "{name}: printed {stdout:?} despite the bad config");
+    }
+}
+
+#[test]
+fn missing_config_file_exits_nonzero() {
+    let path = std::env::temp_dir().join("tidings-it-does-not-exist.toml");
+    let mut proc = Proc::spawn(&["--config", path.to_str().unwrap()]);
+    let status = proc.wait_exit();
+    let stderr = proc.stderr_text();
+    assert!(!status.success(), "started without its config file");
+    assert!(stderr.contains("tidings-it-does-not-exist.toml"), "stderr should name the file:\n{stderr}");
+}
+
+#[test]
+fn demo_publishes_metrics_system_events() {
+    let (_proc, addr) = Proc::start(&["--demo"]);
+    let mut client = connect(addr);
+    client.subscribe(&[">"]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(!remaining.is_zero(), "no metrics.system event within {WAIT:?}");
+        let event = client.next_json_within(remaining);
+        if event["type"] == "metrics.system" {
+            event_seq(&event, "metrics.system");
+            assert!(event["data"].is_object(), "{event}");
+            break;
+        }
+    }
+}
+
+#[test]
+fn unknown_flag_is_rejected() {
+    let mut proc = Proc::spawn(&["--no-such-flag"]);
+    let status = proc.wait_exit();
+    assert!(!status.success(), "unknown flag accepted");
+    assert!(!proc.stderr_text().is_empty(), "no usage message on stderr");
+}

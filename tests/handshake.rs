@@ -1,0 +1,226 @@
+//! The HTTP side of opening a socket: upgrade answers and status codes
+//! (docs/protocol.md, "Opening the socket"), plus the small HTTP endpoints.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Case-insensitive check that a comma-separated header holds `token`.
+fn has_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+#[test]
+fn upgrade_answers_101_with_rfc_accept_key() {
+    let relay = TestRelay::start();
+    let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+    assert_eq!(response.status, 101, "{}", response.head);
+    // RFC 6455 section 1.3 gives this exact key/accept pair.
+    assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
+    assert!(has_token(response.header("Upgrade"), "websocket"), "{}", response.head);
+    assert!(has_token(response.header("Connection"), "upgrade"), "{}", response.head);
+    // No subprotocol was requested, so none may be chosen (RFC 6455 4.2.2).
+    assert_eq!(response.header("Sec-WebSocket-Protocol"), None);
+}
+
+#[test]
+fn upgrade_is_usable_after_101() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    raw.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(raw.next_json()["type"], "pong");
+}
+
+#[test]
+fn header_names_and_tokens_are_case_insensitive() {
+    let relay = TestRelay::start();
+    // Mixed-case tokens, lower-case names, and Firefox's "keep-alive, Upgrade".
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: WebSocket\r\n\
+         connection: keep-alive, Upgrade\r\nsec-websocket-key: {SAMPLE_KEY}\r\n\
+         SEC-WEBSOCKET-VERSION: 13\r\n\r\n"
+    );
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(request.as_bytes());
+    let response = raw.read_response();
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
+}
+
+#[test]
+fn tungstenite_client_connects() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.assert_alive();
+}
+
+#[test]
+fn wrong_version_gets_426_naming_13() {
+    let relay = TestRelay::start();
+    let request = upgrade_request("").replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 12");
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 426, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Version"), Some("13"), "{}", response.head);
+}
+
+#[test]
+fn plain_get_on_ws_is_400() {
+    let relay = TestRelay::start();
+    let response = http_get(relay.addr, "/ws");
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn missing_key_is_400() {
+    let relay = TestRelay::start();
+    let request = upgrade_request("").replace(&format!("Sec-WebSocket-Key: {SAMPLE_KEY}\r\n"), "");
+    assert!(!request.contains("Key"), "test bug: key still present");
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn invalid_key_is_400() {
+    let relay = TestRelay::start();
+    // The key must be base64 of 16 bytes (RFC 6455 4.2.1 item 5).
+    let request = upgrade_request("").replace(SAMPLE_KEY, "not-a-key");
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn missing_upgrade_header_is_400() {
+    let relay = TestRelay::start();
+    let request = upgrade_request("").replace("Upgrade: websocket\r\n", "");
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn post_on_ws_is_405_with_allow_get() {
+    let relay = TestRelay::start();
+    let response = http(
+        relay.addr,
+        "POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(response.status, 405, "{}", response.head);
+    assert_eq!(response.header("Allow"), Some("GET"), "{}", response.head);
+}
+
+#[test]
+fn unknown_path_is_404() {
+    let relay = TestRelay::start();
+    assert_eq!(http_get(relay.addr, "/nope").status, 404);
+    // An upgrade aimed elsewhere is not the WebSocket endpoint either.
+    let request = upgrade_request("").replace("GET /ws ", "GET /socket ");
+    assert_eq!(http(relay.addr, &request).status, 404);
+}
+
+#[test]
+fn healthz_is_200_ok_json() {
+    let relay = TestRelay::start();
+    let response = http_get(relay.addr, "/healthz");
+    assert_eq!(response.status, 200, "{}", response.head);
+    assert_eq!(response.json(), serde_json::json!({"status": "ok"}));
+}
+
+#[test]
+fn oversized_head_is_431() {
+    let relay = TestRelay::with(|c| c.limits.max_request_head = 1024);
+    let padding = "a".repeat(1500);
+    let request = upgrade_request(&format!("X-Padding: {padding}\r\n"));
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 431, "{}", response.head);
+}
+
+#[test]
+fn head_just_under_the_limit_is_accepted() {
+    // The limit must not be off by a lot: a 1 KiB-limit relay takes a ~900-byte head.
+    let relay = TestRelay::with(|c| c.limits.max_request_head = 1024);
+    let base = upgrade_request("").len();
+    let padding = "a".repeat(900 - base);
+    let (_raw, response) = Raw::upgrade_with(relay.addr, &format!("X-Padding: {padding}\r\n"));
+    assert_eq!(response.status, 101, "{}", response.head);
+}
+
+#[test]
+fn incomplete_head_times_out_with_408_then_close() {
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(300));
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    // The relay must answer 408 (or at least drop us) on its own.
+    if let Ok(response) = raw.try_read_response() {
+        assert_eq!(response.status, 408, "{}", response.head);
+    }
+    assert!(raw.closed_within(WAIT), "socket left open after the handshake timeout");
+}
+
+#[test]
+fn slow_but_complete_head_is_accepted() {
+    // Arriving in pieces is fine as long as the whole head makes the deadline.
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    for line in upgrade_request("").split_inclusive("\r\n") {
+        raw.send(line.as_bytes());
+        thread::sleep(Duration::from_millis(20)); // only to split TCP segments
+    }
+    let response = raw.read_response();
+    assert_eq!(response.status, 101, "{}", response.head);
+}
+
+#[test]
+fn handshake_fed_one_byte_at_a_time() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    for byte in upgrade_request("").as_bytes() {
+        raw.send(&[*byte]);
+        thread::sleep(Duration::from_millis(1)); // only to split TCP segments
+    }
+    let response = raw.read_response();
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
+}
+
+#[test]
+fn max_connections_exceeded_is_503() {
+    let relay = TestRelay::with(|c| c.limits.max_connections = 2);
+    let mut first = connect(relay.addr);
+    let _second = connect(relay.addr);
+    let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+    assert_eq!(response.status, 503, "{}", response.head);
+    // The limit holds open sockets, not ever-seen ones: closing one frees a slot.
+    first.close(1000);
+    let _ = first.expect_close();
+    drop(first);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+        if response.status == 101 {
+            break;
+        }
+        assert_eq!(response.status, 503, "{}", response.head);
+        assert!(Instant::now() < deadline, "slot never freed after a close");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn garbage_bytes_are_400() {
+    let relay = TestRelay::start();
+    let response = http(relay.addr, "\x01\x02\x03 garbage \x7f\r\n\r\n");
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn connections_gauge_counts_open_sockets() {
+    let relay = TestRelay::start();
+    let mut a = connect(relay.addr);
+    let _b = connect(relay.addr);
+    relay.wait_stats("2 connections", |s| s.connections == 2);
+    a.close(1000);
+    assert_eq!(a.expect_close(), Closed::Code(1000));
+    relay.wait_stats("1 connection", |s| s.connections == 1);
+}

@@ -1,0 +1,320 @@
+//! Publishing: `POST /api/publish` (docs/protocol.md, "Publishing over HTTP"),
+//! `GET /metrics`, and the `Publisher` API's error cases.
+
+mod common;
+
+use std::sync::mpsc;
+use std::thread;
+
+use common::*;
+use serde_json::{json, Value};
+use tidings::{Event, PublishError, Relay};
+
+/// Asserts a 400 with the documented `{"error":{"code","message"}}` body.
+fn assert_400_json_error(response: &HttpResponse) {
+    assert_eq!(response.status, 400, "{}\n{}", response.head, response.body_text());
+    let body = response.json();
+    assert!(body["error"]["code"].is_string(), "no error.code: {body}");
+    assert!(body["error"]["message"].is_string(), "no error.message: {body}");
+}
+
+#[test]
+fn single_event_returns_seq_and_is_delivered() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    let body = r#"{"channel":"job.progress","data":{"jobId":"import-abc123","progress":0.45}}"#;
+    let response = http_publish(relay.addr, body, "");
+    assert_eq!(response.status, 200, "{}\n{}", response.head, response.body_text());
+    let content_type = response.header("Content-Type").unwrap_or_default();
+    assert!(content_type.starts_with("application/json"), "{}", response.head);
+    let reply = response.json();
+    let seq = reply["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {reply}"));
+    assert_eq!(reply.as_object().unwrap().len(), 1, "{reply}");
+    let event = client.next_json();
+    assert_eq!(event_seq(&event, "job.progress"), seq);
+    assert_eq!(event["data"], json!({"jobId": "import-abc123", "progress": 0.45}));
+}
+
+#[test]
+fn array_returns_seqs_and_is_delivered_in_order() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&[">"]);
+    let body = json!([
+        {"channel": "job.started", "data": {"i": 0}},
+        {"channel": "alert.warning", "data": {"i": 1}},
+        {"channel": "job.completed", "data": {"i": 2}},
+    ]);
+    let response = http_publish(relay.addr, &body.to_string(), "");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let seqs: Vec<u64> = response.json()["seqs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no seqs array: {}", response.body_text()))
+        .iter()
+        .map(|s| s.as_u64().expect("numeric seq"))
+        .collect();
+    assert_eq!(seqs.len(), 3);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not rising: {seqs:?}");
+    for (i, channel) in ["job.started", "alert.warning", "job.completed"].iter().enumerate() {
+        let event = client.next_json();
+        assert_eq!(event_seq(&event, channel), seqs[i]);
+        assert_eq!(event["data"]["i"], i);
+    }
+}
+
+#[test]
+fn http_publish_with_type_carries_channel() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    let body = r#"{"channel":"job.progress","type":"custom.type","data":{"x":1}}"#;
+    let response = http_publish(relay.addr, body, "");
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let event = client.next_json();
+    assert_eq!(event["type"], "custom.type");
+    assert_eq!(event["channel"], "job.progress");
+    assert_eq!(event["seq"], response.json()["seq"]);
+}
+
+#[test]
+fn bad_json_is_400_with_json_error() {
+    let relay = TestRelay::start();
+    assert_400_json_error(&http_publish(relay.addr, "{\"channel\":", ""));
+    assert_400_json_error(&http_publish(relay.addr, "42", ""));
+}
+
+#[test]
+fn missing_or_mistyped_channel_is_400() {
+    let relay = TestRelay::start();
+    assert_400_json_error(&http_publish(relay.addr, r#"{"data":{}}"#, ""));
+    assert_400_json_error(&http_publish(relay.addr, r#"{"channel":7,"data":{}}"#, ""));
+}
+
+#[test]
+fn invalid_channel_is_400() {
+    let relay = TestRelay::start();
+    // Wildcards are for patterns; events go to concrete channels.
+    for channel in ["a..b", "job.*", "job.>", "", "job progress"] {
+        let body = json!({"channel": channel, "data": {}}).to_string();
+        let response = http_publish(relay.addr, &body, "");
+        assert_400_json_error(&response);
+        assert_eq!(response.json()["error"]["code"], "invalid_channel", "for {channel:?}");
+    }
+}
+
+#[test]
+fn array_with_one_bad_item_is_400_and_delivers_nothing() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*", "marker.x"]);
+    let body = json!([
+        {"channel": "job.started", "data": {}},
+        {"channel": "a..b", "data": {}},
+        {"channel": "job.completed", "data": {}},
+    ]);
+    assert_400_json_error(&http_publish(relay.addr, &body.to_string(), ""));
+    let seq = relay.publish("marker.x", json!({}));
+    let event = client.next_json();
+    assert_eq!(event_seq(&event, "marker.x"), seq, "part of a rejected array leaked: {event}");
+}
+
+#[test]
+fn keep_alive_allows_two_publishes_on_one_connection() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    let mut seqs = Vec::new();
+    for i in 0..2 {
+        let body = json!({"channel": "job.progress", "data": {"i": i}}).to_string();
+        raw.send(publish_request(&body, "").as_bytes());
+        let response = raw.read_response();
+        assert_eq!(response.status, 200, "request {i}: {}", response.body_text());
+        seqs.push(response.json()["seq"].as_u64().expect("seq"));
+    }
+    assert!(seqs[0] < seqs[1], "{seqs:?}");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    let mut both = publish_request(r#"{"channel":"a.b","data":1}"#, "");
+    both.push_str("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    raw.send(both.as_bytes());
+    let first = raw.read_response();
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    assert!(first.json()["seq"].is_u64());
+    let second = raw.read_response();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.json(), json!({"status": "ok"}));
+}
+
+#[test]
+fn http_10_keep_alive_is_honoured() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    for _ in 0..2 {
+        let request = publish_request(r#"{"channel":"a.b","data":{}}"#, "Connection: keep-alive\r\n")
+            .replace("HTTP/1.1", "HTTP/1.0");
+        raw.send(request.as_bytes());
+        assert_eq!(raw.read_response().status, 200);
+    }
+}
+
+#[test]
+fn http_10_without_keep_alive_closes() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    let request = publish_request(r#"{"channel":"a.b","data":{}}"#, "").replace("HTTP/1.1", "HTTP/1.0");
+    raw.send(request.as_bytes());
+    assert_eq!(raw.read_response().status, 200);
+    assert!(raw.closed_within(WAIT), "HTTP/1.0 connection kept open");
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(publish_request(r#"{"channel":"a.b","data":{}}"#, "Connection: close\r\n").as_bytes());
+    assert_eq!(raw.read_response().status, 200);
+    assert!(raw.closed_within(WAIT), "Connection: close ignored");
+}
+
+#[test]
+fn missing_content_length_is_411() {
+    let relay = TestRelay::start();
+    let response = http(
+        relay.addr,
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n",
+    );
+    assert_eq!(response.status, 411, "{}", response.head);
+}
+
+#[test]
+fn body_over_limit_is_413() {
+    let relay = TestRelay::with(|c| c.limits.max_request_body = 1024);
+    let body = json!({"channel": "a.b", "data": "x".repeat(2000)}).to_string();
+    let response = http_publish(relay.addr, &body, "");
+    assert_eq!(response.status, 413, "{}", response.head);
+    // Just under the limit is fine.
+    let body = json!({"channel": "a.b", "data": "x".repeat(900)}).to_string();
+    assert_eq!(http_publish(relay.addr, &body, "").status, 200);
+}
+
+#[test]
+fn publish_tokens_are_enforced() {
+    let relay = TestRelay::with(|c| c.publish.tokens = vec!["pub-secret".into()]);
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    let body = r#"{"channel":"job.progress","data":{"n":1}}"#;
+
+    let missing = http_publish(relay.addr, body, "");
+    assert_eq!(missing.status, 401, "{}", missing.head);
+    let challenge = missing.header("WWW-Authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Bearer"), "WWW-Authenticate: {challenge:?}");
+
+    let wrong = http_publish(relay.addr, body, "Authorization: Bearer nope\r\n");
+    assert!(matches!(wrong.status, 401 | 403), "{}", wrong.head);
+
+    let right = http_publish(relay.addr, body, "Authorization: Bearer pub-secret\r\n");
+    assert_eq!(right.status, 200, "{}", right.head);
+    let seq = right.json()["seq"].as_u64().expect("seq");
+    // Only the authorised publish was delivered.
+    assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
+}
+
+#[test]
+fn metrics_endpoint_is_prometheus_text() {
+    let relay = TestRelay::start();
+    let _client = connect(relay.addr);
+    let response = http_get(relay.addr, "/metrics");
+    assert_eq!(response.status, 200, "{}", response.head);
+    let text = response.body_text();
+    let samples: Vec<&str> = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert!(!samples.is_empty(), "no samples: {text}");
+    for line in samples {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Publisher API
+
+#[test]
+fn try_publish_reports_full_ingest_queue() {
+    let mut config = config();
+    config.limits.ingest_capacity = 4;
+    // Not spawned: nothing drains the ingest queue.
+    let relay = Relay::new(config).expect("Relay::new");
+    let publisher = relay.publisher();
+    let mut seqs = Vec::new();
+    for i in 0..4 {
+        let event = Event::new("job.progress", &json!({"i": i})).unwrap();
+        seqs.push(publisher.try_publish(event).expect("room in the queue"));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let event = Event::new("job.progress", &json!({"i": 4})).unwrap();
+    let result = publisher.try_publish(event);
+    assert!(matches!(result, Err(PublishError::Full)), "{result:?}");
+}
+
+#[test]
+fn publisher_rejects_invalid_channels() {
+    let relay = TestRelay::start();
+    for channel in ["a..b", "job.*", "job.>", ""] {
+        let result = Event::new(channel, &json!({})).and_then(|e| relay.publisher.try_publish(e));
+        assert!(
+            matches!(result, Err(PublishError::InvalidChannel(..))),
+            "{channel:?}: {result:?}"
+        );
+        let result = Event::new(channel, &json!({})).and_then(|e| relay.publisher.publish(e));
+        assert!(
+            matches!(result, Err(PublishError::InvalidChannel(..))),
+            "{channel:?}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn event_from_json_rejects_invalid_json() {
+    let result = Event::from_json("job.progress", "{not json");
+    assert!(result.is_err(), "invalid JSON data accepted");
+}
+
+#[test]
+fn publish_after_shutdown_is_closed() {
+    let relay = TestRelay::start();
+    let publisher = relay.publisher.clone();
+    relay.shutdown();
+    // On a thread: a publish that blocks forever must fail the test, not hang it.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let blocking = publisher.publish(Event::new("job.progress", &Value::Null).unwrap());
+        let non_blocking = publisher.try_publish(Event::new("job.progress", &Value::Null).unwrap());
+        let _ = tx.send((blocking, non_blocking));
+    });
+    let (blocking, non_blocking) = rx.recv_timeout(WAIT).expect("publish after shutdown blocked");
+    assert!(matches!(blocking, Err(PublishError::Closed)), "{blocking:?}");
+    assert!(matches!(non_blocking, Err(PublishError::Closed)), "{non_blocking:?}");
+}
+
+#[test]
+fn stats_count_published_events_and_deliveries() {
+    let relay = TestRelay::start();
+    let mut a = connect(relay.addr);
+    let mut b = connect(relay.addr);
+    a.subscribe(&["s.*"]);
+    b.subscribe(&["s.*"]);
+    let before = relay.stats();
+    for i in 0..5 {
+        relay.publish("s.x", json!(i));
+    }
+    for _ in 0..5 {
+        a.next_json();
+        b.next_json();
+    }
+    relay.wait_stats("5 more events, 10 more deliveries", |s| {
+        s.events_published >= before.events_published + 5 && s.deliveries >= before.deliveries + 10
+    });
+}

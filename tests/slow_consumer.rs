@@ -1,0 +1,135 @@
+//! Slow consumers: a socket that never reads must not hold up the others,
+//! and is closed with 1008 (policy `close`) or loses its oldest frames
+//! (policy `drop_oldest`). docs/protocol.md, "Close codes"; src/config.rs.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tidings::{Config, SlowConsumerPolicy};
+
+const EVENTS: u64 = 20_000;
+/// Most events the publisher may run ahead of the fast reader. 48 events of
+/// ~1 KB stay under the 64 KiB queue even if none had reached the kernel, so
+/// the fast reader can never be a slow consumer itself on a loaded machine.
+const WINDOW: u64 = 48;
+
+fn small_queues(c: &mut Config, policy: SlowConsumerPolicy, write_deadline: Duration) {
+    c.limits.max_queue_bytes = 64 * 1024;
+    c.limits.slow_consumer = policy;
+    c.timeouts.write_deadline = write_deadline;
+}
+
+/// Connects a raw client that subscribes to `flood.x` and then never reads.
+fn stuck_client(relay: &TestRelay) -> Raw {
+    let mut raw = Raw::upgrade(relay.addr);
+    raw.send_text(r#"{"type":"subscribe","channels":["flood.x"]}"#);
+    assert_eq!(raw.next_json()["type"], "subscribed");
+    raw
+}
+
+/// Publishes `EVENTS` ~1 KB events on `flood.x` while a fast reader drains
+/// them on its own thread; asserts the reader got every one in order.
+/// Returns the last seq published.
+fn flood_with_fast_reader(relay: &TestRelay) -> u64 {
+    let mut fast = connect(relay.addr);
+    fast.subscribe(&["flood.x"]);
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let received = Arc::clone(&received);
+        thread::spawn(move || {
+            let mut seqs = Vec::with_capacity(EVENTS as usize);
+            for _ in 0..EVENTS {
+                let event = fast.next_json();
+                seqs.push(event_seq(&event, "flood.x"));
+                received.fetch_add(1, Ordering::Release);
+            }
+            fast.assert_alive();
+            seqs
+        })
+    };
+
+    let pad = "x".repeat(1000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut published = Vec::with_capacity(EVENTS as usize);
+    for i in 0..EVENTS {
+        // Pace the publisher to the fast reader (bounded: the reader may have died).
+        while i >= received.load(Ordering::Acquire) + WINDOW {
+            assert!(Instant::now() < deadline, "fast reader stalled at {i}");
+            assert!(!reader.is_finished(), "fast reader thread ended early");
+            thread::sleep(Duration::from_micros(200));
+        }
+        published.push(relay.publish("flood.x", json!({"i": i, "pad": pad})));
+    }
+    let seqs = reader.join().expect("fast reader failed (see its panic above)");
+    // Compare without printing 20k numbers on failure.
+    if let Some(i) = (0..seqs.len()).find(|&i| seqs[i] != published[i]) {
+        panic!("fast reader's event {i} has seq {} but {} was published", seqs[i], published[i]);
+    }
+    *published.last().unwrap()
+}
+
+#[test]
+fn never_reading_client_is_closed_and_fast_reader_gets_everything() {
+    let relay = TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::Close, Duration::from_secs(2)));
+    let mut slow = stuck_client(&relay);
+    flood_with_fast_reader(&relay);
+    relay.wait_stats("a slow consumer close", |s| s.slow_consumer_closes >= 1);
+    // Whatever was buffered comes first; then a 1008 close, or just EOF/reset
+    // if the relay could not fit a close frame into a full socket.
+    let closed = slow.expect_close();
+    assert!(matches!(closed, Closed::Code(1008) | Closed::Dropped), "got {closed:?}");
+    relay.wait_stats("the stuck socket to be gone", |s| s.connections == 0);
+}
+
+#[test]
+fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
+    // A long write deadline so that only the queue policy is in play.
+    let relay =
+        TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::DropOldest, Duration::from_secs(600)));
+    let mut slow = stuck_client(&relay);
+    let last = flood_with_fast_reader(&relay);
+    assert_eq!(relay.stats().slow_consumer_closes, 0);
+
+    // Now drain the slow socket: whole frames only, rising seqs, a gap, and
+    // the newest event last.
+    let mut prev = 0;
+    let mut count = 0u64;
+    let deadline = Instant::now() + WAIT;
+    while prev != last {
+        assert!(Instant::now() < deadline, "slow client never got seq {last} (at {prev})");
+        let event = slow.next_json();
+        let seq = event_seq(&event, "flood.x");
+        assert!(seq > prev, "seq went from {prev} to {seq}");
+        prev = seq;
+        count += 1;
+    }
+    // Rising seqs ending at the last one, but fewer than published: a gap.
+    assert!(count < EVENTS, "no frames were dropped ({count} received)");
+    slow.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(slow.next_json()["type"], "pong");
+}
+
+#[test]
+fn write_deadline_closes_a_stalled_socket() {
+    // Queues big enough never to overflow: only the write deadline can fire.
+    let relay = TestRelay::with(|c| {
+        c.limits.max_queue_bytes = 64 * 1024 * 1024;
+        c.limits.max_queue_messages = 1_000_000;
+        c.timeouts.write_deadline = Duration::from_millis(500);
+    });
+    let mut slow = stuck_client(&relay);
+    // 16 MB: more than loopback socket buffers hold for a reader that never reads.
+    let pad = "x".repeat(1000);
+    for i in 0..16_000 {
+        relay.publish("flood.x", json!({"i": i, "pad": pad}));
+    }
+    relay.wait_stats("a write-deadline close", |s| s.slow_consumer_closes >= 1);
+    let closed = slow.expect_close();
+    assert!(matches!(closed, Closed::Code(1008) | Closed::Dropped), "got {closed:?}");
+}
