@@ -50,7 +50,11 @@ impl Proc {
             let _ = err.read_to_string(&mut text);
             let _ = err_tx.send(text);
         });
-        Proc { child, stdout, stderr }
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Starts the binary and waits for its startup line; returns the address.
@@ -60,7 +64,10 @@ impl Proc {
             Ok(line) => line,
             Err(e) => {
                 let status = proc.wait_exit();
-                panic!("no startup line ({e}); exit {status:?}; stderr:\n{}", proc.stderr_text());
+                panic!(
+                    "no startup line ({e}); exit {status:?}; stderr:\n{}",
+                    proc.stderr_text()
+                );
             }
         };
         let addr = parse_startup_line(&line);
@@ -83,7 +90,10 @@ impl Proc {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("tidings did not exit within {WAIT:?}; stderr:\n{}", self.stderr_text());
+                panic!(
+                    "tidings did not exit within {WAIT:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -121,7 +131,9 @@ fn parse_startup_line(line: &str) -> SocketAddr {
         .strip_prefix(STARTUP_PREFIX)
         .and_then(|rest| rest.strip_suffix("/ws"))
         .unwrap_or_else(|| panic!("startup line {line:?} is not `{STARTUP_PREFIX}ADDR/ws`"));
-    let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+    let addr: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
     assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
     assert_ne!(addr.port(), 0, "the line must show the bound port: {line}");
     addr
@@ -132,7 +144,8 @@ struct TempConfig(PathBuf);
 
 impl TempConfig {
     fn new(name: &str, text: &str) -> TempConfig {
-        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("tidings-it-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, text).expect("write temp config");
         TempConfig(path)
     }
@@ -156,7 +169,12 @@ fn signal_closes_clients_and_exits_zero(signal: libc::c_int) {
     proc.signal(signal);
     assert_eq!(client.expect_close(), Closed::Code(1001));
     let status = proc.wait_exit();
-    assert_eq!(status.code(), Some(0), "exit {status:?}; stderr:\n{}", proc.stderr_text());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit {status:?}; stderr:\n{}",
+        proc.stderr_text()
+    );
     // Exactly one stdout line: nothing more after the startup line.
     let extra = proc.rest_of_stdout();
     assert!(extra.is_empty(), "unexpected stdout lines: {extra:?}");
@@ -182,20 +200,33 @@ fn sigint_closes_clients_with_1001_and_exits_zero() {
 
 #[test]
 fn default_channel_flag_works_end_to_end() {
-    let (_proc, addr) = Proc::start(&["--default-channel", "job.*", "--default-channel", "cluster.*"]);
+    let (_proc, addr) = Proc::start(&[
+        "--default-channel",
+        "job.*",
+        "--default-channel",
+        "cluster.*",
+    ]);
     let mut client = connect(addr); // sends nothing, like the seed's client
-    for (channel, data) in [("other.x", json!(0)), ("cluster.updated", json!({"name": "prod-cluster"}))] {
+    for (channel, data) in [
+        ("other.x", json!(0)),
+        ("cluster.updated", json!({"name": "prod-cluster"})),
+    ] {
         let body = json!({"channel": channel, "data": data}).to_string();
         let response = http_publish(addr, &body, "");
         assert_eq!(response.status, 200, "{}", response.body_text());
     }
     let body = json!({"channel": "job.progress", "data": {"p": 1}}).to_string();
-    let job_seq = http_publish(addr, &body, "").json()["seq"].as_u64().expect("seq");
+    let job_seq = http_publish(addr, &body, "").json()["seq"]
+        .as_u64()
+        .expect("seq");
 
     let event = client.next_json();
-    assert_eq!(event["type"], "cluster.updated", "other.x leaked or cluster.* missing: {event}");
+    assert_eq!(
+        event["type"], "cluster.updated",
+        "other.x leaked or cluster.* missing: {event}"
+    );
     assert_eq!(event["data"], json!({"name": "prod-cluster"}));
-    assert_eq!(event_seq(&client.next_json(), "job.progress"), job_seq);
+    assert_event(&client.next_json(), &job_seq);
 }
 
 #[test]
@@ -207,8 +238,10 @@ fn config_file_is_applied() {
     let (_proc, addr) = Proc::start(&["--config", config.path()]);
     let mut client = connect(addr);
     let body = r#"{"channel":"cluster.added","data":{"name":"c1"}}"#;
-    let seq = http_publish(addr, body, "").json()["seq"].as_u64().expect("seq");
-    assert_eq!(event_seq(&client.next_json(), "cluster.added"), seq);
+    let seq = http_publish(addr, body, "").json()["seq"]
+        .as_u64()
+        .expect("seq");
+    assert_event(&client.next_json(), &seq);
     // 1000 bytes: over the default 512, under the configured 2048.
     let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(980));
     client.send_text(&text);
@@ -218,20 +251,41 @@ fn config_file_is_applied() {
 #[test]
 fn bad_config_file_exits_nonzero_naming_the_key() {
     let cases = [
-        ("zero", "[limits]\nmax_message_size = 0\n", "limits.max_message_size"),
+        (
+            "zero",
+            "[limits]\nmax_message_size = 0\n",
+            "limits.max_message_size",
+        ),
         ("unknown", "[limits]\nbogus_limit = 1\n", "bogus_limit"),
-        ("pong", "[timeouts]\nping_interval = \"70s\"\n", "timeouts.pong_wait"),
-        ("pattern", "default_channels = [\"a..b\"]\n", "default_channels"),
+        (
+            "pong",
+            "[timeouts]\nping_interval = \"70s\"\n",
+            "timeouts.pong_wait",
+        ),
+        (
+            "pattern",
+            "default_channels = [\"a..b\"]\n",
+            "default_channels",
+        ),
     ];
     for (name, text, key) in cases {
         let config = TempConfig::new(name, text);
         let mut proc = Proc::spawn(&["--config", config.path()]);
         let status = proc.wait_exit();
         let stderr = proc.stderr_text();
-        assert!(!status.success(), "{name}: accepted a bad config; stderr:\n{stderr}");
-        assert!(stderr.contains(key), "{name}: stderr should name {key}:\n{stderr}");
+        assert!(
+            !status.success(),
+            "{name}: accepted a bad config; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "{name}: stderr should name {key}:\n{stderr}"
+        );
         let stdout = proc.rest_of_stdout();
-        assert!(stdout.is_empty(), "{name}: printed {stdout:?} despite the bad config");
+        assert!(
+            stdout.is_empty(),
+            "{name}: printed {stdout:?} despite the bad config"
+        );
     }
 }
 
@@ -242,7 +296,10 @@ fn missing_config_file_exits_nonzero() {
     let status = proc.wait_exit();
     let stderr = proc.stderr_text();
     assert!(!status.success(), "started without its config file");
-    assert!(stderr.contains("tidings-it-does-not-exist.toml"), "stderr should name the file:\n{stderr}");
+    assert!(
+        stderr.contains("tidings-it-does-not-exist.toml"),
+        "stderr should name the file:\n{stderr}"
+    );
 }
 
 #[test]
@@ -253,7 +310,10 @@ fn demo_publishes_metrics_system_events() {
     let deadline = Instant::now() + WAIT;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(!remaining.is_zero(), "no metrics.system event within {WAIT:?}");
+        assert!(
+            !remaining.is_zero(),
+            "no metrics.system event within {WAIT:?}"
+        );
         let event = client.next_json_within(remaining);
         if event["type"] == "metrics.system" {
             event_seq(&event, "metrics.system");

@@ -20,8 +20,16 @@ fn upgrade_answers_101_with_rfc_accept_key() {
     assert_eq!(response.status, 101, "{}", response.head);
     // RFC 6455 section 1.3 gives this exact key/accept pair.
     assert_eq!(response.header("Sec-WebSocket-Accept"), Some(SAMPLE_ACCEPT));
-    assert!(has_token(response.header("Upgrade"), "websocket"), "{}", response.head);
-    assert!(has_token(response.header("Connection"), "upgrade"), "{}", response.head);
+    assert!(
+        has_token(response.header("Upgrade"), "websocket"),
+        "{}",
+        response.head
+    );
+    assert!(
+        has_token(response.header("Connection"), "upgrade"),
+        "{}",
+        response.head
+    );
     // No subprotocol was requested, so none may be chosen (RFC 6455 4.2.2).
     assert_eq!(response.header("Sec-WebSocket-Protocol"), None);
 }
@@ -60,10 +68,16 @@ fn tungstenite_client_connects() {
 #[test]
 fn wrong_version_gets_426_naming_13() {
     let relay = TestRelay::start();
-    let request = upgrade_request("").replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 12");
+    let request =
+        upgrade_request("").replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 12");
     let response = http(relay.addr, &request);
     assert_eq!(response.status, 426, "{}", response.head);
-    assert_eq!(response.header("Sec-WebSocket-Version"), Some("13"), "{}", response.head);
+    assert_eq!(
+        response.header("Sec-WebSocket-Version"),
+        Some("13"),
+        "{}",
+        response.head
+    );
 }
 
 #[test]
@@ -155,7 +169,10 @@ fn incomplete_head_times_out_with_408_then_close() {
     if let Ok(response) = raw.try_read_response() {
         assert_eq!(response.status, 408, "{}", response.head);
     }
-    assert!(raw.closed_within(WAIT), "socket left open after the handshake timeout");
+    assert!(
+        raw.closed_within(WAIT),
+        "socket left open after the handshake timeout"
+    );
 }
 
 #[test]

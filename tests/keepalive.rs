@@ -25,7 +25,10 @@ fn reading_client_that_answers_pings_stays_open() {
         Ok(None) => {}
         other => panic!("expected only pings for 2 s, got {other:?}"),
     }
-    assert!(client.pings >= 1, "no server ping in 2 s with ping_interval 200 ms");
+    assert!(
+        client.pings >= 1,
+        "no server ping in 2 s with ping_interval 200 ms"
+    );
     client.assert_alive();
 }
 
@@ -35,7 +38,10 @@ fn server_ping_frame_is_observed_and_unmasked() {
     let mut raw = Raw::upgrade(relay.addr);
     // read_frame also asserts the server does not mask its frames.
     let frame = raw.read_frame().expect("connection open");
-    assert_eq!(frame.opcode, OP_PING, "first frame should be a ping: {frame:?}");
+    assert_eq!(
+        frame.opcode, OP_PING,
+        "first frame should be a ping: {frame:?}"
+    );
     assert!(frame.fin && frame.payload.len() <= 125, "{frame:?}");
 }
 
@@ -46,7 +52,10 @@ fn silent_raw_client_is_closed_1001() {
     let start = Instant::now();
     // Never answer the pings: nothing at all arrives at the relay.
     let closed = raw.expect_close();
-    assert!(matches!(closed, Closed::Code(1001) | Closed::Dropped), "got {closed:?}");
+    assert!(
+        matches!(closed, Closed::Code(1001) | Closed::Dropped),
+        "got {closed:?}"
+    );
     // Not instantly: the relay must have waited for pong_wait, give or take.
     assert!(
         start.elapsed() >= Duration::from_millis(1000),
@@ -65,7 +74,11 @@ fn application_messages_also_count_as_activity() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         raw.send_text(r#"{"type":"ping"}"#);
-        assert_eq!(raw.next_json()["type"], "pong", "closed despite steady traffic");
+        assert_eq!(
+            raw.next_json()["type"],
+            "pong",
+            "closed despite steady traffic"
+        );
         std::thread::sleep(Duration::from_millis(100)); // traffic rate, not a timing check
     }
 }

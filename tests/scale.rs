@@ -50,7 +50,10 @@ fn thousand_clients_each_receive_every_event_in_order() {
         assert_eq!(reply["type"], "subscribed", "client {i}: {reply}");
     }
     let stats = relay.wait_stats("1000 open connections", |s| s.connections == CLIENTS as u64);
-    eprintln!("{CLIENTS} clients connected and subscribed in {:?}", started.elapsed());
+    eprintln!(
+        "{CLIENTS} clients connected and subscribed in {:?}",
+        started.elapsed()
+    );
 
     let seqs: Vec<u64> = (0..EVENTS)
         .map(|i| relay.publish("fanout.test", json!({"i": i})))
@@ -58,7 +61,11 @@ fn thousand_clients_each_receive_every_event_in_order() {
     for (c, client) in clients.iter_mut().enumerate() {
         for (i, seq) in seqs.iter().enumerate() {
             let event = client.next_json();
-            assert_eq!(event_seq(&event, "fanout.test"), *seq, "client {c}, event {i}");
+            assert_eq!(
+                event_seq(&event, "fanout.test"),
+                *seq,
+                "client {c}, event {i}"
+            );
             assert_eq!(event["data"]["i"], i, "client {c}");
         }
     }
@@ -66,5 +73,8 @@ fn thousand_clients_each_receive_every_event_in_order() {
         s.deliveries >= stats.deliveries + (CLIENTS * EVENTS) as u64
     });
     assert_eq!(after.slow_consumer_closes, 0);
-    eprintln!("fan-out of {EVENTS} events verified after {:?}", started.elapsed());
+    eprintln!(
+        "fan-out of {EVENTS} events verified after {:?}",
+        started.elapsed()
+    );
 }

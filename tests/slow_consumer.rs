@@ -66,32 +66,42 @@ fn flood_with_fast_reader(relay: &TestRelay) -> u64 {
         }
         published.push(relay.publish("flood.x", json!({"i": i, "pad": pad})));
     }
-    let seqs = reader.join().expect("fast reader failed (see its panic above)");
+    let seqs = reader
+        .join()
+        .expect("fast reader failed (see its panic above)");
     // Compare without printing 20k numbers on failure.
     if let Some(i) = (0..seqs.len()).find(|&i| seqs[i] != published[i]) {
-        panic!("fast reader's event {i} has seq {} but {} was published", seqs[i], published[i]);
+        panic!(
+            "fast reader's event {i} has seq {} but {} was published",
+            seqs[i], published[i]
+        );
     }
     *published.last().unwrap()
 }
 
 #[test]
 fn never_reading_client_is_closed_and_fast_reader_gets_everything() {
-    let relay = TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::Close, Duration::from_secs(2)));
+    let relay =
+        TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::Close, Duration::from_secs(2)));
     let mut slow = stuck_client(&relay);
     flood_with_fast_reader(&relay);
     relay.wait_stats("a slow consumer close", |s| s.slow_consumer_closes >= 1);
     // Whatever was buffered comes first; then a 1008 close, or just EOF/reset
     // if the relay could not fit a close frame into a full socket.
     let closed = slow.expect_close();
-    assert!(matches!(closed, Closed::Code(1008) | Closed::Dropped), "got {closed:?}");
+    assert!(
+        matches!(closed, Closed::Code(1008) | Closed::Dropped),
+        "got {closed:?}"
+    );
     relay.wait_stats("the stuck socket to be gone", |s| s.connections == 0);
 }
 
 #[test]
 fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
     // A long write deadline so that only the queue policy is in play.
-    let relay =
-        TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::DropOldest, Duration::from_secs(600)));
+    let relay = TestRelay::with(|c| {
+        small_queues(c, SlowConsumerPolicy::DropOldest, Duration::from_secs(600))
+    });
     let mut slow = stuck_client(&relay);
     let last = flood_with_fast_reader(&relay);
     assert_eq!(relay.stats().slow_consumer_closes, 0);
@@ -102,7 +112,10 @@ fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
     let mut count = 0u64;
     let deadline = Instant::now() + WAIT;
     while prev != last {
-        assert!(Instant::now() < deadline, "slow client never got seq {last} (at {prev})");
+        assert!(
+            Instant::now() < deadline,
+            "slow client never got seq {last} (at {prev})"
+        );
         let event = slow.next_json();
         let seq = event_seq(&event, "flood.x");
         assert!(seq > prev, "seq went from {prev} to {seq}");
@@ -131,5 +144,8 @@ fn write_deadline_closes_a_stalled_socket() {
     }
     relay.wait_stats("a write-deadline close", |s| s.slow_consumer_closes >= 1);
     let closed = slow.expect_close();
-    assert!(matches!(closed, Closed::Code(1008) | Closed::Dropped), "got {closed:?}");
+    assert!(
+        matches!(closed, Closed::Code(1008) | Closed::Dropped),
+        "got {closed:?}"
+    );
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::thread;
 
 use common::*;
@@ -32,10 +31,9 @@ fn star_matches_exactly_one_segment() {
     client.subscribe(&["job.*"]);
     relay.publish("job.a.b", json!({"n": 1}));
     relay.publish("job", json!({"n": 2}));
-    let seq = relay.publish("job.progress", json!({"jobId": "a"}));
-    let event = client.next_json();
-    assert_eq!(event_seq(&event, "job.progress"), seq, "job.a.b or job leaked: {event}");
-    assert_eq!(event["data"], json!({"jobId": "a"}));
+    let p = relay.publish("job.progress", json!({"jobId": "a"}));
+    // If job.a.b or job had leaked, it would arrive first.
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -45,13 +43,13 @@ fn gt_matches_one_or_more_trailing_segments() {
     client.subscribe(&["index.>"]);
     relay.publish("index", json!({"bare": true})); // `>` needs at least one segment
     relay.publish("indexes.x", json!({})); // prefix match must be per segment
-    let deep = relay.publish("index.production-vectors.shard_transition", json!({"shard": 3}));
-    let one = relay.publish("index.created", json!({}));
-    assert_eq!(
-        event_seq(&client.next_json(), "index.production-vectors.shard_transition"),
-        deep
+    let deep = relay.publish(
+        "index.production-vectors.shard_transition",
+        json!({"shard": 3}),
     );
-    assert_eq!(event_seq(&client.next_json(), "index.created"), one);
+    let one = relay.publish("index.created", json!({}));
+    assert_event(&client.next_json(), &deep);
+    assert_event(&client.next_json(), &one);
 }
 
 #[test]
@@ -61,8 +59,8 @@ fn exact_channel_matches_only_itself() {
     client.subscribe(&["metrics.system"]);
     relay.publish("metrics.system.extra", json!({}));
     relay.publish("metrics.index", json!({}));
-    let seq = relay.publish("metrics.system", json!({"qps": 1250}));
-    assert_eq!(event_seq(&client.next_json(), "metrics.system"), seq);
+    let p = relay.publish("metrics.system", json!({"qps": 1250}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -70,14 +68,15 @@ fn overlapping_patterns_deliver_each_event_once() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
     client.subscribe(&["job.*", "job.>", ">", "job.progress"]);
-    let seqs: Vec<u64> = (0..3).map(|i| relay.publish("job.progress", json!({"i": i}))).collect();
+    let sent: Vec<Published> = (0..3)
+        .map(|i| relay.publish("job.progress", json!({"i": i})))
+        .collect();
     let marker = relay.publish("zzz.marker", json!({}));
-    for (i, seq) in seqs.iter().enumerate() {
-        let event = client.next_json();
-        assert_eq!(event_seq(&event, "job.progress"), *seq, "duplicate or missing: {event}");
-        assert_eq!(event["data"]["i"], i);
+    // A duplicate would show up as a repeated "i" or before the marker.
+    for p in &sent {
+        assert_event(&client.next_json(), p);
     }
-    assert_eq!(event_seq(&client.next_json(), "zzz.marker"), marker);
+    assert_event(&client.next_json(), &marker);
 }
 
 #[test]
@@ -85,12 +84,12 @@ fn unsubscribe_stops_delivery() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
     client.subscribe(&["job.*", "alert.*"]);
-    let before = relay.publish("job.progress", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "job.progress"), before);
+    let before = relay.publish("job.progress", json!({"n": 1}));
+    assert_event(&client.next_json(), &before);
     client.unsubscribe(&["job.*"]);
-    relay.publish("job.progress", json!({}));
+    relay.publish("job.progress", json!({"n": 2}));
     let alert = relay.publish("alert.warning", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "alert.warning"), alert);
+    assert_event(&client.next_json(), &alert);
 }
 
 #[test]
@@ -100,8 +99,8 @@ fn unsubscribing_one_of_two_overlapping_patterns_keeps_the_other() {
     client.subscribe(&["job.*", "job.progress"]);
     client.unsubscribe(&["job.*"]);
     relay.publish("job.started", json!({}));
-    let seq = relay.publish("job.progress", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
+    let p = relay.publish("job.progress", json!({}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -110,10 +109,8 @@ fn default_channels_reach_a_silent_client() {
     // The seed's notification-only client: connects and never sends anything.
     let mut client = connect(relay.addr);
     relay.publish("other.thing", json!({}));
-    let seq = relay.publish("cluster.updated", json!({"name": "prod-cluster"}));
-    let event = client.next_json();
-    assert_eq!(event_seq(&event, "cluster.updated"), seq);
-    assert_eq!(event["data"], json!({"name": "prod-cluster"}));
+    let p = relay.publish("cluster.updated", json!({"name": "prod-cluster"}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -123,8 +120,8 @@ fn no_default_channels_means_no_events_before_subscribe() {
     relay.publish("cluster.updated", json!({}));
     // Subscribing afterwards must not replay the earlier event.
     client.subscribe(&["cluster.*"]);
-    let seq = relay.publish("cluster.added", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "cluster.added"), seq);
+    let p = relay.publish("cluster.added", json!({}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -133,8 +130,8 @@ fn first_subscribe_replaces_default_channels() {
     let mut client = connect(relay.addr);
     client.subscribe(&["job.*"]);
     relay.publish("cluster.updated", json!({"name": "x"}));
-    let seq = relay.publish("job.progress", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
+    let p = relay.publish("job.progress", json!({}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -143,9 +140,17 @@ fn ping_gets_pong_with_millisecond_utc_timestamp() {
     let mut client = connect(relay.addr);
     let reply = client.request(&json!({"type": "ping"}));
     assert_eq!(reply["type"], "pong", "{reply}");
-    let ts = reply["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {reply}"));
-    assert!(is_rfc3339_millis_utc(ts), "timestamp {ts:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
-    assert!(ts.as_bytes()[..4] >= *b"2024", "timestamp {ts:?} is not the current time");
+    let ts = reply["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp: {reply}"));
+    assert!(
+        is_rfc3339_millis_utc(ts),
+        "timestamp {ts:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
+    );
+    assert!(
+        &ts[..4] >= "2024",
+        "timestamp {ts:?} is not the current time"
+    );
 }
 
 #[test]
@@ -153,17 +158,25 @@ fn event_wire_format_matches_the_seed() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
     client.subscribe(&["job.progress"]);
-    let data = json!({"jobId": "import-abc123", "progress": 0.45});
-    let seq = relay.publish("job.progress", data.clone());
+    let p = relay.publish(
+        "job.progress",
+        json!({"jobId": "import-abc123", "progress": 0.45}),
+    );
     let text = client.next_text();
-    assert!(text.starts_with(r#"{"type":"job.progress","timestamp":""#), "{text}");
+    assert!(
+        text.starts_with(r#"{"type":"job.progress","timestamp":""#),
+        "{text}"
+    );
     let event: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(event_seq(&event, "job.progress"), seq);
-    assert_eq!(event["data"], data);
-    let keys: Vec<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut sorted = keys.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, ["data", "seq", "timestamp", "type"], "{text}");
+    assert_event(&event, &p);
+    let mut keys: Vec<&str> = event
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["data", "seq", "timestamp", "type"], "{text}");
 }
 
 #[test]
@@ -174,16 +187,22 @@ fn custom_type_carries_channel_after_type() {
     let event = Event::from_json("job.progress", r#"{"x":1}"#)
         .expect("Event::from_json")
         .with_type("custom.type");
-    let seq = relay.publisher.publish(event).expect("publish");
+    let seq = relay.publisher.publish(event).expect("publish").seq();
     let text = client.next_text();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["type"], "custom.type", "{text}");
     assert_eq!(v["channel"], "job.progress", "{text}");
-    assert_eq!(v["seq"], seq, "{text}");
+    assert!(v["seq"].is_u64(), "{text}");
+    if let Some(seq) = seq {
+        assert_eq!(v["seq"], seq, "{text}");
+    }
     assert_eq!(v["data"], json!({"x": 1}), "{text}");
     let ts = v["timestamp"].as_str().unwrap_or_default();
     assert!(is_rfc3339_millis_utc(ts), "{text}");
-    let (t, c) = (text.find(r#""type""#).unwrap(), text.find(r#""channel""#).unwrap());
+    let (t, c) = (
+        text.find(r#""type""#).unwrap(),
+        text.find(r#""channel""#).unwrap(),
+    );
     assert!(t < c, "\"channel\" must come after \"type\": {text}");
 }
 
@@ -192,45 +211,50 @@ fn custom_type_is_routed_by_channel_not_type() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
     client.subscribe(&["custom.*"]);
-    let disguised = Event::from_json("job.progress", "{}").unwrap().with_type("custom.type");
+    let disguised = Event::from_json("job.progress", "{}")
+        .unwrap()
+        .with_type("custom.type");
     relay.publisher.publish(disguised).expect("publish");
-    let seq = relay.publish("custom.real", json!({}));
-    assert_eq!(event_seq(&client.next_json(), "custom.real"), seq);
+    let p = relay.publish("custom.real", json!({}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
-fn seq_strictly_increases_across_channels_and_matches_publish() {
+fn seq_strictly_increases_across_channels() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
     client.subscribe(&[">"]);
-    let channels = ["job.progress", "alert.warning", "metrics.system", "index.a.b"];
-    let published: Vec<(&str, u64)> = (0..60)
-        .map(|i| {
-            let channel = channels[i % channels.len()];
-            (channel, relay.publish(channel, json!({"i": i})))
-        })
+    let channels = [
+        "job.progress",
+        "alert.warning",
+        "metrics.system",
+        "index.a.b",
+    ];
+    let sent: Vec<Published> = (0..60)
+        .map(|i| relay.publish(channels[i % channels.len()], json!({"i": i})))
         .collect();
     let mut last = 0;
-    for (i, (channel, seq)) in published.iter().enumerate() {
-        let event = client.next_json();
-        let got = event_seq(&event, channel);
-        assert_eq!(got, *seq, "event {i} out of order: {event}");
-        assert!(i == 0 || got > last, "seq not increasing at {i}: {event}");
-        last = got;
+    for (i, p) in sent.iter().enumerate() {
+        let seq = assert_event(&client.next_json(), p);
+        assert!(i == 0 || seq > last, "seq {seq} after {last} at event {i}");
+        last = seq;
     }
 }
 
 #[test]
-fn two_clients_get_the_same_seqs() {
+fn two_clients_see_the_same_seqs() {
     let relay = TestRelay::start();
     let mut a = connect(relay.addr);
     let mut b = connect(relay.addr);
     a.subscribe(&["job.*"]);
     b.subscribe(&["job.>"]);
-    let seqs: Vec<u64> = (0..10).map(|i| relay.publish("job.progress", json!({"i": i}))).collect();
-    for seq in seqs {
-        assert_eq!(event_seq(&a.next_json(), "job.progress"), seq);
-        assert_eq!(event_seq(&b.next_json(), "job.progress"), seq);
+    let sent: Vec<Published> = (0..10)
+        .map(|i| relay.publish("job.progress", json!({"i": i})))
+        .collect();
+    for p in &sent {
+        let seq_a = assert_event(&a.next_json(), p);
+        let seq_b = assert_event(&b.next_json(), p);
+        assert_eq!(seq_a, seq_b, "one event, one seq for everyone");
     }
 }
 
@@ -245,35 +269,33 @@ fn events_from_several_publisher_threads_all_arrive() {
         .map(|t| {
             let publisher = relay.publisher.clone();
             thread::spawn(move || {
-                (0..EACH)
-                    .map(|n| {
-                        let event = Event::new(&format!("load.t{t}"), &json!({"t": t, "n": n})).unwrap();
-                        publisher.publish(event).expect("publish")
-                    })
-                    .collect::<Vec<u64>>()
+                for n in 0..EACH {
+                    let channel = format!("load.t{t}");
+                    let event = Event::new(channel.as_str(), &json!({"t": t, "n": n})).unwrap();
+                    publisher.publish(event).expect("publish");
+                }
             })
         })
         .collect();
-    let mut expected = HashSet::new();
     for worker in workers {
-        let seqs = worker.join().expect("publisher thread");
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one thread's seqs must rise");
-        expected.extend(seqs);
+        worker.join().expect("publisher thread");
     }
-    assert_eq!(expected.len(), THREADS * EACH, "publish returned duplicate seqs");
-
+    // Every event exactly once, seqs rising, each thread's events in its order.
     let mut next_n = [0usize; THREADS];
     let mut last_seq = 0;
     for i in 0..THREADS * EACH {
         let event = client.next_json();
-        let seq = event["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {event}"));
+        let t = event["data"]["t"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("unexpected event {event}")) as usize;
+        let seq = event_seq(&event, &format!("load.t{t}"));
         assert!(i == 0 || seq > last_seq, "seq not increasing: {event}");
-        assert!(expected.remove(&seq), "unexpected seq {seq}: {event}");
         last_seq = seq;
-        let t = event["data"]["t"].as_u64().unwrap() as usize;
-        assert_eq!(event["type"], format!("load.t{t}"));
-        assert_eq!(event["data"]["n"], next_n[t], "thread {t}'s events out of order");
+        assert_eq!(
+            event["data"]["n"], next_n[t],
+            "thread {t}'s events duplicated, lost or reordered"
+        );
         next_n[t] += 1;
     }
-    assert!(expected.is_empty(), "missing seqs: {expected:?}");
+    assert_eq!(next_n, [EACH; THREADS]);
 }

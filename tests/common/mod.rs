@@ -48,9 +48,10 @@ pub const OP_PONG: u8 = 0xA;
 
 /// A default config listening on an ephemeral loopback port.
 pub fn config() -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
 }
 
 /// A spawned relay that is shut down when dropped.
@@ -74,7 +75,11 @@ impl TestRelay {
         assert_ne!(addr.port(), 0, "local_addr must report the bound port");
         let publisher = relay.publisher();
         let handle = relay.spawn().expect("Relay::spawn");
-        assert_eq!(handle.local_addr(), addr, "handle and relay disagree on the address");
+        assert_eq!(
+            handle.local_addr(),
+            addr,
+            "handle and relay disagree on the address"
+        );
         TestRelay {
             handle: Some(handle),
             addr,
@@ -82,10 +87,15 @@ impl TestRelay {
         }
     }
 
-    /// Publishes `data` on `channel` through the embedding API; returns the seq.
-    pub fn publish(&self, channel: &str, data: Value) -> u64 {
+    /// Publishes `data` on `channel` through the embedding API.
+    pub fn publish(&self, channel: &str, data: Value) -> Published {
         let event = Event::new(channel, &data).expect("Event::new");
-        self.publisher.publish(event).expect("Publisher::publish")
+        let seq = self.publisher.publish(event).expect("Publisher::publish").seq();
+        Published {
+            channel: channel.to_string(),
+            data,
+            seq,
+        }
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -100,7 +110,10 @@ impl TestRelay {
             if pred(&stats) {
                 return stats;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {stats:?}"
+            );
             thread::sleep(TICK);
         }
     }
@@ -108,7 +121,10 @@ impl TestRelay {
     /// Shuts the relay down, failing the test if that takes longer than [`WAIT`].
     pub fn shutdown(mut self) {
         let handle = self.handle.take().expect("relay is running");
-        assert!(shutdown_bounded(handle), "RelayHandle::shutdown did not return within {WAIT:?}");
+        assert!(
+            shutdown_bounded(handle),
+            "RelayHandle::shutdown failed or did not return within {WAIT:?}"
+        );
     }
 }
 
@@ -121,15 +137,57 @@ impl Drop for TestRelay {
     }
 }
 
-/// Calls `shutdown` on a helper thread; false if it did not return in time
-/// (the thread is then leaked, which is all a test can do).
+/// Calls `shutdown` on a helper thread; false if it failed or did not return
+/// in time (the thread is then leaked, which is all a test can do).
 fn shutdown_bounded(handle: RelayHandle) -> bool {
     let (done_tx, done_rx) = mpsc::channel();
     thread::spawn(move || {
-        handle.shutdown();
-        let _ = done_tx.send(());
+        let result = handle.shutdown();
+        if let Err(e) = &result {
+            eprintln!("RelayHandle::shutdown: {e}");
+        }
+        let _ = done_tx.send(result.is_ok());
     });
-    done_rx.recv_timeout(WAIT).is_ok()
+    done_rx.recv_timeout(WAIT).unwrap_or(false)
+}
+
+/// The contract has `Publisher::publish`/`try_publish` return the event's seq
+/// (`u64`); the implementation may return `()` instead. Accepting both keeps
+/// the suite running; `publish_http::publisher_returns_the_seq` reports it.
+pub trait PublishOutput {
+    fn seq(self) -> Option<u64>;
+}
+
+impl PublishOutput for u64 {
+    fn seq(self) -> Option<u64> {
+        Some(self)
+    }
+}
+
+impl PublishOutput for () {
+    fn seq(self) -> Option<u64> {
+        None
+    }
+}
+
+/// What a test published, to recognise it on the wire.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub channel: String,
+    pub data: Value,
+    /// Known only if the publisher returns seqs.
+    pub seq: Option<u64>,
+}
+
+/// Asserts `v` is the event `p` (type = channel, same data, same seq when
+/// known) and returns its seq.
+pub fn assert_event(v: &Value, p: &Published) -> u64 {
+    let seq = event_seq(v, &p.channel);
+    assert_eq!(v["data"], p.data, "wrong event data: {v}");
+    if let Some(expected) = p.seq {
+        assert_eq!(seq, expected, "seq differs from what publish returned: {v}");
+    }
+    seq
 }
 
 // ---------------------------------------------------------------------------
@@ -141,7 +199,15 @@ pub fn is_rfc3339_millis_utc(text: &str) -> bool {
     if b.len() != 24 {
         return false;
     }
-    let punct = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')];
+    let punct = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ];
     if punct.iter().any(|&(i, c)| b[i] != c) {
         return false;
     }
@@ -163,11 +229,21 @@ pub fn is_rfc3339_millis_utc(text: &str) -> bool {
 
 /// Asserts `v` is an event on `channel` (type == channel) and returns its seq.
 pub fn event_seq(v: &Value, channel: &str) -> u64 {
-    assert_eq!(v["type"], channel, "expected an event on {channel}, got {v}");
-    assert!(v.get("channel").is_none(), "plain events carry no channel field: {v}");
-    let ts = v["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {v}"));
+    assert_eq!(
+        v["type"], channel,
+        "expected an event on {channel}, got {v}"
+    );
+    assert!(
+        v.get("channel").is_none(),
+        "plain events carry no channel field: {v}"
+    );
+    let ts = v["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp: {v}"));
     assert!(is_rfc3339_millis_utc(ts), "bad timestamp {ts:?} in {v}");
-    v["seq"].as_u64().unwrap_or_else(|| panic!("no numeric seq: {v}"))
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no numeric seq: {v}"))
 }
 
 /// Asserts `v` is an error reply with `code`; returns the message text.
@@ -213,9 +289,10 @@ pub fn try_connect(addr: SocketAddr, protocol: Option<&str>) -> Result<Client, t
     stream.set_nodelay(true).unwrap();
     let mut request = format!("ws://{addr}/ws").into_client_request()?;
     if let Some(protocol) = protocol {
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).unwrap());
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
     }
     let deadline = Instant::now() + WAIT;
     let mut attempt = tungstenite::client::client(request, stream);
@@ -285,7 +362,9 @@ impl Client {
     }
 
     pub fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_string())).expect("send text message");
+        self.ws
+            .send(Message::text(text.to_string()))
+            .expect("send text message");
     }
 
     pub fn send_json(&mut self, v: &Value) {
@@ -301,12 +380,20 @@ impl Client {
     /// Subscribes and checks that the reply echoes the channels.
     pub fn subscribe(&mut self, channels: &[&str]) {
         let reply = self.request(&json!({"type": "subscribe", "channels": channels}));
-        assert_eq!(reply, json!({"type": "subscribed", "channels": channels}), "subscribe reply");
+        assert_eq!(
+            reply,
+            json!({"type": "subscribed", "channels": channels}),
+            "subscribe reply"
+        );
     }
 
     pub fn unsubscribe(&mut self, channels: &[&str]) {
         let reply = self.request(&json!({"type": "unsubscribe", "channels": channels}));
-        assert_eq!(reply, json!({"type": "unsubscribed", "channels": channels}), "unsubscribe reply");
+        assert_eq!(
+            reply,
+            json!({"type": "unsubscribed", "channels": channels}),
+            "unsubscribe reply"
+        );
     }
 
     /// Starts the closing handshake with `code`.
@@ -367,7 +454,10 @@ impl HttpResponse {
 
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -553,7 +643,10 @@ impl Raw {
         let status_line = lines.next().unwrap_or_default();
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
-        assert!(version.starts_with("HTTP/1."), "not an HTTP response: {head:?}");
+        assert!(
+            version.starts_with("HTTP/1."),
+            "not an HTTP response: {head:?}"
+        );
         let status: u16 = parts
             .next()
             .and_then(|s| s.parse().ok())
@@ -576,7 +669,10 @@ impl Raw {
                 let len: usize = len.parse().expect("numeric Content-Length");
                 // A short body is a relay bug; report what we got.
                 if let Err(e) = self.need(len, deadline) {
-                    panic!("body cut short ({e}): {:?}", String::from_utf8_lossy(&self.buf));
+                    panic!(
+                        "body cut short ({e}): {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
                 }
                 response.body = self.buf.drain(..len).collect();
             }
@@ -591,7 +687,10 @@ impl Raw {
 
     /// One read attempt; false once the connection ended. Panics at `deadline`.
     fn fill_until(&mut self, deadline: Instant) -> bool {
-        assert!(Instant::now() < deadline, "connection not closed by the deadline");
+        assert!(
+            Instant::now() < deadline,
+            "connection not closed by the deadline"
+        );
         self.fill().is_ok()
     }
 
@@ -608,7 +707,14 @@ impl Raw {
         false
     }
 
-    pub fn send_frame(&mut self, fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    pub fn send_frame(
+        &mut self,
+        fin: bool,
+        rsv: u8,
+        opcode: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) {
         self.send_lenient(&frame(fin, rsv, opcode, payload, mask));
     }
 
@@ -671,14 +777,19 @@ impl Raw {
     /// The next text frame as JSON, skipping pings; panics on anything else.
     pub fn next_json(&mut self) -> Value {
         loop {
-            let f = self.read_frame().expect("connection ended while waiting for a message");
+            let f = self
+                .read_frame()
+                .expect("connection ended while waiting for a message");
             match f.opcode {
                 OP_PING | OP_PONG => continue,
                 OP_TEXT => {
                     assert!(f.fin, "relay fragmented a small message");
                     return serde_json::from_slice(&f.payload).expect("relay sent valid JSON");
                 }
-                OP_CLOSE => panic!("closed with {:?} while waiting for a message", f.close_code()),
+                OP_CLOSE => panic!(
+                    "closed with {:?} while waiting for a message",
+                    f.close_code()
+                ),
                 other => panic!("unexpected opcode {other:#x}"),
             }
         }
@@ -694,7 +805,10 @@ pub fn http(addr: SocketAddr, request: &str) -> HttpResponse {
 
 /// `GET path` on a fresh connection.
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    )
 }
 
 /// `POST /api/publish` with `body` (and extra header lines) on a fresh connection.
