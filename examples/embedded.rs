@@ -22,7 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("relay on ws://{addr}/ws");
 
     // A client of our own, so the example shows the round trip.
-    let (mut socket, _) = tungstenite::client(format!("ws://{addr}/ws"), TcpStream::connect(addr)?)?;
+    let (mut socket, _) =
+        tungstenite::client(format!("ws://{addr}/ws"), TcpStream::connect(addr)?)?;
     socket.send(tungstenite::Message::text(
         json!({"type": "subscribe", "channels": ["job.>"]}).to_string(),
     ))?;
@@ -35,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let publisher = publisher.clone();
             thread::spawn(move || -> Result<(), PublishError> {
                 for step in 1..=3 {
-                    let data = json!({"jobId": format!("import-{worker}"), "progress": step as f64 / 3.0});
+                    let data =
+                        json!({"jobId": format!("import-{worker}"), "progress": step as f64 / 3.0});
                     publisher.publish(Event::new("job.progress", &data)?)?;
                     thread::sleep(Duration::from_millis(50));
                 }

@@ -185,8 +185,7 @@ impl Default for Timeouts {
 impl Config {
     /// Parses TOML and validates it; errors name the offending key.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -265,8 +264,9 @@ impl Config {
         }
         let subject = self.subject_limits();
         for pattern in &self.default_channels {
-            validate_pattern(pattern, &subject)
-                .map_err(|e| ConfigError::invalid("default_channels", format!("{pattern:?}: {e}")))?;
+            validate_pattern(pattern, &subject).map_err(|e| {
+                ConfigError::invalid("default_channels", format!("{pattern:?}: {e}"))
+            })?;
         }
         for (i, token) in self.auth.tokens.iter().enumerate() {
             if token.token.is_empty() {
@@ -277,12 +277,18 @@ impl Config {
             }
             for pattern in token.channels.iter().flatten() {
                 validate_pattern(pattern, &subject).map_err(|e| {
-                    ConfigError::invalid(format!("auth.tokens[{i}].channels"), format!("{pattern:?}: {e}"))
+                    ConfigError::invalid(
+                        format!("auth.tokens[{i}].channels"),
+                        format!("{pattern:?}: {e}"),
+                    )
                 })?;
             }
         }
         if self.publish.tokens.iter().any(String::is_empty) {
-            return Err(ConfigError::invalid("publish.tokens", "tokens must not be empty"));
+            return Err(ConfigError::invalid(
+                "publish.tokens",
+                "tokens must not be empty",
+            ));
         }
         Ok(())
     }
@@ -388,7 +394,10 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.default_channels, vec!["cluster.*"]);
         assert_eq!(c.auth.tokens.len(), 2);
-        assert_eq!(c.auth.tokens[0].channels.as_deref(), Some(&["job.*".to_string()][..]));
+        assert_eq!(
+            c.auth.tokens[0].channels.as_deref(),
+            Some(&["job.*".to_string()][..])
+        );
         assert!(c.auth.tokens[1].channels.is_none());
         assert_eq!(c.publish.tokens, vec!["pub"]);
         assert_eq!(c.limits.max_message_size, 1024);
@@ -411,7 +420,10 @@ mod tests {
         ];
         for (text, key) in cases {
             let err = Config::from_toml_str(text).expect_err(text).to_string();
-            assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+            assert!(
+                err.contains(key),
+                "error for {text:?} should name {key}: {err}"
+            );
         }
     }
 

@@ -9,7 +9,10 @@ pub enum Error {
     /// The configuration is unusable.
     Config(ConfigError),
     /// The listen address could not be bound.
-    Bind { addr: std::net::SocketAddr, error: io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        error: io::Error,
+    },
     /// Creating the poller or the reactor thread failed.
     Io(io::Error),
 }
@@ -48,10 +51,16 @@ impl From<ConfigError> for Error {
 /// A configuration problem; the message names the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    Read { path: String, error: String },
+    Read {
+        path: String,
+        error: String,
+    },
     /// TOML syntax or type errors; the text from the parser names the key.
     Parse(String),
-    Invalid { key: String, message: String },
+    Invalid {
+        key: String,
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -88,7 +97,10 @@ pub enum CloseReason {
     Protocol(&'static str),
     BinaryMessage,
     InvalidUtf8,
-    MessageTooBig { size: u64, max: usize },
+    MessageTooBig {
+        size: u64,
+        max: usize,
+    },
     /// The outbound queue overflowed (messages or bytes).
     QueueOverflow,
     /// Output was pending and no byte left for `timeouts.write_deadline`.
@@ -164,7 +176,13 @@ mod tests {
             (CloseReason::InvalidUtf8, 1007),
             (CloseReason::QueueOverflow, 1008),
             (CloseReason::WriteStalled, 1008),
-            (CloseReason::MessageTooBig { size: 600, max: 512 }, 1009),
+            (
+                CloseReason::MessageTooBig {
+                    size: 600,
+                    max: 512,
+                },
+                1009,
+            ),
             (CloseReason::AuthFailed, 4001),
             (CloseReason::AuthTimeout, 4008),
         ];

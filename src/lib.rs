@@ -15,7 +15,9 @@ pub mod route;
 pub mod stats;
 pub mod time;
 
-pub use config::{AuthConfig, Config, Limits, PublishConfig, SlowConsumerPolicy, Timeouts, TokenConfig};
+pub use config::{
+    AuthConfig, Config, Limits, PublishConfig, SlowConsumerPolicy, Timeouts, TokenConfig,
+};
 pub use error::{CloseReason, ConfigError, Error};
 pub use fanout::event::Event;
 pub use fanout::publisher::{PublishError, Publisher};

@@ -154,7 +154,9 @@ impl RelayHandle {
         self.wakeup.wake_now();
         match thread.join() {
             Ok(result) => result,
-            Err(_) => Err(Error::Io(std::io::Error::other("the reactor thread panicked"))),
+            Err(_) => Err(Error::Io(std::io::Error::other(
+                "the reactor thread panicked",
+            ))),
         }
     }
 }

@@ -72,21 +72,79 @@ impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
         let rows: [(&str, &str, &str, u64); 11] = [
-            ("tidings_connections", "gauge", "Open sockets, WebSocket and HTTP.", self.connections),
-            ("tidings_websockets", "gauge", "Open WebSocket connections.", self.websockets),
-            ("tidings_accepted_total", "counter", "Sockets accepted.", self.accepted),
-            ("tidings_rejected_connections_total", "counter", "Sockets refused at limits.max_connections.", self.rejected_connections),
-            ("tidings_events_published_total", "counter", "Events fanned out.", self.events_published),
-            ("tidings_deliveries_total", "counter", "Frames queued to subscribers.", self.deliveries),
-            ("tidings_dropped_frames_total", "counter", "Frames dropped by the drop_oldest policy.", self.dropped_frames),
-            ("tidings_slow_consumer_closes_total", "counter", "Sockets closed as slow consumers.", self.slow_consumer_closes),
-            ("tidings_protocol_closes_total", "counter", "Sockets closed for protocol violations.", self.protocol_closes),
-            ("tidings_auth_failures_total", "counter", "Failed authentications.", self.auth_failures),
-            ("tidings_http_requests_total", "counter", "HTTP requests answered.", self.http_requests),
+            (
+                "tidings_connections",
+                "gauge",
+                "Open sockets, WebSocket and HTTP.",
+                self.connections,
+            ),
+            (
+                "tidings_websockets",
+                "gauge",
+                "Open WebSocket connections.",
+                self.websockets,
+            ),
+            (
+                "tidings_accepted_total",
+                "counter",
+                "Sockets accepted.",
+                self.accepted,
+            ),
+            (
+                "tidings_rejected_connections_total",
+                "counter",
+                "Sockets refused at limits.max_connections.",
+                self.rejected_connections,
+            ),
+            (
+                "tidings_events_published_total",
+                "counter",
+                "Events fanned out.",
+                self.events_published,
+            ),
+            (
+                "tidings_deliveries_total",
+                "counter",
+                "Frames queued to subscribers.",
+                self.deliveries,
+            ),
+            (
+                "tidings_dropped_frames_total",
+                "counter",
+                "Frames dropped by the drop_oldest policy.",
+                self.dropped_frames,
+            ),
+            (
+                "tidings_slow_consumer_closes_total",
+                "counter",
+                "Sockets closed as slow consumers.",
+                self.slow_consumer_closes,
+            ),
+            (
+                "tidings_protocol_closes_total",
+                "counter",
+                "Sockets closed for protocol violations.",
+                self.protocol_closes,
+            ),
+            (
+                "tidings_auth_failures_total",
+                "counter",
+                "Failed authentications.",
+                self.auth_failures,
+            ),
+            (
+                "tidings_http_requests_total",
+                "counter",
+                "HTTP requests answered.",
+                self.http_requests,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }

@@ -26,8 +26,8 @@ pub struct Event {
 impl Event {
     /// An event on `channel` whose `data` is `data` serialized to JSON.
     pub fn new(channel: impl Into<String>, data: &impl Serialize) -> Result<Event, PublishError> {
-        let data = serde_json::value::to_raw_value(data)
-            .map_err(|e| PublishError::Json(e.to_string()))?;
+        let data =
+            serde_json::value::to_raw_value(data).map_err(|e| PublishError::Json(e.to_string()))?;
         Ok(Event::from_raw(channel.into(), None, data))
     }
 
@@ -38,7 +38,11 @@ impl Event {
         Ok(Event::from_raw(channel.into(), None, data))
     }
 
-    pub(crate) fn from_raw(channel: String, event_type: Option<String>, data: Box<RawValue>) -> Event {
+    pub(crate) fn from_raw(
+        channel: String,
+        event_type: Option<String>,
+        data: Box<RawValue>,
+    ) -> Event {
         Event {
             channel,
             event_type,
@@ -154,8 +158,11 @@ mod tests {
 
     #[test]
     fn event_frame_shape() {
-        let event = Event::new("job.progress", &serde_json::json!({"jobId": "import-abc123"}))
-            .expect("serializable");
+        let event = Event::new(
+            "job.progress",
+            &serde_json::json!({"jobId": "import-abc123"}),
+        )
+        .expect("serializable");
         let frame = event.encode(at()).frame(42);
         assert_eq!(frame[0], 0x81, "final text frame");
         assert_eq!(frame[1] as usize, frame.len() - 2, "7-bit length");

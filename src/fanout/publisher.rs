@@ -100,7 +100,11 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(capacity: usize, wakeup: Arc<Wakeup>, limits: SubjectLimits) -> (Publisher, Receiver<EncodedEvent>) {
+    pub(crate) fn new(
+        capacity: usize,
+        wakeup: Arc<Wakeup>,
+        limits: SubjectLimits,
+    ) -> (Publisher, Receiver<EncodedEvent>) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let shared = Arc::new(Shared {
             sender,

@@ -39,10 +39,11 @@ pub struct Flushed {
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    front_sent: usize,
+    /// Bytes of the front frame already written. `u32`s keep the struct
+    /// small: a queue never holds 4 GiB, its limits say so.
+    front_sent: u32,
     /// Unsent bytes across all frames.
-    bytes: usize,
+    bytes: u32,
 }
 
 impl OutQueue {
@@ -56,12 +57,13 @@ impl OutQueue {
 
     /// Unsent bytes.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
     }
 
     /// Queues a data frame if it fits within `limits`.
     pub fn push(&mut self, frame: Bytes, limits: QueueLimits) -> Push {
-        if self.frames.len() >= limits.max_messages || self.bytes + frame.len() > limits.max_bytes {
+        if self.frames.len() >= limits.max_messages || self.bytes() + frame.len() > limits.max_bytes
+        {
             return Push::Full;
         }
         self.push_unbounded(frame);
@@ -72,7 +74,7 @@ impl OutQueue {
     /// and close frames, which the relay makes at a rate the client controls
     /// only through its own (rate-limited) messages.
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
+        self.bytes = self.bytes.saturating_add(frame.len() as u32);
         self.frames.push_back(frame);
     }
 
@@ -83,10 +85,14 @@ impl OutQueue {
         // A partly written front frame must finish, or the stream breaks.
         let keep = usize::from(self.front_sent > 0);
         while self.frames.len() > keep
-            && (self.frames.len() >= limits.max_messages || self.bytes + incoming > limits.max_bytes)
+            && (self.frames.len() >= limits.max_messages
+                || self.bytes() + incoming > limits.max_bytes)
         {
-            let frame = self.frames.remove(keep).expect("bug: index checked against len");
-            self.bytes -= frame.len();
+            let frame = self
+                .frames
+                .remove(keep)
+                .expect("bug: index checked against len");
+            self.bytes -= frame.len() as u32;
             dropped += 1;
         }
         dropped
@@ -97,7 +103,10 @@ impl OutQueue {
     pub fn discard_unsent(&mut self) {
         let keep = usize::from(self.front_sent > 0);
         self.frames.truncate(keep);
-        self.bytes = self.frames.front().map_or(0, |f| f.len() - self.front_sent);
+        self.bytes = self
+            .frames
+            .front()
+            .map_or(0, |f| (f.len() - self.front_sent as usize) as u32);
         self.release_if_empty();
     }
 
@@ -128,7 +137,7 @@ impl OutQueue {
     }
 
     fn write_once(&self, sink: &mut impl Write) -> io::Result<usize> {
-        let front = &self.frames[0][self.front_sent..];
+        let front = &self.frames[0][self.front_sent as usize..];
         if self.frames.len() == 1 {
             return sink.write(front);
         }
@@ -143,11 +152,11 @@ impl OutQueue {
     }
 
     fn advance(&mut self, mut written: usize) {
-        self.bytes -= written;
+        self.bytes -= written as u32;
         while written > 0 {
-            let front_left = self.frames[0].len() - self.front_sent;
+            let front_left = self.frames[0].len() - self.front_sent as usize;
             if written < front_left {
-                self.front_sent += written;
+                self.front_sent += written as u32;
                 return;
             }
             written -= front_left;
@@ -233,9 +242,20 @@ mod tests {
         for i in 0..4 {
             q.push(frame(i, 10), LIMITS);
         }
-        let mut sink = Sink { out: vec![], per_call: 1000, total: 1000, calls: 0 };
+        let mut sink = Sink {
+            out: vec![],
+            per_call: 1000,
+            total: 1000,
+            calls: 0,
+        };
         let done = q.flush_to(&mut sink).expect("flush");
-        assert_eq!(done, Flushed { bytes: 40, blocked: false });
+        assert_eq!(
+            done,
+            Flushed {
+                bytes: 40,
+                blocked: false
+            }
+        );
         assert_eq!(sink.calls, 1, "one vectored write for four frames");
         let expected: Vec<u8> = (0..4).flat_map(|i| vec![i; 10]).collect();
         assert_eq!(sink.out, expected);
@@ -247,9 +267,20 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(frame(1, 10), LIMITS);
         q.push(frame(2, 10), LIMITS);
-        let mut sink = Sink { out: vec![], per_call: 3, total: 14, calls: 0 };
+        let mut sink = Sink {
+            out: vec![],
+            per_call: 3,
+            total: 14,
+            calls: 0,
+        };
         let done = q.flush_to(&mut sink).expect("flush");
-        assert_eq!(done, Flushed { bytes: 14, blocked: true });
+        assert_eq!(
+            done,
+            Flushed {
+                bytes: 14,
+                blocked: true
+            }
+        );
         assert_eq!(q.bytes(), 6);
         // A close frame queued now must follow the partly written frame 2.
         q.discard_unsent();
@@ -279,7 +310,12 @@ mod tests {
         for i in 0..4 {
             q.push(frame(i, 20), LIMITS);
         }
-        let mut sink = Sink { out: vec![], per_call: 5, total: 5, calls: 0 };
+        let mut sink = Sink {
+            out: vec![],
+            per_call: 5,
+            total: 5,
+            calls: 0,
+        };
         q.flush_to(&mut sink).expect("flush");
         let dropped = q.drop_oldest_for(20, LIMITS);
         assert_eq!(dropped, 1);
@@ -291,14 +327,22 @@ mod tests {
         expected.extend([2; 20]);
         expected.extend([3; 20]);
         expected.extend([9; 20]);
-        assert_eq!(sink.out, expected, "frame 1 dropped whole, frame 0 finished");
+        assert_eq!(
+            sink.out, expected,
+            "frame 1 dropped whole, frame 0 finished"
+        );
     }
 
     #[test]
     fn empty_queue_holds_no_buffer() {
         let mut q = OutQueue::default();
         q.push(frame(1, 10), LIMITS);
-        let mut sink = Sink { out: vec![], per_call: 100, total: 100, calls: 0 };
+        let mut sink = Sink {
+            out: vec![],
+            per_call: 100,
+            total: 100,
+            calls: 0,
+        };
         q.flush_to(&mut sink).expect("flush");
         assert_eq!(q.frames.capacity(), 0);
     }

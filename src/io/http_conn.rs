@@ -59,11 +59,17 @@ impl Reactor {
             };
             match self.on_request(key, &head) {
                 Outcome::NeedMore => return true,
-                Outcome::Done => return matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::WebSocket(_))),
+                Outcome::Done => {
+                    return matches!(
+                        self.conns.get(key).map(|c| &c.phase),
+                        Some(Phase::WebSocket(_))
+                    )
+                }
                 Outcome::KeepAlive { consumed } => {
                     let idle = self.config.timeouts.handshake.as_millis() as Millis;
                     let now = self.now;
-                    let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+                    let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase)
+                    else {
                         return false;
                     };
                     http.buf.drain(..consumed);
@@ -86,12 +92,29 @@ impl Reactor {
             Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
             Route::Metrics => {
                 let text = self.stats.snapshot().prometheus();
-                response(Status::Ok, &[], "text/plain; version=0.0.4", text.as_bytes(), keep_alive)
+                response(
+                    Status::Ok,
+                    &[],
+                    "text/plain; version=0.0.4",
+                    text.as_bytes(),
+                    keep_alive,
+                )
             }
-            Route::NotFound => json_error(Status::NotFound, "not_found", "no such endpoint; the WebSocket is at /ws", keep_alive),
+            Route::NotFound => json_error(
+                Status::NotFound,
+                "not_found",
+                "no such endpoint; the WebSocket is at /ws",
+                keep_alive,
+            ),
             Route::MethodNotAllowed(allow) => {
                 let body = format!("{}\n", Status::MethodNotAllowed.reason());
-                response(Status::MethodNotAllowed, &[("Allow", allow)], "text/plain", body.as_bytes(), keep_alive)
+                response(
+                    Status::MethodNotAllowed,
+                    &[("Allow", allow)],
+                    "text/plain",
+                    body.as_bytes(),
+                    keep_alive,
+                )
             }
         };
         // A body on a request that takes none would be read as the next request.
@@ -134,7 +157,9 @@ impl Reactor {
             }
         } else {
             let wait = self.config.timeouts.auth.as_millis() as Millis;
-            Auth::Pending { deadline: now + wait }
+            Auth::Pending {
+                deadline: now + wait,
+            }
         };
         let ping_interval = self.config.timeouts.ping_interval.as_millis() as Millis;
         let pong_wait = self.config.timeouts.pong_wait.as_millis() as Millis;
@@ -173,8 +198,16 @@ impl Reactor {
         let bearer = head.authorization.as_deref().and_then(bearer_token);
         let refusal = match self.tokens.check_publisher(bearer) {
             PublishAuth::Allowed => None,
-            PublishAuth::Missing => Some((Status::Unauthorized, "unauthorized", "send Authorization: Bearer <publish token>")),
-            PublishAuth::Wrong => Some((Status::Forbidden, "forbidden", "the publish token is not valid")),
+            PublishAuth::Missing => Some((
+                Status::Unauthorized,
+                "unauthorized",
+                "send Authorization: Bearer <publish token>",
+            )),
+            PublishAuth::Wrong => Some((
+                Status::Forbidden,
+                "forbidden",
+                "the publish token is not valid",
+            )),
         };
         if let Some((status, code, message)) = refusal {
             Stats::add(&self.stats.auth_failures, 1);
@@ -183,14 +216,22 @@ impl Reactor {
             return Outcome::Done;
         }
         let Some(length) = head.content_length.filter(|_| !head.chunked) else {
-            let answer = json_error(Status::LengthRequired, "length_required", "send the body with a Content-Length", false);
+            let answer = json_error(
+                Status::LengthRequired,
+                "length_required",
+                "send the body with a Content-Length",
+                false,
+            );
             self.respond_and_close(key, answer);
             return Outcome::Done;
         };
         let max = self.config.limits.max_request_body;
         if length > max {
             let message = format!("the body is {length} bytes; limits.max_request_body is {max}");
-            self.respond_and_close(key, json_error(Status::PayloadTooLarge, "too_large", &message, false));
+            self.respond_and_close(
+                key,
+                json_error(Status::PayloadTooLarge, "too_large", &message, false),
+            );
             return Outcome::Done;
         }
         let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
@@ -215,14 +256,21 @@ impl Reactor {
     fn publish_body(&mut self, body: &[u8], keep_alive: bool) -> Vec<u8> {
         let items = match parse_publish_body(body) {
             Ok(items) => items,
-            Err(message) => return json_error(Status::BadRequest, "bad_request", &message, keep_alive),
+            Err(message) => {
+                return json_error(Status::BadRequest, "bad_request", &message, keep_alive)
+            }
         };
-        let single = items.len() == 1 && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let single =
+            items.len() == 1 && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         let mut events = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
             let event = Event::from_raw(item.channel, item.event_type, item.data);
             if let Err(e) = validate_event(&event, &self.subject_limits) {
-                let message = if single { e.to_string() } else { format!("event {index}: {e}") };
+                let message = if single {
+                    e.to_string()
+                } else {
+                    format!("event {index}: {e}")
+                };
                 let code = match e {
                     PublishError::InvalidChannel(_) => "invalid_channel",
                     _ => "invalid_event",
@@ -233,7 +281,12 @@ impl Reactor {
         }
         // Producers' events already wait: the relay is saturated.
         if self.publisher.is_full() {
-            return json_error(Status::ServiceUnavailable, "ingest_full", "the relay is saturated; retry shortly", keep_alive);
+            return json_error(
+                Status::ServiceUnavailable,
+                "ingest_full",
+                "the relay is saturated; retry shortly",
+                keep_alive,
+            );
         }
         let now = SystemTime::now();
         let seqs: Vec<u64> = events

@@ -16,7 +16,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Closing, Conn, HttpConn, Phase, Subs};
+use super::conn::{Closing, Conn, HttpConn, Phase, Subs, NOT_STALLED};
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
@@ -212,7 +212,12 @@ impl Reactor {
                 buf: Vec::new(),
                 deadline,
             };
-            entry.insert(Conn::new(socket, self.next_id, Phase::Http(Box::new(http)), self.now));
+            entry.insert(Conn::new(
+                socket,
+                self.next_id,
+                Phase::Http(Box::new(http)),
+                self.now,
+            ));
             Stats::add(&self.stats.accepted, 1);
             Stats::add(&self.stats.connections, 1);
             self.arm(key, deadline);
@@ -377,13 +382,13 @@ impl Reactor {
             }
         };
         if flushed.blocked {
-            if flushed.bytes > 0 || conn.stalled_since.is_none() {
-                conn.stalled_since = Some(now);
+            if flushed.bytes > 0 || conn.stalled_since == NOT_STALLED {
+                conn.stalled_since = now;
                 self.arm(key, now + write_deadline);
             }
             return;
         }
-        conn.stalled_since = None;
+        conn.stalled_since = NOT_STALLED;
         if let Phase::Closing(closing) = &mut conn.phase {
             if closing.drop_when_flushed {
                 self.drop_conn(key);
@@ -425,12 +430,21 @@ impl Reactor {
         Stats::sub(&self.stats.websockets, 1);
         if reason.is_slow_consumer() {
             Stats::add(&self.stats.slow_consumer_closes, 1);
-            info!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+            info!(
+                "closing {peer:?} (socket {key}): {reason} ({})",
+                reason.code()
+            );
         } else if reason.is_protocol_error() {
             Stats::add(&self.stats.protocol_closes, 1);
-            info!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+            info!(
+                "closing {peer:?} (socket {key}): {reason} ({})",
+                reason.code()
+            );
         } else {
-            debug!("closing {peer:?} (socket {key}): {reason} ({})", reason.code());
+            debug!(
+                "closing {peer:?} (socket {key}): {reason} ({})",
+                reason.code()
+            );
         }
         if let Phase::WebSocket(ws) = old {
             self.unsubscribe_all(key, &ws.subs);
@@ -519,7 +533,8 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let stall_deadline = conn.stalled_since.map(|since| since + write_deadline);
+        let stall_deadline =
+            (conn.stalled_since != NOT_STALLED).then(|| conn.stalled_since + write_deadline);
         match &mut conn.phase {
             Phase::Http(http) => {
                 if now < http.deadline {
@@ -571,11 +586,16 @@ impl Reactor {
                 let Some(ws) = conn.ws_mut() else {
                     return;
                 };
-                let next = [Some(idle_deadline), Some(ws.next_ping), auth_deadline, stall_deadline]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(idle_deadline);
+                let next = [
+                    Some(idle_deadline),
+                    Some(ws.next_ping),
+                    auth_deadline,
+                    stall_deadline,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(idle_deadline);
                 self.arm(key, next);
             }
         }

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use log::info;
 
 use super::conn::{Auth, Phase, Subs};
-use crate::auth::TokenId;
 use super::reactor::Reactor;
+use crate::auth::TokenId;
 use crate::error::CloseReason;
 use crate::fanout::queue::Push;
 use crate::proto::command::{
@@ -214,7 +214,11 @@ impl Reactor {
 
     /// Checks that the socket may change subscriptions and every pattern is
     /// valid; returns the socket's token.
-    fn check_ready(&self, key: usize, channels: &[String]) -> Result<Option<TokenId>, CommandError> {
+    fn check_ready(
+        &self,
+        key: usize,
+        channels: &[String],
+    ) -> Result<Option<TokenId>, CommandError> {
         for pattern in channels {
             validate_pattern(pattern, &self.subject_limits).map_err(|e| {
                 CommandError::new(ErrorCode::InvalidChannel, format!("{pattern:?}: {e}"))
@@ -222,7 +226,12 @@ impl Reactor {
         }
         let auth = match self.conns.get(key).map(|c| &c.phase) {
             Some(Phase::WebSocket(ws)) => ws.auth,
-            _ => return Err(CommandError::new(ErrorCode::BadRequest, "connection is closing")),
+            _ => {
+                return Err(CommandError::new(
+                    ErrorCode::BadRequest,
+                    "connection is closing",
+                ))
+            }
         };
         if let Auth::Pending { .. } = auth {
             return Err(CommandError::new(

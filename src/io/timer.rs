@@ -169,7 +169,10 @@ mod tests {
         for round in 0..3u32 {
             let at = now + SLOTS as Millis - 5;
             wheel.schedule(entry(round, at));
-            assert_eq!(wheel.next_timeout(now), Some(Duration::from_millis(at - now)));
+            assert_eq!(
+                wheel.next_timeout(now),
+                Some(Duration::from_millis(at - now))
+            );
             assert!(expire(&mut wheel, at - 1).is_empty());
             assert_eq!(expire(&mut wheel, at), vec![round]);
             now = at;

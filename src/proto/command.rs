@@ -74,7 +74,12 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         .map_err(|e| CommandError::new(ErrorCode::BadRequest, e.to_string()))?;
     let kind = match fields.kind {
         Some(serde_json::Value::String(kind)) => kind,
-        Some(_) => return Err(CommandError::new(ErrorCode::UnknownType, "`type` must be a string")),
+        Some(_) => {
+            return Err(CommandError::new(
+                ErrorCode::UnknownType,
+                "`type` must be a string",
+            ))
+        }
         None => return Err(CommandError::new(ErrorCode::UnknownType, "missing `type`")),
     };
     match kind.as_str() {
@@ -96,7 +101,12 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
 }
 
 fn channels(value: Option<serde_json::Value>) -> Result<Vec<String>, CommandError> {
-    let bad = || CommandError::new(ErrorCode::BadRequest, "`channels` must be a non-empty array of strings");
+    let bad = || {
+        CommandError::new(
+            ErrorCode::BadRequest,
+            "`channels` must be a non-empty array of strings",
+        )
+    };
     let Some(serde_json::Value::Array(items)) = value else {
         return Err(bad());
     };
@@ -145,15 +155,24 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 pub fn reply_subscribed(channels: &[String]) -> String {
-    to_json(&ChannelsReply { kind: "subscribed", channels })
+    to_json(&ChannelsReply {
+        kind: "subscribed",
+        channels,
+    })
 }
 
 pub fn reply_unsubscribed(channels: &[String]) -> String {
-    to_json(&ChannelsReply { kind: "unsubscribed", channels })
+    to_json(&ChannelsReply {
+        kind: "unsubscribed",
+        channels,
+    })
 }
 
 pub fn reply_pong(timestamp: &str) -> String {
-    to_json(&PongReply { kind: "pong", timestamp })
+    to_json(&PongReply {
+        kind: "pong",
+        timestamp,
+    })
 }
 
 pub fn reply_authenticated() -> String {
@@ -178,11 +197,20 @@ mod tests {
     #[test]
     fn commands() {
         let table = [
-            (r#"{"type":"subscribe","channels":["job.*","a"]}"#, Command::Subscribe(vec!["job.*".into(), "a".into()])),
-            (r#"{"type":"unsubscribe","channels":["a"]}"#, Command::Unsubscribe(vec!["a".into()])),
+            (
+                r#"{"type":"subscribe","channels":["job.*","a"]}"#,
+                Command::Subscribe(vec!["job.*".into(), "a".into()]),
+            ),
+            (
+                r#"{"type":"unsubscribe","channels":["a"]}"#,
+                Command::Unsubscribe(vec!["a".into()]),
+            ),
             (r#"{"type":"ping"}"#, Command::Ping),
             (r#"{"type":"auth","token":"t"}"#, Command::Auth("t".into())),
-            (r#" {"channels":["x"],"type":"subscribe","extra":1} "#, Command::Subscribe(vec!["x".into()])),
+            (
+                r#" {"channels":["x"],"type":"subscribe","extra":1} "#,
+                Command::Subscribe(vec!["x".into()]),
+            ),
         ];
         for (text, expected) in table {
             assert_eq!(parse_command(text), Ok(expected), "{text}");
@@ -199,9 +227,18 @@ mod tests {
             (r#"{"channels":[]}"#, ErrorCode::UnknownType),
             (r#"{"type":7}"#, ErrorCode::UnknownType),
             (r#"{"type":"subscribe"}"#, ErrorCode::BadRequest),
-            (r#"{"type":"subscribe","channels":[]}"#, ErrorCode::BadRequest),
-            (r#"{"type":"subscribe","channels":"a"}"#, ErrorCode::BadRequest),
-            (r#"{"type":"subscribe","channels":[1]}"#, ErrorCode::BadRequest),
+            (
+                r#"{"type":"subscribe","channels":[]}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"subscribe","channels":"a"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"subscribe","channels":[1]}"#,
+                ErrorCode::BadRequest,
+            ),
             (r#"{"type":"auth"}"#, ErrorCode::BadRequest),
         ];
         for (text, code) in table {
@@ -211,12 +248,25 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(reply_subscribed(&["a.*".into()]), r#"{"type":"subscribed","channels":["a.*"]}"#);
-        let value: serde_json::Value = serde_json::from_str(&reply_subscribed(&["a.*".into()])).expect("json");
+        assert_eq!(
+            reply_subscribed(&["a.*".into()]),
+            r#"{"type":"subscribed","channels":["a.*"]}"#
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&reply_subscribed(&["a.*".into()])).expect("json");
         assert_eq!(value, json!({"type":"subscribed","channels":["a.*"]}));
-        let value: serde_json::Value = serde_json::from_str(&reply_error(&CommandError::new(ErrorCode::Forbidden, "no"))).expect("json");
-        assert_eq!(value, json!({"type":"error","data":{"code":"forbidden","message":"no"}}));
-        let value: serde_json::Value = serde_json::from_str(&reply_pong("2024-12-22T10:30:00.123Z")).expect("json");
-        assert_eq!(value, json!({"type":"pong","timestamp":"2024-12-22T10:30:00.123Z"}));
+        let value: serde_json::Value =
+            serde_json::from_str(&reply_error(&CommandError::new(ErrorCode::Forbidden, "no")))
+                .expect("json");
+        assert_eq!(
+            value,
+            json!({"type":"error","data":{"code":"forbidden","message":"no"}})
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&reply_pong("2024-12-22T10:30:00.123Z")).expect("json");
+        assert_eq!(
+            value,
+            json!({"type":"pong","timestamp":"2024-12-22T10:30:00.123Z"})
+        );
     }
 }

@@ -102,7 +102,9 @@ impl MessageReader {
             }
             OpCode::Data(Data::Continue) => {
                 let Some(buffer) = self.fragments.as_mut() else {
-                    return Err(CloseReason::Protocol("continuation frame without a message"));
+                    return Err(CloseReason::Protocol(
+                        "continuation frame without a message",
+                    ));
                 };
                 buffer.extend_from_slice(payload);
                 if !header.is_final {
@@ -315,7 +317,10 @@ mod tests {
         bytes.extend(client_frame(0x80, b"lo"));
         assert_eq!(
             read_all(&bytes, 512),
-            Ok(vec![Message::Ping(b"p".to_vec()), Message::Text("Hello".into())])
+            Ok(vec![
+                Message::Ping(b"p".to_vec()),
+                Message::Text("Hello".into())
+            ])
         );
     }
 

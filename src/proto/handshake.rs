@@ -272,11 +272,23 @@ mod tests {
     #[test]
     fn refusals() {
         let cases = [
-            (UPGRADE.replace("Version: 13", "Version: 12"), Status::UpgradeRequired),
+            (
+                UPGRADE.replace("Version: 13", "Version: 12"),
+                Status::UpgradeRequired,
+            ),
             (UPGRADE.replace("GET", "POST"), Status::MethodNotAllowed),
-            ("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), Status::BadRequest),
-            (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), Status::BadRequest),
-            (UPGRADE.replace("Upgrade: websocket\r\n", ""), Status::BadRequest),
+            (
+                "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+                Status::BadRequest,
+            ),
+            (
+                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+                Status::BadRequest,
+            ),
+            (
+                UPGRADE.replace("Upgrade: websocket\r\n", ""),
+                Status::BadRequest,
+            ),
         ];
         for (text, status) in cases {
             assert_eq!(check_upgrade(&parse(&text)), Err(status), "{text}");
@@ -289,7 +301,10 @@ mod tests {
     #[test]
     fn bearer_subprotocol_with_and_without_space() {
         for list in ["Bearer, tok-1", "Bearer,tok-1"] {
-            let text = UPGRADE.replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Protocol: {list}\r\n\r\n"));
+            let text = UPGRADE.replace(
+                "\r\n\r\n",
+                &format!("\r\nSec-WebSocket-Protocol: {list}\r\n\r\n"),
+            );
             let upgrade = check_upgrade(&parse(&text)).expect("accepted");
             assert_eq!(upgrade.bearer_token.as_deref(), Some("tok-1"));
             let response = String::from_utf8(upgrade.response()).expect("ascii");
@@ -300,7 +315,9 @@ mod tests {
 
     #[test]
     fn keep_alive_and_lengths() {
-        let head = parse("POST /api/publish HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer x\r\n\r\n");
+        let head = parse(
+            "POST /api/publish HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer x\r\n\r\n",
+        );
         assert!(head.keep_alive);
         assert_eq!(head.content_length, Some(5));
         assert_eq!(head.authorization.as_deref(), Some("Bearer x"));
@@ -308,7 +325,11 @@ mod tests {
         assert!(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
         assert!(!parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert_eq!(
-            parse_head(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 8192, 32),
+            parse_head(
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                8192,
+                32
+            ),
             Err(HeadError::Malformed)
         );
         assert_eq!(parse("GET /ws?x=1 HTTP/1.1\r\n\r\n").path, "/ws");

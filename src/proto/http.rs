@@ -121,7 +121,13 @@ pub fn json_response(status: Status, body: &serde_json::Value, keep_alive: bool)
     };
     let mut text = body.to_string();
     text.push('\n');
-    response(status, extra, "application/json", text.as_bytes(), keep_alive)
+    response(
+        status,
+        extra,
+        "application/json",
+        text.as_bytes(),
+        keep_alive,
+    )
 }
 
 /// `{"error":{"code":...,"message":...}}` with the given status.
@@ -189,21 +195,33 @@ mod tests {
 
     #[test]
     fn response_shape() {
-        let text = String::from_utf8(response(Status::NotFound, &[("X-A", "b")], "text/plain", b"nope", true))
-            .expect("ascii");
+        let text = String::from_utf8(response(
+            Status::NotFound,
+            &[("X-A", "b")],
+            "text/plain",
+            b"nope",
+            true,
+        ))
+        .expect("ascii");
         assert_eq!(
             text,
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nX-A: b\r\nConnection: keep-alive\r\n\r\nnope"
         );
-        let busy = String::from_utf8(json_error(Status::ServiceUnavailable, "ingest_full", "m", false))
-            .expect("ascii");
+        let busy = String::from_utf8(json_error(
+            Status::ServiceUnavailable,
+            "ingest_full",
+            "m",
+            false,
+        ))
+        .expect("ascii");
         assert!(busy.contains("Retry-After: 1\r\n"));
         assert!(busy.ends_with("{\"error\":{\"code\":\"ingest_full\",\"message\":\"m\"}}\n"));
     }
 
     #[test]
     fn publish_bodies() {
-        let one = parse_publish_body(br#" {"channel":"job.progress","data":{"p":0.5}}"#).expect("one");
+        let one =
+            parse_publish_body(br#" {"channel":"job.progress","data":{"p":0.5}}"#).expect("one");
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].channel, "job.progress");
         assert_eq!(one[0].data.get(), r#"{"p":0.5}"#);
@@ -213,8 +231,19 @@ mod tests {
         .expect("many");
         assert_eq!(many.len(), 2);
         assert_eq!(many[1].event_type.as_deref(), Some("t"));
-        for bad in [&b"nope"[..], b"[]", b"{\"channel\":\"a\"}", b"{\"data\":1}", b"{\"channel\":\"a\",\"data\":1,\"x\":2}", b"{\"channel\":\"a\",\"data\":}"] {
-            assert!(parse_publish_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"nope"[..],
+            b"[]",
+            b"{\"channel\":\"a\"}",
+            b"{\"data\":1}",
+            b"{\"channel\":\"a\",\"data\":1,\"x\":2}",
+            b"{\"channel\":\"a\",\"data\":}",
+        ] {
+            assert!(
+                parse_publish_body(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

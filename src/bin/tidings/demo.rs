@@ -120,7 +120,8 @@ fn alerts_loop(publisher: Publisher) {
             return;
         }
         thread::sleep(Duration::from_secs(5));
-        let resolved = json!({ "alertId": alert_id, "severity": "info", "title": "Memory back to normal" });
+        let resolved =
+            json!({ "alertId": alert_id, "severity": "info", "title": "Memory back to normal" });
         if !send(&publisher, Event::new("alert.resolved", &resolved)) {
             return;
         }

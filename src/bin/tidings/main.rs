@@ -64,7 +64,8 @@ fn run(args: Args) -> Result<(), String> {
     let addr = relay.local_addr();
     // Register before announcing, so a signal sent right after the startup
     // line is never missed.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let handle = relay.spawn().map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "tidings listening on ws://{addr}/ws");
