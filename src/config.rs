@@ -21,6 +21,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Patterns a socket receives until its first `subscribe`.
     pub default_channels: Vec<String>,
+    /// Browser origins allowed to open a WebSocket (`Origin` header); empty
+    /// allows any. Requests without `Origin` (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
@@ -47,6 +50,12 @@ pub struct Limits {
     pub max_channel_segments: usize,
     /// Open sockets (WebSocket and HTTP) the relay accepts.
     pub max_connections: usize,
+    /// Open sockets from one client IP address; 0 for no limit.
+    pub max_connections_per_ip: usize,
+    /// Messages per second a client may send, on average (a token bucket).
+    pub messages_per_second: u32,
+    /// Messages a client may send in a burst above that rate.
+    pub message_burst: u32,
     /// Largest HTTP request head (request line and headers), in bytes.
     pub max_request_head: usize,
     /// Most headers in one HTTP request.
@@ -139,6 +148,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             default_channels: Vec::new(),
+            allowed_origins: Vec::new(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             auth: AuthConfig::default(),
@@ -160,6 +170,11 @@ impl Default for Limits {
             max_channel_length: 255,
             max_channel_segments: 16,
             max_connections: 200_000,
+            // Off by default: load balancers and NAT put many clients behind one address.
+            max_connections_per_ip: 0,
+            // Clients send a handful of commands and a ping every 30 s.
+            messages_per_second: 20,
+            message_burst: 50,
             max_request_head: 8 * 1024,
             max_headers: 64,
             max_request_body: 1024 * 1024,
@@ -225,6 +240,8 @@ impl Config {
             ("limits.max_headers", l.max_headers),
             ("limits.ingest_capacity", l.ingest_capacity),
             ("limits.ingest_batch", l.ingest_batch),
+            ("limits.messages_per_second", l.messages_per_second as usize),
+            ("limits.message_burst", l.message_burst as usize),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -105,6 +105,8 @@ pub enum CloseReason {
     QueueOverflow,
     /// Output was pending and no byte left for `timeouts.write_deadline`.
     WriteStalled,
+    /// The client kept sending over `limits.messages_per_second` after a warning.
+    RateLimited,
     AuthFailed,
     AuthTimeout,
 }
@@ -117,7 +119,7 @@ impl CloseReason {
             CloseReason::Protocol(_) => 1002,
             CloseReason::BinaryMessage => 1003,
             CloseReason::InvalidUtf8 => 1007,
-            CloseReason::QueueOverflow | CloseReason::WriteStalled => 1008,
+            CloseReason::QueueOverflow | CloseReason::WriteStalled | CloseReason::RateLimited => 1008,
             CloseReason::MessageTooBig { .. } => 1009,
             CloseReason::AuthFailed => 4001,
             CloseReason::AuthTimeout => 4008,
@@ -137,6 +139,7 @@ impl CloseReason {
                 | CloseReason::BinaryMessage
                 | CloseReason::InvalidUtf8
                 | CloseReason::MessageTooBig { .. }
+                | CloseReason::RateLimited
         )
     }
 }
@@ -156,6 +159,7 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::QueueOverflow => f.write_str("slow consumer: outbound queue full"),
             CloseReason::WriteStalled => f.write_str("slow consumer: write deadline exceeded"),
+            CloseReason::RateLimited => f.write_str("message rate limit exceeded"),
             CloseReason::AuthFailed => f.write_str("authentication failed"),
             CloseReason::AuthTimeout => f.write_str("authentication timeout"),
         }
@@ -176,6 +180,7 @@ mod tests {
             (CloseReason::InvalidUtf8, 1007),
             (CloseReason::QueueOverflow, 1008),
             (CloseReason::WriteStalled, 1008),
+            (CloseReason::RateLimited, 1008),
             (
                 CloseReason::MessageTooBig {
                     size: 600,

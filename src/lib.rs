@@ -10,6 +10,7 @@ pub mod error;
 pub mod fanout;
 mod io;
 pub mod proto;
+pub mod rate;
 mod relay;
 pub mod route;
 pub mod stats;

@@ -9,6 +9,7 @@ use super::timer::Millis;
 use crate::auth::TokenId;
 use crate::fanout::queue::OutQueue;
 use crate::proto::frames::MessageReader;
+use crate::rate::TokenBucket;
 
 pub(crate) struct Conn {
     pub socket: TcpStream,
@@ -50,6 +51,7 @@ pub(crate) struct WsConn {
     /// Partial frame bytes and a fragmented message, only while there are any.
     pub inbound: Option<Box<Inbound>>,
     pub next_ping: Millis,
+    pub rate: TokenBucket,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +137,6 @@ mod tests {
     fn conn_stays_small() {
         let size = std::mem::size_of::<slab::Slab<Conn>>();
         let entry = std::mem::size_of::<Conn>();
-        assert!(entry <= 144, "Conn grew to {entry} bytes (slab {size})");
+        assert!(entry <= 160, "Conn grew to {entry} bytes (slab {size})");
     }
 }

@@ -10,6 +10,7 @@ use super::conn::{Auth, Phase, WsConn};
 use super::reactor::Reactor;
 use super::timer::Millis;
 use crate::auth::PublishAuth;
+use crate::rate::TokenBucket;
 use crate::fanout::event::Event;
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, parse_head, upgrade_refusal, RequestHead};
@@ -142,6 +143,11 @@ impl Reactor {
                 return Outcome::Done;
             }
         };
+        if !self.origin_allowed(head.origin.as_deref()) {
+            info!("socket {key}: origin {:?} is not in allowed_origins", head.origin);
+            self.respond_and_close(key, upgrade_refusal(Status::Forbidden));
+            return Outcome::Done;
+        }
         let now = self.now;
         let auth = if !self.tokens.clients_required() {
             Auth::NotRequired
@@ -177,6 +183,7 @@ impl Reactor {
             subs: super::conn::Subs::None,
             inbound: None,
             next_ping: now + ping_interval,
+            rate: TokenBucket::full(self.config.limits.message_burst, now),
         });
         conn.last_rx = now;
         Stats::add(&self.stats.websockets, 1);
@@ -191,6 +198,18 @@ impl Reactor {
             self.on_ws_bytes(key, &mut early);
         }
         Outcome::Done
+    }
+
+    /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`,
+    /// and only listed origins may open a socket when a list is configured.
+    fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.config.allowed_origins;
+        match origin {
+            Some(origin) if !allowed.is_empty() => allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+            _ => true,
+        }
     }
 
     fn on_publish(&mut self, key: usize, head: &RequestHead) -> Outcome {

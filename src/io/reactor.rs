@@ -4,7 +4,9 @@
 //! batch of ingested events, apply the closes that fan-out asked for, run due
 //! timers, then flush every socket that got output with one vectored write.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,6 +69,10 @@ pub(crate) struct Reactor {
     deferred_closes: Vec<(usize, CloseReason)>,
     read_again: Vec<usize>,
     stopping_until: Option<Millis>,
+    /// Open sockets per client address, kept only while
+    /// `limits.max_connections_per_ip` is set.
+    per_ip: HashMap<IpAddr, u32>,
+    ip_of: HashMap<usize, IpAddr>,
 }
 
 pub(crate) struct ReactorParts {
@@ -116,6 +122,8 @@ impl Reactor {
             deferred_closes: Vec::new(),
             read_again: Vec::new(),
             stopping_until: None,
+            per_ip: HashMap::new(),
+            ip_of: HashMap::new(),
         }
     }
 
@@ -187,9 +195,16 @@ impl Reactor {
                     return;
                 }
             };
-            if self.conns.len() >= self.config.limits.max_connections {
+            let over_ip_limit = self.count_ip(peer.ip());
+            if over_ip_limit || self.conns.len() >= self.config.limits.max_connections {
+                self.uncount_ip(peer.ip());
                 Stats::add(&self.stats.rejected_connections, 1);
-                debug!("refusing {peer}: limits.max_connections reached");
+                let limit = if over_ip_limit {
+                    "limits.max_connections_per_ip"
+                } else {
+                    "limits.max_connections"
+                };
+                info!("refusing {peer}: {limit} reached");
                 let refusal = crate::proto::handshake::upgrade_refusal(Status::ServiceUnavailable);
                 // Best effort on a fresh socket, which has room for a few bytes.
                 let _ = io::Write::write(&mut socket, &refusal);
@@ -204,7 +219,11 @@ impl Reactor {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 warn!("cannot register socket from {peer}: {e}");
+                self.uncount_ip(peer.ip());
                 continue;
+            }
+            if self.config.limits.max_connections_per_ip > 0 {
+                self.ip_of.insert(key, peer.ip());
             }
             self.next_id = self.next_id.wrapping_add(1);
             let deadline = self.now + self.config.timeouts.handshake.as_millis() as Millis;
@@ -221,6 +240,26 @@ impl Reactor {
             Stats::add(&self.stats.accepted, 1);
             Stats::add(&self.stats.connections, 1);
             self.arm(key, deadline);
+        }
+    }
+
+    /// Counts a new socket from `ip`; true if that puts it over the limit.
+    fn count_ip(&mut self, ip: IpAddr) -> bool {
+        let limit = self.config.limits.max_connections_per_ip;
+        if limit == 0 {
+            return false;
+        }
+        let count = self.per_ip.entry(ip).or_insert(0);
+        *count += 1;
+        *count as usize > limit
+    }
+
+    fn uncount_ip(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
         }
     }
 
@@ -481,6 +520,9 @@ impl Reactor {
             return;
         }
         let conn = self.conns.remove(key);
+        if let Some(ip) = self.ip_of.remove(&key) {
+            self.uncount_ip(ip);
+        }
         if let Phase::WebSocket(ws) = &conn.phase {
             Stats::sub(&self.stats.websockets, 1);
             self.unsubscribe_all(key, &ws.subs);

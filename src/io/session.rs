@@ -16,6 +16,7 @@ use crate::proto::command::{
     reply_unsubscribed, Command, CommandError, ErrorCode,
 };
 use crate::proto::frames::{encode_pong, encode_text, Message};
+use crate::rate::Verdict;
 use crate::route::validate_pattern;
 use crate::stats::Stats;
 use crate::time::rfc3339_millis_string;
@@ -66,6 +67,29 @@ impl Reactor {
     }
 
     fn on_message(&mut self, key: usize, message: Message) -> bool {
+        let limits = &self.config.limits;
+        let (rate, burst) = (limits.messages_per_second, limits.message_burst);
+        let now = self.now;
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return false;
+        };
+        // Pongs answer our pings; everything else the client chose to send.
+        if message != Message::Pong {
+            match ws.rate.take(now, rate, burst) {
+                Verdict::Allow => {}
+                Verdict::Warn => {
+                    let error = CommandError::new(
+                        ErrorCode::RateLimited,
+                        format!("over {rate} messages per second; this one was dropped"),
+                    );
+                    return self.reply(key, &reply_error(&error));
+                }
+                Verdict::Exceeded => {
+                    self.close(key, CloseReason::RateLimited);
+                    return false;
+                }
+            }
+        }
         match message {
             Message::Text(text) => self.on_text(key, &text),
             Message::Ping(payload) => self.send(key, encode_pong(&payload)),

@@ -27,6 +27,7 @@ pub enum ErrorCode {
     NotAuthenticated,
     Forbidden,
     TooManySubscriptions,
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -39,6 +40,7 @@ impl ErrorCode {
             ErrorCode::NotAuthenticated => "not_authenticated",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
