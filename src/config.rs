@@ -28,6 +28,12 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    /// Echo every client message (text or binary) instead of reading it as a
+    /// command. Only for running the Autobahn conformance suite against the
+    /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub conformance_echo: bool,
 }
 
 /// Sizes and counts. Memory under any input is a sum of these.
@@ -153,6 +159,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             auth: AuthConfig::default(),
             publish: PublishConfig::default(),
+            conformance_echo: false,
         }
     }
 }

@@ -89,6 +89,8 @@ impl Reactor {
         let keep_alive = head.keep_alive;
         let answer = match route(&head.method, &head.path) {
             Route::WebSocket => return self.upgrade(key, head),
+            // The conformance echo server upgrades on any path.
+            _ if self.config.conformance_echo => return self.upgrade(key, head),
             Route::Publish => return self.on_publish(key, head),
             Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
             Route::Metrics => {

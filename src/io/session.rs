@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use log::info;
 
-use super::conn::{Auth, Phase, Subs};
+use super::conn::{Auth, Inbound, Phase, Subs};
 use super::reactor::Reactor;
 use crate::auth::TokenId;
 use crate::error::CloseReason;
@@ -15,7 +15,7 @@ use crate::proto::command::{
     parse_command, reply_authenticated, reply_error, reply_pong, reply_subscribed,
     reply_unsubscribed, Command, CommandError, ErrorCode,
 };
-use crate::proto::frames::{encode_pong, encode_text, Message};
+use crate::proto::frames::{encode_binary, encode_pong, encode_text, Message, MessageReader};
 use crate::rate::Verdict;
 use crate::route::validate_pattern;
 use crate::stats::Stats;
@@ -28,7 +28,18 @@ impl Reactor {
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return false;
         };
-        let mut inbound = ws.inbound.take().map(|b| *b).unwrap_or_default();
+        let echo = self.config.conformance_echo;
+        let mut inbound = ws.inbound.take().map_or_else(
+            || Inbound {
+                reader: if echo {
+                    MessageReader::accepting_binary()
+                } else {
+                    MessageReader::default()
+                },
+                leftover: Vec::new(),
+            },
+            |b| *b,
+        );
         // Parse in place from the shared read buffer unless earlier bytes wait.
         let held = !inbound.leftover.is_empty();
         if held {
@@ -91,6 +102,10 @@ impl Reactor {
             }
         }
         match message {
+            Message::Text(text) if self.config.conformance_echo => {
+                self.send(key, encode_text(text.as_bytes()))
+            }
+            Message::Binary(data) => self.send(key, encode_binary(&data)),
             Message::Text(text) => self.on_text(key, &text),
             Message::Ping(payload) => self.send(key, encode_pong(&payload)),
             Message::Pong => true,

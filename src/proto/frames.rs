@@ -22,6 +22,8 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Text(String),
+    /// Only from a reader made with `accepting_binary`.
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     /// The code (if the frame had one) and the reason text.
@@ -31,11 +33,23 @@ pub enum Message {
 /// Reassembles fragmented messages. Holds nothing while no message is split.
 #[derive(Debug, Default)]
 pub struct MessageReader {
-    /// The text received so far of a fragmented message, if one is open.
+    /// The payload received so far of a fragmented message, if one is open.
     fragments: Option<Vec<u8>>,
+    /// Whether the open fragmented message is binary.
+    fragments_binary: bool,
+    /// The relay speaks JSON text and closes on binary (1003); the
+    /// conformance echo server takes binary too.
+    accept_binary: bool,
 }
 
 impl MessageReader {
+    pub fn accepting_binary() -> Self {
+        MessageReader {
+            accept_binary: true,
+            ..MessageReader::default()
+        }
+    }
+
     /// Whether a fragmented message is open, so the reader holds state.
     pub fn in_message(&self) -> bool {
         self.fragments.is_some()
@@ -86,20 +100,6 @@ impl MessageReader {
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err(CloseReason::Protocol("reserved opcode"))
             }
-            // Reject binary at its first frame rather than buffering it.
-            OpCode::Data(Data::Binary) => Err(CloseReason::BinaryMessage),
-            OpCode::Data(Data::Text) => {
-                if self.fragments.is_some() {
-                    return Err(CloseReason::Protocol(
-                        "new message started inside a fragmented message",
-                    ));
-                }
-                if header.is_final {
-                    return text_message(payload.to_vec()).map(Some);
-                }
-                self.fragments = Some(payload.to_vec());
-                Ok(None)
-            }
             OpCode::Data(Data::Continue) => {
                 let Some(buffer) = self.fragments.as_mut() else {
                     return Err(CloseReason::Protocol(
@@ -111,7 +111,23 @@ impl MessageReader {
                     return Ok(None);
                 }
                 let whole = self.fragments.take().unwrap_or_default();
-                text_message(whole).map(Some)
+                whole_message(whole, self.fragments_binary).map(Some)
+            }
+            // Reject binary at its first frame rather than buffering it.
+            OpCode::Data(Data::Binary) if !self.accept_binary => Err(CloseReason::BinaryMessage),
+            OpCode::Data(data) => {
+                if self.fragments.is_some() {
+                    return Err(CloseReason::Protocol(
+                        "new message started inside a fragmented message",
+                    ));
+                }
+                let binary = data == Data::Binary;
+                if header.is_final {
+                    return whole_message(payload.to_vec(), binary).map(Some);
+                }
+                self.fragments = Some(payload.to_vec());
+                self.fragments_binary = binary;
+                Ok(None)
             }
         }
     }
@@ -148,7 +164,10 @@ fn check_header(header: &FrameHeader, len: u64) -> Result<(), CloseReason> {
     Ok(())
 }
 
-fn text_message(bytes: Vec<u8>) -> Result<Message, CloseReason> {
+fn whole_message(bytes: Vec<u8>, binary: bool) -> Result<Message, CloseReason> {
+    if binary {
+        return Ok(Message::Binary(bytes));
+    }
     String::from_utf8(bytes)
         .map(Message::Text)
         .map_err(|_| CloseReason::InvalidUtf8)
@@ -225,6 +244,10 @@ fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
 /// A final text frame, as the server sends it (unmasked).
 pub fn encode_text(payload: &[u8]) -> Bytes {
     encode(OpCode::Data(Data::Text), payload)
+}
+
+pub fn encode_binary(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Binary), payload)
 }
 
 pub fn encode_ping() -> Bytes {
@@ -397,6 +420,24 @@ mod tests {
         bad_reason.push(0xff);
         let err = read_all(&client_frame(0x88, &bad_reason), 512).expect_err("bad utf-8");
         assert_eq!(err.code(), 1007);
+    }
+
+    #[test]
+    fn binary_when_accepted() {
+        let mut bytes = client_frame(0x02, b"ab");
+        bytes.extend(client_frame(0x80, &[0xff]));
+        bytes.extend(client_frame(0x82, b""));
+        let mut reader = MessageReader::accepting_binary();
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some((message, used)) = reader.read(&mut bytes[at..], 512).expect("valid") {
+            out.extend(message);
+            at += used;
+        }
+        assert_eq!(
+            out,
+            vec![Message::Binary(vec![b'a', b'b', 0xff]), Message::Binary(vec![])]
+        );
     }
 
     #[test]
