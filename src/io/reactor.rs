@@ -461,7 +461,9 @@ impl Reactor {
                 }),
             ),
         };
-        if reason != CloseReason::Shutdown {
+        // A slow consumer's backlog is what got it closed: drop it so the
+        // close frame can go. Anything else leaves in order, close frame last.
+        if reason.is_slow_consumer() {
             conn.out.discard_unsent();
         }
         conn.out.push_unbounded(encode_close(&reason));
