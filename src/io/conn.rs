@@ -43,6 +43,8 @@ pub(crate) struct HttpConn {
     pub buf: Vec<u8>,
     /// The current request must be complete by then (slowloris guard).
     pub deadline: Millis,
+    /// `100 Continue` went out for the current request.
+    pub continue_sent: bool,
 }
 
 pub(crate) struct WsConn {

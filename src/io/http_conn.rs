@@ -74,6 +74,7 @@ impl Reactor {
                         return false;
                     };
                     http.buf.drain(..consumed);
+                    http.continue_sent = false;
                     // Each request gets a fresh deadline, which also bounds
                     // how long an idle kept-alive socket stays.
                     http.deadline = now + idle;
@@ -260,6 +261,12 @@ impl Reactor {
         };
         let end = head.len + length;
         if http.buf.len() < end {
+            // curl sends `Expect: 100-continue` for bodies over 1 KiB and
+            // waits a second for this before sending the body anyway.
+            if head.expect_continue && !http.continue_sent {
+                http.continue_sent = true;
+                self.queue_response(key, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+            }
             return Outcome::NeedMore;
         }
         let body = http.buf[head.len..end].to_vec();

@@ -230,6 +230,7 @@ impl Reactor {
             let http = HttpConn {
                 buf: Vec::new(),
                 deadline,
+                continue_sent: false,
             };
             entry.insert(Conn::new(
                 socket,

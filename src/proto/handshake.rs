@@ -19,6 +19,8 @@ pub struct RequestHead {
     pub chunked: bool,
     pub authorization: Option<String>,
     pub origin: Option<String>,
+    /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
+    pub expect_continue: bool,
     pub upgrade_websocket: bool,
     pub connection_upgrade: bool,
     pub ws_key: Option<String>,
@@ -77,6 +79,7 @@ pub fn parse_head(
         chunked: false,
         authorization: None,
         origin: None,
+        expect_continue: false,
         upgrade_websocket: false,
         connection_upgrade: false,
         ws_key: None,
@@ -108,6 +111,8 @@ pub fn parse_head(
             head.upgrade_websocket |= has_token(value, "websocket");
         } else if name.eq_ignore_ascii_case("authorization") {
             head.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue |= value.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
