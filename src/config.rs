@@ -28,6 +28,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    /// Serve `wss://` (TLS) instead of plain `ws://` on `listen`.
+    pub tls: Option<TlsConfig>,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -108,6 +110,16 @@ pub struct Timeouts {
     pub close_linger: Duration,
 }
 
+/// PEM files for `wss://`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
 /// WebSocket client auth. Off while `tokens` is empty.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -159,6 +171,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             auth: AuthConfig::default(),
             publish: PublishConfig::default(),
+            tls: None,
             conformance_echo: false,
         }
     }

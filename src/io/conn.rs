@@ -13,6 +13,8 @@ use crate::rate::TokenBucket;
 
 pub(crate) struct Conn {
     pub socket: TcpStream,
+    /// The TLS session, on a `wss://` listener.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     /// Unique per accepted socket, unlike the slab key, which is reused.
     pub id: u32,
     pub phase: Phase,
@@ -111,6 +113,7 @@ impl Conn {
     pub fn new(socket: TcpStream, id: u32, phase: Phase, now: Millis) -> Conn {
         Conn {
             socket,
+            tls: None,
             id,
             phase,
             out: OutQueue::default(),
@@ -139,6 +142,6 @@ mod tests {
     fn conn_stays_small() {
         let size = std::mem::size_of::<slab::Slab<Conn>>();
         let entry = std::mem::size_of::<Conn>();
-        assert!(entry <= 160, "Conn grew to {entry} bytes (slab {size})");
+        assert!(entry <= 168, "Conn grew to {entry} bytes (slab {size})");
     }
 }

@@ -5,3 +5,4 @@ mod http_conn;
 pub(crate) mod reactor;
 mod session;
 pub(crate) mod timer;
+pub(crate) mod tls;

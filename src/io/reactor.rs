@@ -73,6 +73,7 @@ pub(crate) struct Reactor {
     /// `limits.max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, u32>,
     ip_of: HashMap<usize, IpAddr>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub(crate) struct ReactorParts {
@@ -84,6 +85,7 @@ pub(crate) struct ReactorParts {
     pub publisher: Publisher,
     pub shutdown: Arc<AtomicBool>,
     pub stats: Arc<Stats>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Reactor {
@@ -124,6 +126,7 @@ impl Reactor {
             stopping_until: None,
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
+            tls: parts.tls,
         }
     }
 
@@ -205,12 +208,23 @@ impl Reactor {
                     "limits.max_connections"
                 };
                 info!("refusing {peer}: {limit} reached");
-                let refusal = crate::proto::handshake::upgrade_refusal(Status::ServiceUnavailable);
-                // Best effort on a fresh socket, which has room for a few bytes.
-                let _ = io::Write::write(&mut socket, &refusal);
+                if self.tls.is_none() {
+                    let refusal =
+                        crate::proto::handshake::upgrade_refusal(Status::ServiceUnavailable);
+                    // Best effort on a fresh socket, which has room for a few bytes.
+                    let _ = io::Write::write(&mut socket, &refusal);
+                }
                 continue;
             }
             let _ = socket.set_nodelay(true);
+            let tls = match self.tls.as_ref().map(super::tls::accept).transpose() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    warn!("cannot start TLS for {peer}: {e}");
+                    self.uncount_ip(peer.ip());
+                    continue;
+                }
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if let Err(e) = self.poll.registry().register(
@@ -232,12 +246,9 @@ impl Reactor {
                 deadline,
                 continue_sent: false,
             };
-            entry.insert(Conn::new(
-                socket,
-                self.next_id,
-                Phase::Http(Box::new(http)),
-                self.now,
-            ));
+            let mut conn = Conn::new(socket, self.next_id, Phase::Http(Box::new(http)), self.now);
+            conn.tls = tls;
+            entry.insert(conn);
             Stats::add(&self.stats.accepted, 1);
             Stats::add(&self.stats.connections, 1);
             self.arm(key, deadline);
@@ -276,7 +287,16 @@ impl Reactor {
                 break;
             }
             reads += 1;
-            let n = match conn.socket.read(&mut scratch) {
+            let read = match conn.tls.as_mut() {
+                Some(tls) => super::tls::read_plaintext(tls, &mut conn.socket, &mut scratch),
+                None => conn.socket.read(&mut scratch),
+            };
+            // The TLS handshake answers from inside the read.
+            if conn.tls.as_ref().is_some_and(|t| t.wants_write()) && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            let n = match read {
                 Ok(0) => {
                     self.on_eof(key);
                     break;
@@ -410,10 +430,15 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.out.is_empty() {
+        let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
+        if conn.out.is_empty() && !tls_pending {
             return;
         }
-        let flushed = match conn.out.flush_to(&mut conn.socket) {
+        let result = match conn.tls.as_mut() {
+            Some(tls) => super::tls::flush(&mut conn.out, tls, &mut conn.socket),
+            None => conn.out.flush_to(&mut conn.socket),
+        };
+        let flushed = match result {
             Ok(flushed) => flushed,
             Err(e) => {
                 debug!("socket {key}: write failed: {e}");
@@ -434,6 +459,9 @@ impl Reactor {
                 self.drop_conn(key);
             } else if !closing.write_shut {
                 closing.write_shut = true;
+                if let Some(tls) = conn.tls.as_mut() {
+                    super::tls::close_notify(tls, &mut conn.socket);
+                }
                 // FIN after the close frame; the socket lingers for the peer's.
                 let _ = conn.socket.shutdown(std::net::Shutdown::Write);
             }
