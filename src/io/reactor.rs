@@ -18,7 +18,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::conn::{Closing, Conn, HttpConn, Phase, Subs, NOT_STALLED};
+use super::conn::{Auth, Closing, Conn, HttpConn, Phase, Subs, NOT_STALLED};
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
@@ -26,7 +26,8 @@ use crate::error::{CloseReason, Error};
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::publisher::{Publisher, Wakeup};
 use crate::fanout::queue::{Push, QueueLimits};
-use crate::proto::frames::encode_close;
+use crate::proto::frames::{encode_close, encode_ping};
+use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
 use crate::proto::http::Status;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::stats::Stats;
@@ -600,14 +601,14 @@ impl Reactor {
     fn on_timer(&mut self, key: usize) {
         let now = self.now;
         let timeouts = &self.config.timeouts;
-        let pong_wait = timeouts.pong_wait.as_millis() as Millis;
-        let write_deadline = timeouts.write_deadline.as_millis() as Millis;
-        let ping_interval = timeouts.ping_interval.as_millis() as Millis;
+        let keepalive_timeouts = KeepaliveTimeouts {
+            ping_interval: timeouts.ping_interval.as_millis() as Millis,
+            pong_wait: timeouts.pong_wait.as_millis() as Millis,
+            write_deadline: timeouts.write_deadline.as_millis() as Millis,
+        };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let stall_deadline =
-            (conn.stalled_since != NOT_STALLED).then(|| conn.stalled_since + write_deadline);
         match &mut conn.phase {
             Phase::Http(http) => {
                 if now < http.deadline {
@@ -631,45 +632,31 @@ impl Reactor {
                 }
             }
             Phase::WebSocket(ws) => {
-                let idle_deadline = conn.last_rx + pong_wait;
-                let auth_deadline = match ws.auth {
-                    super::conn::Auth::Pending { deadline } => Some(deadline),
-                    _ => None,
+                let clocks = SocketClocks {
+                    last_rx: conn.last_rx,
+                    next_ping: ws.next_ping,
+                    auth_deadline: match ws.auth {
+                        Auth::Pending { deadline } => Some(deadline),
+                        _ => None,
+                    },
+                    stalled_since: (conn.stalled_since != NOT_STALLED)
+                        .then_some(conn.stalled_since),
                 };
-                if now >= idle_deadline {
-                    self.close(key, CloseReason::IdleTimeout);
-                    return;
+                match keepalive::check(now, &clocks, &keepalive_timeouts) {
+                    Verdict::Close(reason) => self.close(key, reason),
+                    Verdict::Keep {
+                        ping,
+                        next_ping,
+                        wake_at,
+                    } => {
+                        ws.next_ping = next_ping;
+                        if ping {
+                            conn.out.push_unbounded(encode_ping());
+                            self.mark_dirty(key);
+                        }
+                        self.arm(key, wake_at);
+                    }
                 }
-                if auth_deadline.is_some_and(|d| now >= d) {
-                    self.close(key, CloseReason::AuthTimeout);
-                    return;
-                }
-                if stall_deadline.is_some_and(|d| now >= d) {
-                    self.close(key, CloseReason::WriteStalled);
-                    return;
-                }
-                if now >= ws.next_ping {
-                    ws.next_ping = now + ping_interval;
-                    conn.out.push_unbounded(crate::proto::frames::encode_ping());
-                    self.mark_dirty(key);
-                }
-                let Some(conn) = self.conns.get_mut(key) else {
-                    return;
-                };
-                let Some(ws) = conn.ws_mut() else {
-                    return;
-                };
-                let next = [
-                    Some(idle_deadline),
-                    Some(ws.next_ping),
-                    auth_deadline,
-                    stall_deadline,
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(idle_deadline);
-                self.arm(key, next);
             }
         }
     }

@@ -4,3 +4,4 @@ pub mod command;
 pub mod frames;
 pub mod handshake;
 pub mod http;
+pub mod keepalive;
