@@ -1,0 +1,110 @@
+//! Connection churn must leave no file descriptor and no memory behind. The
+//! relay runs in this process, so its descriptors and RSS are this
+//! process's; this file holds one test so nothing else moves them.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Upgrades, subscribes, and leaves: half politely, half by vanishing.
+fn churn_once(addr: std::net::SocketAddr, polite: bool) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    tcp.write_all(upgrade_request("").as_bytes())
+        .expect("upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).expect("response"), 1, "closed early");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let subscribe = json!({"type": "subscribe", "channels": ["churn.*", "churn.>"]}).to_string();
+    tcp.write_all(&client_frame(OP_TEXT, subscribe.as_bytes()))
+        .expect("subscribe");
+    if polite {
+        let _ = tcp.write_all(&client_frame(OP_CLOSE, &close_payload(1000, "bye")));
+    }
+}
+
+#[test]
+fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
+    // Short timeouts: every timer a churned socket leaves on the wheel comes
+    // due within the test, as it would within a minute in production, so
+    // memory must return to where it was.
+    let relay = TestRelay::with(|c| {
+        c.timeouts.handshake = Duration::from_millis(500);
+        c.timeouts.ping_interval = Duration::from_millis(500);
+        c.timeouts.pong_wait = Duration::from_millis(1500);
+        c.timeouts.close_linger = Duration::from_millis(200);
+    });
+    let mut watcher = connect(relay.addr);
+    watcher.subscribe(&["churn.x"]);
+    // Warm up allocator pools, the slab and the timer wheel first.
+    for i in 0..3_000 {
+        churn_once(relay.addr, i % 2 == 0);
+    }
+    relay.wait_stats("warm-up sockets to close", |s| s.connections == 1);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        watcher.assert_alive();
+    }
+    let (fds_before, rss_before) = (open_fds(), rss_bytes());
+    let started = Instant::now();
+    for i in 0..10_000 {
+        churn_once(relay.addr, i % 2 == 0);
+        if i % 1000 == 999 {
+            // Keep the number of sockets in TIME_WAIT and unclosed bounded.
+            relay.wait_stats("churned sockets to close", |s| s.connections <= 200);
+        }
+    }
+    relay.wait_stats("every churned socket to close", |s| s.connections == 1);
+    // Let the last timers come due.
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        watcher.assert_alive();
+    }
+    let stats = relay.stats();
+    assert!(stats.accepted >= 10_501, "{stats:?}");
+    assert_eq!(stats.websockets, 1, "{stats:?}");
+    // The relay still routes, and to the watcher only.
+    relay.publish(
+        "churn.x",
+        json!({"after": started.elapsed().as_millis() as u64}),
+    );
+    assert_eq!(watcher.next_json()["type"], "churn.x");
+    let (fds_after, rss_after) = (open_fds(), rss_bytes());
+    assert!(
+        fds_after <= fds_before,
+        "descriptors leaked: {fds_before} before, {fds_after} after"
+    );
+    // Allocators keep some memory; a leak of even 100 bytes a cycle would show.
+    assert!(
+        rss_after <= rss_before + 1024 * 1024,
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+}
+
