@@ -14,9 +14,11 @@ use tidings::{Config, Relay};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
-    let mut config = Config::default();
-    config.listen = listen.parse()?;
-    config.conformance_echo = true;
+    let mut config = Config {
+        listen: listen.parse()?,
+        conformance_echo: true,
+        ..Config::default()
+    };
     config.limits.max_message_size = 16 * 1024 * 1024;
     config.limits.max_queue_bytes = 64 * 1024 * 1024;
     config.limits.max_queue_messages = 100_000;

@@ -13,8 +13,10 @@ use serde_json::json;
 use tidings::{Config, Event, PublishError, Relay};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:8090".parse()?;
+    let config = Config {
+        listen: "127.0.0.1:8090".parse()?,
+        ..Config::default()
+    };
     let relay = Relay::new(config)?;
     let addr = relay.local_addr();
     let publisher = relay.publisher();

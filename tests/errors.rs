@@ -17,7 +17,15 @@ use serde_json::json;
 fn bad_json_is_reported_and_socket_stays_usable() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
-    for text in ["{not json", "[1,2]", "\"subscribe\"", "42", ""] {
+    for text in [
+        "{not json",
+        "[1,2]",
+        "\"subscribe\"",
+        "42",
+        "",
+        "null",
+        "{}x",
+    ] {
         client.send_text(text);
         error_message(&client.next_json(), "bad_json");
     }
@@ -104,8 +112,8 @@ fn failed_subscribe_adds_nothing() {
     error_message(&reply, "invalid_channel");
     // job.* must not have been added by the rejected command.
     relay.publish("job.progress", json!({}));
-    let seq = relay.publish("marker.x", json!({}));
-    assert_event(&client.next_json(), &seq);
+    let p = relay.publish("marker.x", json!({}));
+    assert_event(&client.next_json(), &p);
 }
 
 #[test]
@@ -125,8 +133,9 @@ fn too_many_subscriptions() {
         "too_many_subscriptions",
     );
     relay.publish("a.5", json!({}));
-    let seq = relay.publish("a.3", json!({}));
-    assert_event(&client.next_json(), &seq); // "a.5 was added partially"
+    let p = relay.publish("a.3", json!({}));
+    // Had a.5 been added partially, it would arrive first.
+    assert_event(&client.next_json(), &p);
     // Unsubscribing frees a slot.
     client.unsubscribe(&["a.2"]);
     client.subscribe(&["a.4"]);
@@ -400,8 +409,8 @@ fn frames_fed_one_byte_at_a_time_still_work() {
         (pong.opcode, pong.payload.as_slice()),
         (OP_PONG, &b"xy"[..])
     );
-    let seq = relay.publish("job.progress", json!({}));
-    assert_event(&raw.next_json(), &seq);
+    let p = relay.publish("job.progress", json!({}));
+    assert_event(&raw.next_json(), &p);
 }
 
 #[test]
@@ -421,4 +430,158 @@ fn protocol_closes_are_counted() {
     raw.send(&client_frame(OP_BINARY, b"x"));
     assert_eq!(raw.expect_close(), Closed::Code(1003));
     relay.wait_stats("protocol_closes >= 1", |s| s.protocol_closes >= 1);
+}
+
+#[test]
+fn ping_with_125_byte_payload_is_answered() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    raw.send(&client_frame(OP_PING, &[b'p'; 125]));
+    let pong = raw.read_frame().expect("connection open");
+    assert_eq!(pong.opcode, OP_PONG);
+    assert_eq!(pong.payload, vec![b'p'; 125]);
+}
+
+#[test]
+fn handle_shutdown_closes_clients_1001_and_stops_listening() {
+    let relay = TestRelay::start();
+    let addr = relay.addr;
+    let mut raw = Raw::upgrade(addr);
+    let mut client = connect(addr);
+    client.subscribe(&["job.*"]);
+    relay.shutdown();
+    let (closed, reason) = raw.expect_close_reason();
+    assert_eq!(closed, Closed::Code(1001));
+    assert_eq!(reason, "server shutting down");
+    assert_eq!(client.expect_close(), Closed::Code(1001));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[test]
+fn several_frames_in_one_write_are_all_handled() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    let mut bytes = client_frame(OP_TEXT, br#"{"type":"subscribe","channels":["a.b"]}"#);
+    bytes.extend(client_frame(OP_PING, b"1"));
+    bytes.extend(client_frame(OP_TEXT, br#"{"type":"ping"}"#));
+    bytes.extend(client_frame(
+        OP_TEXT,
+        br#"{"type":"unsubscribe","channels":["a.b"]}"#,
+    ));
+    raw.send(&bytes);
+    assert_eq!(raw.next_json()["type"], "subscribed");
+    let pong = raw.read_frame().expect("connection open");
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (OP_PONG, &b"1"[..]));
+    assert_eq!(raw.next_json()["type"], "pong");
+    assert_eq!(raw.next_json()["type"], "unsubscribed");
+}
+
+#[test]
+fn shutdown_is_bounded_with_a_stuck_client() {
+    // close_linger is "also the longest a shutdown waits" (docs/configuration.md):
+    // a client that never reads must not hold shutdown up.
+    let relay = TestRelay::with(|c| c.timeouts.close_linger = Duration::from_millis(500));
+    let mut stuck = Raw::upgrade(relay.addr);
+    stuck.send_text(r#"{"type":"subscribe","channels":["s.x"]}"#);
+    assert_eq!(stuck.next_json()["type"], "subscribed");
+    let pad = "z".repeat(1000);
+    for i in 0..3000 {
+        relay.publish("s.x", json!({"i": i, "pad": pad}));
+    }
+    let started = std::time::Instant::now();
+    relay.shutdown(); // fails the test if it takes longer than WAIT
+    eprintln!("shutdown took {:?}", started.elapsed());
+}
+
+#[test]
+fn channel_length_limit_counts_bytes() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    // 128 two-byte characters: 128 chars but 256 bytes, over the 255 limit.
+    let too_long = "é".repeat(128);
+    let reply = client.request(&json!({"type": "subscribe", "channels": [too_long]}));
+    error_message(&reply, "invalid_channel");
+    let fits = format!("{}a", "é".repeat(127)); // 255 bytes
+    client.subscribe(&[fits.as_str()]);
+}
+
+#[test]
+fn unicode_segments_are_fine_but_whitespace_is_not() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    for bad in ["job.\tx", "job.x\n", "job. x"] {
+        let reply = client.request(&json!({"type": "subscribe", "channels": [bad]}));
+        error_message(&reply, "invalid_channel");
+    }
+    client.subscribe(&["job.進捗"]);
+    let p = relay.publish("job.進捗", json!({"ok": true}));
+    assert_event(&client.next_json(), &p);
+}
+
+#[test]
+fn fragmented_message_at_max_size_is_accepted() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    let head = r#"{"type":"ping","pad":""}"#;
+    let text = format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(512 - head.len())
+    );
+    let bytes = text.as_bytes();
+    assert_eq!(bytes.len(), 512);
+    raw.send(&frame(false, 0, OP_TEXT, &bytes[..200], Some(MASK)));
+    raw.send(&frame(false, 0, OP_CONT, &bytes[200..400], Some(MASK)));
+    raw.send(&frame(true, 0, OP_CONT, &bytes[400..], Some(MASK)));
+    assert_eq!(raw.next_json()["type"], "pong");
+}
+
+#[test]
+fn nothing_follows_the_relays_close_frame() {
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    raw.send_text(r#"{"type":"subscribe","channels":["after.x"]}"#);
+    assert_eq!(raw.next_json()["type"], "subscribed");
+    raw.send(&client_frame(OP_BINARY, b"x"));
+    assert_eq!(raw.expect_close(), Closed::Code(1003));
+    for i in 0..5 {
+        relay.publish("after.x", json!(i));
+    }
+    // RFC 6455 5.5.1: no data frames after a close frame; then the relay
+    // drops the socket (after close_linger at the latest).
+    match raw.read_frame() {
+        None => {}
+        Some(f) => panic!("frame after the close frame: {f:?}"),
+    }
+}
+
+#[test]
+fn auth_message_with_bad_fields_is_bad_request() {
+    let relay = TestRelay::with(|c| {
+        c.auth = tidings::Config::from_toml_str("[[auth.tokens]]\ntoken = \"t\"\n")
+            .unwrap()
+            .auth;
+    });
+    let mut client = connect(relay.addr);
+    for msg in [json!({"type": "auth"}), json!({"type": "auth", "token": 5})] {
+        error_message(&client.request(&msg), "bad_request");
+    }
+    let reply = client.request(&json!({"type": "auth", "token": "t"}));
+    assert_eq!(reply, json!({"type": "authenticated"}));
+}
+
+#[test]
+fn fragment_total_over_limit_is_1009_from_the_header() {
+    // docs/security.md: decided from the frame header before the payload
+    // arrives; the second fragment's payload is never sent.
+    let relay = TestRelay::start();
+    let mut raw = Raw::upgrade(relay.addr);
+    raw.send(&frame(false, 0, OP_TEXT, &[b'x'; 300], Some(MASK)));
+    let mut header = vec![0x80, 0x80 | 126];
+    header.extend_from_slice(&300u16.to_be_bytes());
+    header.extend_from_slice(&MASK);
+    raw.send(&header);
+    assert_eq!(raw.expect_close(), Closed::Code(1009));
 }

@@ -165,10 +165,9 @@ fn incomplete_head_times_out_with_408_then_close() {
     let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(300));
     let mut raw = Raw::connect(relay.addr);
     raw.send(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-    // The relay must answer 408 (or at least drop us) on its own.
-    if let Ok(response) = raw.try_read_response() {
-        assert_eq!(response.status, 408, "{}", response.head);
-    }
+    // The relay must answer 408 on its own, then close.
+    let response = raw.read_response();
+    assert_eq!(response.status, 408, "{}", response.head);
     assert!(
         raw.closed_within(WAIT),
         "socket left open after the handshake timeout"
@@ -206,8 +205,10 @@ fn max_connections_exceeded_is_503() {
     let relay = TestRelay::with(|c| c.limits.max_connections = 2);
     let mut first = connect(relay.addr);
     let _second = connect(relay.addr);
-    let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+    let (mut raw, response) = Raw::upgrade_with(relay.addr, "");
     assert_eq!(response.status, 503, "{}", response.head);
+    // "one more gets 503 and is closed" (docs/configuration.md).
+    assert!(raw.closed_within(WAIT), "rejected socket left open");
     // The limit holds open sockets, not ever-seen ones: closing one frees a slot.
     first.close(1000);
     let _ = first.expect_close();
@@ -235,9 +236,152 @@ fn garbage_bytes_are_400() {
 fn connections_gauge_counts_open_sockets() {
     let relay = TestRelay::start();
     let mut a = connect(relay.addr);
-    let _b = connect(relay.addr);
+    let b = connect(relay.addr);
     relay.wait_stats("2 connections", |s| s.connections == 2);
     a.close(1000);
     assert_eq!(a.expect_close(), Closed::Code(1000));
     relay.wait_stats("1 connection", |s| s.connections == 1);
+    // A client that just vanishes (no close frame) is noticed too.
+    drop(b);
+    relay.wait_stats("0 connections", |s| s.connections == 0);
+}
+
+#[test]
+fn upgrade_and_first_frame_in_one_write() {
+    // Bytes after the request head belong to the WebSocket; none may be lost.
+    let relay = TestRelay::start();
+    let mut raw = Raw::connect(relay.addr);
+    let mut bytes = upgrade_request("").into_bytes();
+    bytes.extend(client_frame(OP_TEXT, br#"{"type":"ping"}"#));
+    raw.send(&bytes);
+    assert_eq!(raw.read_response().status, 101);
+    assert_eq!(raw.next_json()["type"], "pong");
+}
+
+#[test]
+fn permessage_deflate_is_not_negotiated() {
+    // The relay sends plain frames (RSV1 clear, checked by read_frame), so it
+    // must not accept a compression extension.
+    let relay = TestRelay::start();
+    let extra = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+    let (mut raw, response) = Raw::upgrade_with(relay.addr, extra);
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Extensions"), None);
+    raw.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(raw.next_json()["type"], "pong");
+}
+
+#[test]
+fn missing_version_is_rejected() {
+    let relay = TestRelay::start();
+    let request = upgrade_request("").replace("Sec-WebSocket-Version: 13\r\n", "");
+    let response = http(relay.addr, &request);
+    // "a missing/invalid ... header" is 400; 426 naming 13 is also fair.
+    assert!(matches!(response.status, 400 | 426), "{}", response.head);
+}
+
+#[test]
+fn missing_connection_upgrade_is_400() {
+    let relay = TestRelay::start();
+    let request = upgrade_request("").replace("Connection: Upgrade", "Connection: keep-alive");
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn too_many_headers_are_rejected() {
+    let relay = TestRelay::with(|c| c.limits.max_headers = 8);
+    let extra: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = http(relay.addr, &upgrade_request(&extra));
+    // docs/configuration.md: "headers in one request; over it 431".
+    assert_eq!(response.status, 431, "{}", response.head);
+}
+
+#[test]
+fn max_connections_counts_plain_http_sockets() {
+    // "Open sockets (WebSocket and HTTP)": idle TCP connections take slots too.
+    let relay = TestRelay::with(|c| c.limits.max_connections = 2);
+    let _a = Raw::connect(relay.addr);
+    let _b = Raw::connect(relay.addr);
+    relay.wait_stats("2 sockets", |s| s.connections >= 2);
+    let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+    assert_eq!(response.status, 503, "{}", response.head);
+}
+
+#[test]
+fn silent_tcp_connection_is_dropped_after_handshake_timeout() {
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(300));
+    let mut raw = Raw::connect(relay.addr);
+    // Nothing sent at all: a 408 or a plain close are both fine here.
+    if let Ok(response) = raw.try_read_response() {
+        assert_eq!(response.status, 408, "{}", response.head);
+    }
+    assert!(raw.closed_within(WAIT), "idle connection never closed");
+}
+
+#[test]
+fn trickled_head_does_not_extend_the_handshake_deadline() {
+    // Slowloris: a byte every 100 ms must not keep resetting a 500 ms deadline.
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(500));
+    let mut raw = Raw::connect(relay.addr);
+    let head = upgrade_request("");
+    let deadline = Instant::now() + WAIT;
+    for byte in head.as_bytes().iter().take(head.len() - 2) {
+        raw.send_lenient(&[*byte]);
+        if raw.closed_within(Duration::from_millis(100)) {
+            return; // closed while still incomplete: the deadline held
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still open after {WAIT:?} of trickling"
+        );
+    }
+    panic!("the whole head but the final CRLF trickled in without a timeout");
+}
+
+#[test]
+fn idle_keep_alive_http_connection_is_closed_after_handshake_timeout() {
+    // docs/configuration.md: timeouts.handshake is also how long an idle
+    // kept-alive HTTP connection stays open.
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(300));
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert_eq!(raw.read_response().status, 200);
+    assert!(
+        raw.closed_within(WAIT),
+        "idle keep-alive connection never closed"
+    );
+}
+
+#[test]
+fn rejected_connections_are_counted_in_metrics() {
+    // docs/security.md: 503s are counted in tidings_rejected_connections_total.
+    let relay = TestRelay::with(|c| c.limits.max_connections = 2);
+    let mut a = connect(relay.addr);
+    let _b = connect(relay.addr);
+    let (_raw, response) = Raw::upgrade_with(relay.addr, "");
+    assert_eq!(response.status, 503, "{}", response.head);
+    // Free a slot for the /metrics request itself.
+    a.close(1000);
+    let _ = a.expect_close();
+    relay.wait_stats("a slot free", |s| s.connections <= 1);
+    let rejected = metric(relay.addr, "tidings_rejected_connections_total");
+    assert!(
+        rejected >= Some(1.0),
+        "tidings_rejected_connections_total = {rejected:?}"
+    );
+}
+
+#[test]
+fn relay_new_binds_before_spawn() {
+    // The contract: Relay::new binds, so a client may connect before the
+    // reactor runs; its request is answered once it does.
+    let relay = tidings::Relay::new(config()).expect("Relay::new");
+    let addr = relay.local_addr();
+    let mut raw = Raw::connect(addr);
+    raw.send(upgrade_request("").as_bytes());
+    let handle = relay.spawn().expect("spawn");
+    let response = raw.read_response();
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert!(shutdown_bounded(handle), "shutdown failed or hung");
 }

@@ -3,8 +3,10 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -53,7 +55,7 @@ fn single_event_returns_seq_and_is_delivered() {
         .unwrap_or_else(|| panic!("no seq: {reply}"));
     assert_eq!(reply.as_object().unwrap().len(), 1, "{reply}");
     let event = client.next_json();
-    assert_event(&event, &seq);
+    assert_eq!(event_seq(&event, "job.progress"), seq);
     assert_eq!(
         event["data"],
         json!({"jobId": "import-abc123", "progress": 0.45})
@@ -148,9 +150,9 @@ fn array_with_one_bad_item_is_400_and_delivers_nothing() {
         {"channel": "job.completed", "data": {}},
     ]);
     assert_400_json_error(&http_publish(relay.addr, &body.to_string(), ""));
-    let seq = relay.publish("marker.x", json!({}));
+    let marker = relay.publish("marker.x", json!({}));
     let event = client.next_json();
-    assert_event(&event, &seq); // "part of a rejected array leaked: {event}"
+    assert_event(&event, &marker); // part of the rejected array would come first
 }
 
 #[test]
@@ -260,13 +262,14 @@ fn publish_tokens_are_enforced() {
     );
 
     let wrong = http_publish(relay.addr, body, "Authorization: Bearer nope\r\n");
-    assert!(matches!(wrong.status, 401 | 403), "{}", wrong.head);
+    // docs/configuration.md: "a wrong one 403".
+    assert_eq!(wrong.status, 403, "{}", wrong.head);
 
     let right = http_publish(relay.addr, body, "Authorization: Bearer pub-secret\r\n");
     assert_eq!(right.status, 200, "{}", right.head);
     let seq = right.json()["seq"].as_u64().expect("seq");
     // Only the authorised publish was delivered.
-    assert_event(&client.next_json(), &seq);
+    assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
 }
 
 #[test]
@@ -297,15 +300,33 @@ fn try_publish_reports_full_ingest_queue() {
     // Not spawned: nothing drains the ingest queue.
     let relay = Relay::new(config).expect("Relay::new");
     let publisher = relay.publisher();
-    let mut seqs = Vec::new();
     for i in 0..4 {
         let event = Event::new("job.progress", &json!({"i": i})).unwrap();
-        seqs.push(publisher.try_publish(event).expect("room in the queue"));
+        publisher.try_publish(event).expect("room in the queue");
     }
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let event = Event::new("job.progress", &json!({"i": 4})).unwrap();
     let result = publisher.try_publish(event);
     assert!(matches!(result, Err(PublishError::Full)), "{result:?}");
+}
+
+#[test]
+fn publish_and_try_publish_keep_order_and_rising_seqs() {
+    // `publish` and `try_publish` return `()`: the reactor assigns each seq
+    // as the event leaves, so a producer learns it from the wire.
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    relay
+        .publisher
+        .publish(Event::new("job.a", &1).unwrap())
+        .expect("publish");
+    relay
+        .publisher
+        .try_publish(Event::new("job.b", &2).unwrap())
+        .expect("try_publish");
+    let first = event_seq(&client.next_json(), "job.a");
+    let second = event_seq(&client.next_json(), "job.b");
+    assert!(second > first, "seq must rise: {first} then {second}");
 }
 
 #[test]
@@ -374,4 +395,171 @@ fn stats_count_published_events_and_deliveries() {
     relay.wait_stats("5 more events, 10 more deliveries", |s| {
         s.events_published >= before.events_published + 5 && s.deliveries >= before.deliveries + 10
     });
+}
+
+#[test]
+fn chunked_body_without_content_length_is_411() {
+    let relay = TestRelay::start();
+    let body = r#"{"channel":"a.b","data":{}}"#;
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let response = http(relay.addr, &request);
+    assert_eq!(response.status, 411, "{}", response.head);
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive() {
+    // RFC 9110 11.1: the auth scheme is case-insensitive.
+    let relay = TestRelay::with(|c| c.publish.tokens = vec!["pub-secret".into()]);
+    let body = r#"{"channel":"a.b","data":{}}"#;
+    let response = http_publish(relay.addr, body, "Authorization: bearer pub-secret\r\n");
+    assert_eq!(response.status, 200, "{}", response.head);
+}
+
+#[test]
+fn publish_tokens_do_not_guard_other_endpoints() {
+    let relay = TestRelay::with(|c| c.publish.tokens = vec!["pub-secret".into()]);
+    assert_eq!(http_get(relay.addr, "/healthz").status, 200);
+    let mut client = connect(relay.addr);
+    client.assert_alive();
+}
+
+#[test]
+fn http_and_api_publishes_share_one_seq_order() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["mix.*"]);
+    let first = relay.publish("mix.api", json!(1));
+    let response = http_publish(relay.addr, r#"{"channel":"mix.http","data":2}"#, "");
+    let http_seq = response.json()["seq"].as_u64().expect("seq");
+    let third = relay.publish("mix.api", json!(3));
+    let a = assert_event(&client.next_json(), &first);
+    let b = event_seq(&client.next_json(), "mix.http");
+    let c = assert_event(&client.next_json(), &third);
+    assert_eq!(b, http_seq);
+    assert!(a < b && b < c, "seqs {a}, {b}, {c} not rising");
+}
+
+#[test]
+fn relay_new_rejects_invalid_config_naming_the_key() {
+    let mut config = config();
+    config.limits.max_message_size = 0;
+    let err = Relay::new(config).err().expect("invalid config accepted");
+    assert!(
+        err.to_string().contains("limits.max_message_size"),
+        "error should name the key: {err}"
+    );
+}
+
+#[test]
+fn relay_new_fails_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = config();
+    config.listen = taken.local_addr().unwrap();
+    assert!(Relay::new(config).is_err(), "bound a port already in use");
+}
+
+#[test]
+fn non_numeric_content_length_is_400() {
+    let relay = TestRelay::start();
+    let response = http(
+        relay.addr,
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n",
+    );
+    assert_eq!(response.status, 400, "{}", response.head);
+}
+
+#[test]
+fn expect_100_continue_is_answered() {
+    // curl sends `Expect: 100-continue` for bodies over 1 KiB and stalls a
+    // second unless the server answers; RFC 9110 10.1.1 says it should.
+    // A short handshake timeout so a relay that just waits fails fast (408).
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_secs(3));
+    let body = json!({"channel": "a.b", "data": "x".repeat(1500)}).to_string();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(head.as_bytes());
+    let interim = raw.read_response_head_only();
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    raw.send(body.as_bytes());
+    let response = raw.read_response();
+    assert_eq!(response.status, 200, "{}", response.head);
+}
+
+#[test]
+fn full_ingest_queue_is_503_with_retry_after() {
+    // A producer thread keeps a tiny ingest queue full (the reactor takes one
+    // event per turn), so HTTP publishes find the relay saturated.
+    let relay = TestRelay::with(|c| {
+        c.limits.ingest_capacity = 2;
+        c.limits.ingest_batch = 1;
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (stop, publisher) = (Arc::clone(&stop), relay.publisher.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = publisher.try_publish(Event::new("busy.x", &0).unwrap());
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut raw = Raw::connect(relay.addr);
+    let saturated = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw 503 with a full ingest queue"
+        );
+        raw.send(publish_request(r#"{"channel":"a.b","data":{}}"#, "").as_bytes());
+        let response = raw.read_response();
+        if response.status == 503 {
+            break response;
+        }
+        assert_eq!(response.status, 200, "{}", response.head);
+    };
+    stop.store(true, Ordering::Relaxed);
+    producer.join().expect("producer thread");
+    assert_eq!(
+        saturated.header("Retry-After"),
+        Some("1"),
+        "{}",
+        saturated.head
+    );
+    assert!(saturated.json()["error"]["code"].is_string());
+}
+
+#[test]
+fn body_exactly_at_the_limit_is_accepted() {
+    let relay = TestRelay::with(|c| c.limits.max_request_body = 1024);
+    let frame = json!({"channel": "a.b", "data": ""}).to_string();
+    let body = json!({"channel": "a.b", "data": "x".repeat(1024 - frame.len())}).to_string();
+    assert_eq!(body.len(), 1024);
+    assert_eq!(http_publish(relay.addr, &body, "").status, 200);
+    let body = json!({"channel": "a.b", "data": "x".repeat(1025 - frame.len())}).to_string();
+    assert_eq!(http_publish(relay.addr, &body, "").status, 413);
+}
+
+#[test]
+fn incomplete_body_times_out_with_408() {
+    let relay = TestRelay::with(|c| c.timeouts.handshake = Duration::from_millis(300));
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(b"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"channel\":");
+    let response = raw.read_response();
+    assert_eq!(response.status, 408, "{}", response.head);
+}
+
+#[test]
+fn too_many_segments_is_400() {
+    let relay = TestRelay::start();
+    let channel = vec!["s"; 17].join(".");
+    let body = json!({"channel": channel, "data": {}}).to_string();
+    assert_400_json_error(&http_publish(relay.addr, &body, ""));
+    let channel = vec!["s"; 16].join(".");
+    let body = json!({"channel": channel, "data": {}}).to_string();
+    assert_eq!(http_publish(relay.addr, &body, "").status, 200);
 }

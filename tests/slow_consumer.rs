@@ -33,30 +33,37 @@ fn stuck_client(relay: &TestRelay) -> Raw {
     raw
 }
 
-/// Publishes `EVENTS` ~1 KB events on `flood.x` while a fast reader drains
-/// them on its own thread; asserts the reader got every one in order.
-/// Returns the last seq published.
-fn flood_with_fast_reader(relay: &TestRelay) -> u64 {
+/// Publishes `EVENTS` ~1 KB events on `flood.x` (data `i` = 0, 1, ...)
+/// while a fast reader drains them on its own thread; asserts the reader got
+/// every one, in order, with rising seqs.
+fn flood_with_fast_reader(relay: &TestRelay) {
     let mut fast = connect(relay.addr);
     fast.subscribe(&["flood.x"]);
     let received = Arc::new(AtomicU64::new(0));
     let reader = {
         let received = Arc::clone(&received);
         thread::spawn(move || {
-            let mut seqs = Vec::with_capacity(EVENTS as usize);
-            for _ in 0..EVENTS {
+            let mut last_seq = 0;
+            for i in 0..EVENTS {
                 let event = fast.next_json();
-                seqs.push(event_seq(&event, "flood.x"));
+                let seq = event_seq(&event, "flood.x");
+                assert!(
+                    i == 0 || seq > last_seq,
+                    "fast reader: seq {seq} after {last_seq}"
+                );
+                assert_eq!(
+                    event["data"]["i"], i,
+                    "fast reader lost or reordered events"
+                );
+                last_seq = seq;
                 received.fetch_add(1, Ordering::Release);
             }
             fast.assert_alive();
-            seqs
         })
     };
 
     let pad = "x".repeat(1000);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut published = Vec::with_capacity(EVENTS as usize);
     for i in 0..EVENTS {
         // Pace the publisher to the fast reader (bounded: the reader may have died).
         while i >= received.load(Ordering::Acquire) + WINDOW {
@@ -64,19 +71,11 @@ fn flood_with_fast_reader(relay: &TestRelay) -> u64 {
             assert!(!reader.is_finished(), "fast reader thread ended early");
             thread::sleep(Duration::from_micros(200));
         }
-        published.push(relay.publish("flood.x", json!({"i": i, "pad": pad})));
+        relay.publish("flood.x", json!({"i": i, "pad": pad}));
     }
-    let seqs = reader
+    reader
         .join()
         .expect("fast reader failed (see its panic above)");
-    // Compare without printing 20k numbers on failure.
-    if let Some(i) = (0..seqs.len()).find(|&i| seqs[i] != published[i]) {
-        panic!(
-            "fast reader's event {i} has seq {} but {} was published",
-            seqs[i], published[i]
-        );
-    }
-    *published.last().unwrap()
 }
 
 #[test]
@@ -85,10 +84,14 @@ fn never_reading_client_is_closed_and_fast_reader_gets_everything() {
         TestRelay::with(|c| small_queues(c, SlowConsumerPolicy::Close, Duration::from_secs(2)));
     let mut slow = stuck_client(&relay);
     flood_with_fast_reader(&relay);
-    relay.wait_stats("a slow consumer close", |s| s.slow_consumer_closes >= 1);
+    let stats = relay.wait_stats("a slow consumer close", |s| s.slow_consumer_closes >= 1);
+    // docs/security.md: counted in tidings_slow_consumer_closes_total too.
+    let counted = metric(relay.addr, "tidings_slow_consumer_closes_total");
+    assert_eq!(counted, Some(stats.slow_consumer_closes as f64));
     // Whatever was buffered comes first; then a 1008 close, or just EOF/reset
     // if the relay could not fit a close frame into a full socket.
     let closed = slow.expect_close();
+    eprintln!("stuck client: {closed:?}");
     assert!(
         matches!(closed, Closed::Code(1008) | Closed::Dropped),
         "got {closed:?}"
@@ -103,26 +106,29 @@ fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
         small_queues(c, SlowConsumerPolicy::DropOldest, Duration::from_secs(600))
     });
     let mut slow = stuck_client(&relay);
-    let last = flood_with_fast_reader(&relay);
+    flood_with_fast_reader(&relay);
     assert_eq!(relay.stats().slow_consumer_closes, 0);
 
-    // Now drain the slow socket: whole frames only, rising seqs, a gap, and
-    // the newest event last.
-    let mut prev = 0;
-    let mut count = 0u64;
+    // Now drain the slow socket: whole frames only (the parser checks),
+    // rising seqs and `i`, fewer than published, and the newest event last.
+    let (mut last_seq, mut last_i, mut count) = (0, None, 0u64);
     let deadline = Instant::now() + WAIT;
-    while prev != last {
+    while last_i != Some(EVENTS - 1) {
         assert!(
             Instant::now() < deadline,
-            "slow client never got seq {last} (at {prev})"
+            "slow client never got the last event (at i={last_i:?})"
         );
         let event = slow.next_json();
         let seq = event_seq(&event, "flood.x");
-        assert!(seq > prev, "seq went from {prev} to {seq}");
-        prev = seq;
-        count += 1;
+        let i = event["data"]["i"].as_u64().expect("data.i");
+        assert!(seq > last_seq, "seq went from {last_seq} to {seq}");
+        assert!(
+            last_i.map_or(true, |l| i > l),
+            "i went from {last_i:?} to {i}"
+        );
+        (last_seq, last_i, count) = (seq, Some(i), count + 1);
     }
-    // Rising seqs ending at the last one, but fewer than published: a gap.
+    eprintln!("slow client received {count} of {EVENTS} events");
     assert!(count < EVENTS, "no frames were dropped ({count} received)");
     slow.send_text(r#"{"type":"ping"}"#);
     assert_eq!(slow.next_json()["type"], "pong");
@@ -148,4 +154,56 @@ fn write_deadline_closes_a_stalled_socket() {
         matches!(closed, Closed::Code(1008) | Closed::Dropped),
         "got {closed:?}"
     );
+}
+
+#[test]
+fn queue_message_limit_closes_slow_consumer() {
+    // Lots of room in bytes, little in frames: the message cap must bite.
+    let relay = TestRelay::with(|c| {
+        c.limits.max_queue_messages = 64;
+        c.limits.max_queue_bytes = 64 * 1024 * 1024;
+        c.timeouts.write_deadline = Duration::from_secs(600);
+    });
+    let mut slow = stuck_client(&relay);
+    // ~12 MB of small events: more than the socket buffers hold.
+    let pad = "y".repeat(100);
+    for i in 0..100_000 {
+        relay.publish("flood.x", json!({"i": i, "pad": pad}));
+    }
+    relay.wait_stats("a queue-overflow close", |s| s.slow_consumer_closes >= 1);
+    let closed = slow.expect_close();
+    assert!(
+        matches!(closed, Closed::Code(1008) | Closed::Dropped),
+        "got {closed:?}"
+    );
+}
+
+#[test]
+fn slow_but_progressing_reader_is_not_closed() {
+    // write_deadline is "no byte for this long", not "pending for this long":
+    // a reader that keeps taking bytes, with pauses shorter than the deadline,
+    // must stay open although output is pending for much longer in total.
+    let relay = TestRelay::with(|c| {
+        c.limits.max_queue_bytes = 64 * 1024 * 1024;
+        c.limits.max_queue_messages = 100_000;
+        c.timeouts.write_deadline = Duration::from_secs(1);
+    });
+    let mut client = connect(relay.addr);
+    client.subscribe(&["steady.x"]);
+    let pad = "s".repeat(4000);
+    const COUNT: u64 = 3000; // ~12 MB: well past the socket buffers
+    for i in 0..COUNT {
+        relay.publish("steady.x", json!({"i": i, "pad": pad}));
+    }
+    let started = Instant::now();
+    for i in 0..COUNT {
+        if i % 500 == 499 {
+            thread::sleep(Duration::from_millis(300)); // a pause, not a check
+        }
+        let event = client.next_json();
+        assert_eq!(event["data"]["i"], i, "lost or reordered");
+    }
+    eprintln!("drained {COUNT} events in {:?}", started.elapsed());
+    assert_eq!(relay.stats().slow_consumer_closes, 0);
+    client.assert_alive();
 }

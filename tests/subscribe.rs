@@ -117,10 +117,15 @@ fn default_channels_reach_a_silent_client() {
 fn no_default_channels_means_no_events_before_subscribe() {
     let relay = TestRelay::start();
     let mut client = connect(relay.addr);
-    relay.publish("cluster.updated", json!({}));
-    // Subscribing afterwards must not replay the earlier event.
+    let mut observer = connect(relay.addr);
+    observer.subscribe(&["cluster.*"]);
+    let early = relay.publish("cluster.updated", json!({}));
+    // publish() only queues; once the observer has the event, the reactor has
+    // fanned it out, so the client's later subscribe cannot race it.
+    assert_event(&observer.next_json(), &early);
     client.subscribe(&["cluster.*"]);
     let p = relay.publish("cluster.added", json!({}));
+    // Subscribing must not replay the earlier event.
     assert_event(&client.next_json(), &p);
 }
 
@@ -187,15 +192,12 @@ fn custom_type_carries_channel_after_type() {
     let event = Event::from_json("job.progress", r#"{"x":1}"#)
         .expect("Event::from_json")
         .with_type("custom.type");
-    let seq = relay.publisher.publish(event).expect("publish").seq();
+    relay.publisher.publish(event).expect("publish");
     let text = client.next_text();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["type"], "custom.type", "{text}");
     assert_eq!(v["channel"], "job.progress", "{text}");
     assert!(v["seq"].is_u64(), "{text}");
-    if let Some(seq) = seq {
-        assert_eq!(v["seq"], seq, "{text}");
-    }
     assert_eq!(v["data"], json!({"x": 1}), "{text}");
     let ts = v["timestamp"].as_str().unwrap_or_default();
     assert!(is_rfc3339_millis_utc(ts), "{text}");
@@ -298,4 +300,140 @@ fn events_from_several_publisher_threads_all_arrive() {
         next_n[t] += 1;
     }
     assert_eq!(next_n, [EACH; THREADS]);
+}
+
+#[test]
+fn lone_star_matches_single_segment_channels() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["*"]);
+    relay.publish("job.progress", json!({}));
+    let p = relay.publish("heartbeat", json!({}));
+    assert_event(&client.next_json(), &p);
+}
+
+#[test]
+fn wildcards_in_the_middle_and_seed_patterns() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    // From the seed: `index.production-vectors.*`; plus a middle `*`.
+    client.subscribe(&["index.production-vectors.*", "*.progress"]);
+    relay.publish("index.staging.shard_transition", json!({}));
+    relay.publish("job.a.progress", json!({}));
+    let a = relay.publish("index.production-vectors.shard_transition", json!({}));
+    let b = relay.publish("job.progress", json!({}));
+    assert_event(&client.next_json(), &a);
+    assert_event(&client.next_json(), &b);
+}
+
+#[test]
+fn unsubscribe_removes_exact_patterns_only() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    // Not a held pattern, though job.* covers it: nothing changes.
+    client.unsubscribe(&["job.progress"]);
+    let p = relay.publish("job.progress", json!({}));
+    assert_event(&client.next_json(), &p);
+}
+
+#[test]
+fn data_round_trips_exactly() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["t.x"]);
+    let data = json!({
+        "text": "é ü 漢字 🎉 \"quoted\" back\\slash </script> \u{2028}",
+        "control": "\u{0001}\t\n",
+        "numbers": [0, -1, 1.5, 1e300, 18446744073709551615u64],
+        "nested": {"null": null, "bool": false, "empty": {}, "list": []},
+    });
+    let p = relay.publish("t.x", data);
+    assert_event(&client.next_json(), &p);
+    // Any JSON value is valid data, not only objects.
+    for data in [json!("a string"), json!(42), json!(null), json!([1, 2])] {
+        let p = relay.publish("t.x", data);
+        assert_event(&client.next_json(), &p);
+    }
+}
+
+#[test]
+fn large_event_is_delivered_intact() {
+    // 200 KB needs the 64-bit length form and many socket writes.
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["big.x"]);
+    let blob: String = (0..200_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let p = relay.publish("big.x", json!({"blob": blob}));
+    assert_event(&client.next_json(), &p);
+    let small = relay.publish("big.x", json!({"after": true}));
+    assert_event(&client.next_json(), &small);
+}
+
+#[test]
+fn routing_follows_subscription_changes_and_disconnects() {
+    // The relay caches channel -> subscribers; every change must show.
+    let relay = TestRelay::start();
+    let mut a = connect(relay.addr);
+    let mut b = connect(relay.addr);
+    a.subscribe(&["job.*"]);
+    let p1 = relay.publish("job.progress", json!(1));
+    assert_event(&a.next_json(), &p1);
+    b.subscribe(&["job.progress"]); // after the cache saw job.progress
+    let p2 = relay.publish("job.progress", json!(2));
+    assert_event(&a.next_json(), &p2);
+    assert_event(&b.next_json(), &p2);
+    a.unsubscribe(&["job.*"]);
+    a.subscribe(&["marker.a"]);
+    let p3 = relay.publish("job.progress", json!(3));
+    let m = relay.publish("marker.a", json!(0));
+    assert_event(&b.next_json(), &p3);
+    assert_event(&a.next_json(), &m); // p3 would come first had a kept job.*
+    drop(a);
+    relay.wait_stats("a gone", |s| s.connections == 1);
+    let p4 = relay.publish("job.progress", json!(4));
+    assert_event(&b.next_json(), &p4);
+    let mut c = connect(relay.addr);
+    c.subscribe(&["job.>"]);
+    let p5 = relay.publish("job.progress", json!(5));
+    assert_event(&b.next_json(), &p5);
+    assert_event(&c.next_json(), &p5);
+}
+
+#[test]
+fn timestamps_are_the_publish_time_in_utc() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["time.x"]);
+    // The fixed-width format sorts like the instant it names.
+    let before = utc_now_rfc3339();
+    relay.publish("time.x", json!({}));
+    let after = utc_now_rfc3339();
+    let event = client.next_json();
+    let ts = event["timestamp"].as_str().unwrap_or_default().to_string();
+    assert!(
+        before <= ts && ts <= after,
+        "{ts} not within [{before}, {after}]"
+    );
+    let reply = client.request(&json!({"type": "ping"}));
+    let pong = reply["timestamp"].as_str().unwrap_or_default();
+    let now = utc_now_rfc3339();
+    assert!(
+        after.as_str() <= pong && pong <= now.as_str(),
+        "pong {pong} not within [{after}, {now}]"
+    );
+}
+
+#[test]
+fn handle_publisher_delivers_too() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    client.subscribe(&["via.handle"]);
+    let event = Event::new("via.handle", &json!({"n": 1})).unwrap();
+    relay.handle_publisher().publish(event).expect("publish");
+    let event = client.next_json();
+    event_seq(&event, "via.handle");
+    assert_eq!(event["data"], json!({"n": 1}));
 }

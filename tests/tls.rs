@@ -145,12 +145,14 @@ fn plaintext_on_a_tls_port_is_dropped() {
 
 #[test]
 fn unreadable_certificate_names_the_key() {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.tls = Some(TlsConfig {
-        cert: "/nonexistent/cert.pem".into(),
-        key: "/nonexistent/key.pem".into(),
-    });
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(TlsConfig {
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+        }),
+        ..Config::default()
+    };
     let error = Relay::new(config).err().expect("must fail").to_string();
     assert!(error.contains("tls.cert"), "{error}");
 }

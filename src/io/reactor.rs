@@ -279,10 +279,7 @@ impl Reactor {
     fn on_readable(&mut self, key: usize) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(key) {
             if reads == READS_PER_TURN {
                 self.read_again.push(key);
                 break;

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tidings::{Config, Event, Publisher, Relay, RelayHandle, StatsSnapshot};
+use tidings::{Config, Event, PublishError, Publisher, Relay, RelayHandle, StatsSnapshot};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
@@ -90,12 +90,16 @@ impl TestRelay {
     /// Publishes `data` on `channel` through the embedding API.
     pub fn publish(&self, channel: &str, data: Value) -> Published {
         let event = Event::new(channel, &data).expect("Event::new");
-        let seq = self.publisher.publish(event).expect("Publisher::publish").seq();
+        self.publisher.publish(event).expect("Publisher::publish");
         Published {
             channel: channel.to_string(),
             data,
-            seq,
         }
+    }
+
+    /// `RelayHandle::publisher()`, as opposed to the one from `Relay`.
+    pub fn handle_publisher(&self) -> Publisher {
+        self.handle.as_ref().expect("relay is running").publisher()
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -139,7 +143,7 @@ impl Drop for TestRelay {
 
 /// Calls `shutdown` on a helper thread; false if it failed or did not return
 /// in time (the thread is then leaked, which is all a test can do).
-fn shutdown_bounded(handle: RelayHandle) -> bool {
+pub fn shutdown_bounded(handle: RelayHandle) -> bool {
     let (done_tx, done_rx) = mpsc::channel();
     thread::spawn(move || {
         let result = handle.shutdown();
@@ -151,42 +155,18 @@ fn shutdown_bounded(handle: RelayHandle) -> bool {
     done_rx.recv_timeout(WAIT).unwrap_or(false)
 }
 
-/// The contract has `Publisher::publish`/`try_publish` return the event's seq
-/// (`u64`); the implementation may return `()` instead. Accepting both keeps
-/// the suite running; `publish_http::publisher_returns_the_seq` reports it.
-pub trait PublishOutput {
-    fn seq(self) -> Option<u64>;
-}
-
-impl PublishOutput for u64 {
-    fn seq(self) -> Option<u64> {
-        Some(self)
-    }
-}
-
-impl PublishOutput for () {
-    fn seq(self) -> Option<u64> {
-        None
-    }
-}
-
 /// What a test published, to recognise it on the wire.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub channel: String,
     pub data: Value,
-    /// Known only if the publisher returns seqs.
-    pub seq: Option<u64>,
 }
 
-/// Asserts `v` is the event `p` (type = channel, same data, same seq when
-/// known) and returns its seq.
+/// Asserts `v` is the event `p` (type = channel, same data) and returns its
+/// seq. The reactor assigns seqs as events leave, so `publish` cannot know it.
 pub fn assert_event(v: &Value, p: &Published) -> u64 {
     let seq = event_seq(v, &p.channel);
     assert_eq!(v["data"], p.data, "wrong event data: {v}");
-    if let Some(expected) = p.seq {
-        assert_eq!(seq, expected, "seq differs from what publish returned: {v}");
-    }
     seq
 }
 
@@ -333,7 +313,11 @@ impl Client {
                         return Ok(None);
                     }
                 }
-                Err(_) => return Err(Closed::Dropped),
+                Err(e) => {
+                    // Shown with a failing test's output: why the socket ended.
+                    eprintln!("WebSocket read ended: {e}");
+                    return Err(Closed::Dropped);
+                }
             }
         }
     }
@@ -628,9 +612,43 @@ impl Raw {
             .unwrap_or_else(|e| panic!("connection ended before a response: {e}"))
     }
 
+    /// Reads a response that has no body by definition (1xx).
+    pub fn read_response_head_only(&mut self) -> HttpResponse {
+        self.read_head(Instant::now() + WAIT)
+            .unwrap_or_else(|e| panic!("connection ended before a response: {e}"))
+    }
+
     /// As `read_response`, but Err if the connection ended before a full head.
     pub fn try_read_response(&mut self) -> Result<HttpResponse, io::Error> {
         let deadline = Instant::now() + WAIT;
+        let mut response = self.read_head(deadline)?;
+        // 1xx (here 101) responses have no body.
+        if response.status < 200 {
+            return Ok(response);
+        }
+        match response.header("Content-Length") {
+            Some(len) => {
+                let len: usize = len.parse().expect("numeric Content-Length");
+                // A short body is a relay bug; report what we got.
+                if let Err(e) = self.need(len, deadline) {
+                    panic!(
+                        "body cut short ({e}): {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                }
+                response.body = self.buf.drain(..len).collect();
+            }
+            None => {
+                // No length: the body runs to EOF (RFC 9112 section 6.3).
+                while self.fill_until(deadline) {}
+                response.body = std::mem::take(&mut self.buf);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Reads and parses a response head; the body (if any) stays buffered.
+    fn read_head(&mut self, deadline: Instant) -> Result<HttpResponse, io::Error> {
         let head_end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i;
@@ -655,34 +673,12 @@ impl Raw {
             .filter_map(|line| line.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
             .collect();
-        let mut response = HttpResponse {
+        Ok(HttpResponse {
             status,
             head,
             headers,
             body: Vec::new(),
-        };
-        if status == 101 {
-            return Ok(response);
-        }
-        match response.header("Content-Length") {
-            Some(len) => {
-                let len: usize = len.parse().expect("numeric Content-Length");
-                // A short body is a relay bug; report what we got.
-                if let Err(e) = self.need(len, deadline) {
-                    panic!(
-                        "body cut short ({e}): {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
-                }
-                response.body = self.buf.drain(..len).collect();
-            }
-            None => {
-                // No length: the body runs to EOF (HTTP/1.1 section 6.3).
-                while self.fill_until(deadline) {}
-                response.body = std::mem::take(&mut self.buf);
-            }
-        }
-        Ok(response)
+        })
     }
 
     /// One read attempt; false once the connection ended. Panics at `deadline`.
@@ -764,10 +760,33 @@ impl Raw {
             match self.read_frame() {
                 None => return Closed::Dropped,
                 Some(f) if f.opcode == OP_CLOSE => {
+                    // RFC 6455 5.5 / 5.5.1: at most 125 bytes, UTF-8 reason.
+                    assert!(f.fin && f.payload.len() <= 125, "bad close frame {f:?}");
+                    if f.payload.len() > 2 {
+                        let reason = std::str::from_utf8(&f.payload[2..]);
+                        assert!(reason.is_ok(), "close reason is not UTF-8: {f:?}");
+                    }
                     return match f.close_code() {
                         Some(code) => Closed::Code(code),
                         None => Closed::NoCode,
-                    }
+                    };
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Like `expect_close`, but also returns the close reason text.
+    pub fn expect_close_reason(&mut self) -> (Closed, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no close within {WAIT:?}");
+            match self.read_frame() {
+                None => return (Closed::Dropped, String::new()),
+                Some(f) if f.opcode == OP_CLOSE => {
+                    let reason = String::from_utf8_lossy(f.payload.get(2..).unwrap_or_default());
+                    let closed = f.close_code().map_or(Closed::NoCode, Closed::Code);
+                    return (closed, reason.into_owned());
                 }
                 Some(_) => {}
             }
@@ -814,4 +833,40 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
 /// `POST /api/publish` with `body` (and extra header lines) on a fresh connection.
 pub fn http_publish(addr: SocketAddr, body: &str, extra: &str) -> HttpResponse {
     http(addr, &publish_request(body, extra))
+}
+
+/// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`, computed here (not with the relay's
+/// formatter) so timestamp tests compare against an independent clock reading.
+pub fn utc_now_rfc3339() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The value of an unlabelled sample `name` in `GET /metrics`, if present.
+pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let response = http_get(addr, "/metrics");
+    assert_eq!(response.status, 200, "{}", response.head);
+    response.body_text().lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == name).then(|| value.parse().expect("numeric sample"))
+    })
 }
