@@ -13,7 +13,9 @@ use std::time::Duration;
 use tidings::{Config, Relay};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
+    let listen = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
     let mut config = Config {
         listen: listen.parse()?,
         conformance_echo: true,

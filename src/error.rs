@@ -119,7 +119,9 @@ impl CloseReason {
             CloseReason::Protocol(_) => 1002,
             CloseReason::BinaryMessage => 1003,
             CloseReason::InvalidUtf8 => 1007,
-            CloseReason::QueueOverflow | CloseReason::WriteStalled | CloseReason::RateLimited => 1008,
+            CloseReason::QueueOverflow | CloseReason::WriteStalled | CloseReason::RateLimited => {
+                1008
+            }
             CloseReason::MessageTooBig { .. } => 1009,
             CloseReason::AuthFailed => 4001,
             CloseReason::AuthTimeout => 4008,

@@ -71,7 +71,11 @@ mod tests {
         // 10 per second: one token after 100 ms.
         assert_eq!(bucket.take(99, 10, 1), Verdict::Exceeded);
         assert_eq!(bucket.take(200, 10, 1), Verdict::Allow);
-        assert_eq!(bucket.take(200, 10, 1), Verdict::Warn, "a new episode warns again");
+        assert_eq!(
+            bucket.take(200, 10, 1),
+            Verdict::Warn,
+            "a new episode warns again"
+        );
     }
 
     #[test]

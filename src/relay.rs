@@ -42,7 +42,11 @@ impl Relay {
     /// (port 0 picks a free port) before the reactor runs.
     pub fn new(config: Config) -> Result<Relay, Error> {
         config.validate()?;
-        let tls = config.tls.as_ref().map(crate::io::tls::server_config).transpose()?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::io::tls::server_config)
+            .transpose()?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen).map_err(|e| Error::Bind {
             addr: config.listen,

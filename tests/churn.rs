@@ -108,4 +108,3 @@ fn ten_thousand_connect_disconnect_cycles_leave_nothing_behind() {
         "RSS grew from {rss_before} to {rss_after}"
     );
 }
-

@@ -35,7 +35,10 @@ fn subscribe_unsubscribe_flood_within_the_rate_leaves_routing_intact() {
         if round % 100 == 99 {
             for _ in 0..200 {
                 let reply = client.next_json();
-                assert!(reply["type"] == "subscribed" || reply["type"] == "unsubscribed", "{reply}");
+                assert!(
+                    reply["type"] == "subscribed" || reply["type"] == "unsubscribed",
+                    "{reply}"
+                );
             }
         }
     }

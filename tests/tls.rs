@@ -31,7 +31,8 @@ impl TestCert {
         let dir = std::env::temp_dir().join(format!("tidings-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("cert.pem"), certified.cert.pem()).expect("write cert");
-        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).expect("write key");
+        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem())
+            .expect("write key");
         TestCert {
             der: certified.cert.der().to_vec(),
             dir,
@@ -54,7 +55,9 @@ impl Drop for TestCert {
 
 fn connect_wss(addr: std::net::SocketAddr, cert: &TestCert) -> TlsSocket {
     let mut roots = RootCertStore::empty();
-    roots.add(cert.der.clone().into()).expect("trust the test certificate");
+    roots
+        .add(cert.der.clone().into())
+        .expect("trust the test certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -89,7 +92,9 @@ fn wss_subscribe_and_receive_events() {
     let relay = TestRelay::with(|c| c.tls = Some(cert.tls_config()));
     let mut socket = connect_wss(relay.addr, &cert);
     socket
-        .send(Message::text(json!({"type": "subscribe", "channels": ["job.*"]}).to_string()))
+        .send(Message::text(
+            json!({"type": "subscribe", "channels": ["job.*"]}).to_string(),
+        ))
         .expect("send");
     assert_eq!(next_json(&mut socket)["type"], "subscribed");
     // Enough events, and large enough, to need many TLS records and flushes.
@@ -124,8 +129,14 @@ fn tls_handshake_times_out() {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let read = tcp.read(&mut buf);
-    assert!(matches!(read, Ok(0) | Err(_)), "expected the relay to close, got {read:?}");
-    assert!(started.elapsed() < WAIT, "closed by the handshake timeout, not the read timeout");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected the relay to close, got {read:?}"
+    );
+    assert!(
+        started.elapsed() < WAIT,
+        "closed by the handshake timeout, not the read timeout"
+    );
 }
 
 #[test]
@@ -134,7 +145,10 @@ fn plaintext_on_a_tls_port_is_dropped() {
     let relay = TestRelay::with(|c| c.tls = Some(cert.tls_config()));
     let (mut raw, _) = (Raw::connect(relay.addr), ());
     raw.send_lenient(upgrade_request("").as_bytes());
-    assert!(raw.closed_within(WAIT), "a plaintext request must not be answered");
+    assert!(
+        raw.closed_within(WAIT),
+        "a plaintext request must not be answered"
+    );
     // The relay is unharmed.
     let mut socket = connect_wss(relay.addr, &cert);
     socket

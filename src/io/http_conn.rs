@@ -10,13 +10,13 @@ use super::conn::{Auth, Phase, WsConn};
 use super::reactor::Reactor;
 use super::timer::Millis;
 use crate::auth::PublishAuth;
-use crate::rate::TokenBucket;
 use crate::fanout::event::Event;
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, parse_head, upgrade_refusal, RequestHead};
 use crate::proto::http::{
     bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
 };
+use crate::rate::TokenBucket;
 use crate::stats::Stats;
 
 /// What one request did to the socket.
@@ -147,7 +147,10 @@ impl Reactor {
             }
         };
         if !self.origin_allowed(head.origin.as_deref()) {
-            info!("socket {key}: origin {:?} is not in allowed_origins", head.origin);
+            info!(
+                "socket {key}: origin {:?} is not in allowed_origins",
+                head.origin
+            );
             self.respond_and_close(key, upgrade_refusal(Status::Forbidden));
             return Outcome::Done;
         }

@@ -27,8 +27,8 @@ use crate::fanout::event::EncodedEvent;
 use crate::fanout::publisher::{Publisher, Wakeup};
 use crate::fanout::queue::{Push, QueueLimits};
 use crate::proto::frames::{encode_close, encode_ping};
-use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
 use crate::proto::http::Status;
+use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::stats::Stats;
 

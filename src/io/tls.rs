@@ -21,7 +21,10 @@ const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
     let certs = load_certs(&tls.cert)?;
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
-        ConfigError::invalid("tls.key", format!("{}: no usable private key: {e}", tls.key.display()))
+        ConfigError::invalid(
+            "tls.key",
+            format!("{}: no usable private key: {e}", tls.key.display()),
+        )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)

@@ -436,7 +436,10 @@ mod tests {
         }
         assert_eq!(
             out,
-            vec![Message::Binary(vec![b'a', b'b', 0xff]), Message::Binary(vec![])]
+            vec![
+                Message::Binary(vec![b'a', b'b', 0xff]),
+                Message::Binary(vec![])
+            ]
         );
     }
 

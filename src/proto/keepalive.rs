@@ -58,11 +58,16 @@ pub fn check(now: u64, clocks: &SocketClocks, timeouts: &KeepaliveTimeouts) -> V
     } else {
         clocks.next_ping
     };
-    let wake_at = [Some(idle_deadline), Some(next_ping), clocks.auth_deadline, stall_deadline]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(idle_deadline);
+    let wake_at = [
+        Some(idle_deadline),
+        Some(next_ping),
+        clocks.auth_deadline,
+        stall_deadline,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(idle_deadline);
     Verdict::Keep {
         ping,
         next_ping,

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tidings::{Config, Event, PublishError, Publisher, Relay, RelayHandle, StatsSnapshot};
+use tidings::{Config, Event, Publisher, Relay, RelayHandle, StatsSnapshot};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::http::HeaderValue;
