@@ -58,6 +58,9 @@ pub struct Limits {
     pub max_channel_segments: usize,
     /// Open sockets (WebSocket and HTTP) the relay accepts.
     pub max_connections: usize,
+    /// Connections the kernel queues before the reactor accepts them (capped
+    /// by `net.core.somaxconn`); reconnect storms overflow a short queue.
+    pub listen_backlog: u32,
     /// Open sockets from one client IP address; 0 for no limit.
     pub max_connections_per_ip: usize,
     /// Messages per second a client may send, on average (a token bucket).
@@ -190,6 +193,7 @@ impl Default for Limits {
             max_channel_length: 255,
             max_channel_segments: 16,
             max_connections: 200_000,
+            listen_backlog: 4096,
             // Off by default: load balancers and NAT put many clients behind one address.
             max_connections_per_ip: 0,
             // Clients send a handful of commands and a ping every 30 s.
@@ -262,6 +266,7 @@ impl Config {
             ("limits.ingest_batch", l.ingest_batch),
             ("limits.messages_per_second", l.messages_per_second as usize),
             ("limits.message_burst", l.message_burst as usize),
+            ("limits.listen_backlog", l.listen_backlog as usize),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -48,10 +48,11 @@ impl Relay {
             .map(crate::io::tls::server_config)
             .transpose()?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen).map_err(|e| Error::Bind {
-            addr: config.listen,
-            error: e,
-        })?;
+        let mut listener =
+            bind(config.listen, config.limits.listen_backlog).map_err(|e| Error::Bind {
+                addr: config.listen,
+                error: e,
+            })?;
         let addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -121,6 +122,18 @@ impl Relay {
     pub fn run(self) -> Result<(), Error> {
         Reactor::new(self.parts).run()
     }
+}
+
+/// A non-blocking listener with our backlog (mio's own `bind` uses 128).
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Restart without waiting out TIME_WAIT from the previous run.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// A running relay. Dropping it shuts the relay down.
