@@ -130,11 +130,14 @@ impl Reactor {
         Outcome::KeepAlive { consumed: head.len }
     }
 
+    /// Writes a response at once rather than after this turn's fan-out: a
+    /// publisher waiting for it can send its next events while subscribers
+    /// are being flushed.
     fn queue_response(&mut self, key: usize, bytes: Vec<u8>) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.out.push_unbounded(bytes.into());
         }
-        self.mark_dirty(key);
+        self.flush(key);
     }
 
     fn upgrade(&mut self, key: usize, head: &RequestHead) -> Outcome {

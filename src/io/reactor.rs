@@ -40,6 +40,9 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 const READS_PER_TURN: usize = 8;
 /// Shared read buffer: large reads, and no per-socket buffer while idle.
 const READ_BUFFER: usize = 64 * 1024;
+/// Sockets flushed between two looks at new input during a long flush pass:
+/// about a millisecond of writes.
+const INTAKE_EVERY: usize = 256;
 /// Resolution of the timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
@@ -135,31 +138,11 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Io(e));
-            }
-            self.now = self.started.elapsed().as_millis() as Millis;
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(key) => {
-                        if event.is_writable() {
-                            self.flush(key);
-                        }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
-                        }
-                    }
-                }
-            }
+            self.poll_and_dispatch(&mut events, timeout)?;
             self.retry_reads();
             self.drain_ingest();
             self.expire_timers();
-            self.flush_dirty();
+            self.flush_dirty(&mut events)?;
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -170,6 +153,36 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Waits for readiness (at most `timeout`) and handles it.
+    fn poll_and_dispatch(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(Error::Io(e));
+        }
+        self.now = self.started.elapsed().as_millis() as Millis;
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                Token(key) => {
+                    if event.is_writable() {
+                        self.flush(key);
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.on_readable(key);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -399,17 +412,30 @@ impl Reactor {
         }
     }
 
-    fn flush_dirty(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
+    /// Flushes every socket that got output this turn. A pass over many
+    /// sockets takes a while (each write costs microseconds in the kernel),
+    /// so every `INTAKE_EVERY` sockets it takes in new events and requests:
+    /// sockets later in the pass then carry them in the same write, and
+    /// sockets already flushed get them on the next pass.
+    fn flush_dirty(&mut self, events: &mut Events) -> Result<(), Error> {
+        let mut pass = std::mem::take(&mut self.dirty);
+        for (done, &key) in pass.iter().enumerate() {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dirty = false;
                 self.flush(key);
             }
+            if done % INTAKE_EVERY == INTAKE_EVERY - 1 && done + 1 < pass.len() {
+                self.poll_and_dispatch(events, Some(Duration::ZERO))?;
+                self.drain_ingest();
+            }
         }
-        dirty.clear();
-        // Flushing never marks sockets dirty, so nothing was added meanwhile.
-        self.dirty = dirty;
+        // Sockets dirtied during the pass are already in the new list; keep
+        // the larger allocation for the next turn.
+        if self.dirty.is_empty() {
+            pass.clear();
+            self.dirty = pass;
+        }
+        Ok(())
     }
 
     /// Marks a socket for the end-of-turn flush.
@@ -422,7 +448,7 @@ impl Reactor {
         }
     }
 
-    fn flush(&mut self, key: usize) {
+    pub(super) fn flush(&mut self, key: usize) {
         let now = self.now;
         let write_deadline = self.config.timeouts.write_deadline.as_millis() as Millis;
         let Some(conn) = self.conns.get_mut(key) else {
