@@ -69,13 +69,18 @@ impl MessageReader {
             return Ok(None);
         };
         check_header(&header, len)?;
+        // A 64-bit length is the peer's to choose: saturate, never wrap (a
+        // wrapped sum once passed this check and then broke the slicing below).
         let buffered = self.fragments.as_ref().map_or(0, Vec::len) as u64;
-        if matches!(header.opcode, OpCode::Data(_)) && buffered + len > max_message as u64 {
+        let size = buffered.saturating_add(len);
+        if matches!(header.opcode, OpCode::Data(_)) && size > max_message as u64 {
             return Err(CloseReason::MessageTooBig {
-                size: buffered + len,
+                size,
                 max: max_message,
             });
         }
+        // Control payloads are at most 125 bytes and data at most
+        // `max_message`, so this neither truncates nor overflows.
         let end = header_len + len as usize;
         if input.len() < end {
             return Ok(None);
@@ -401,6 +406,19 @@ mod tests {
         let err = MessageReader::default()
             .read(&mut header, 512)
             .expect_err("too big");
+        assert_eq!(err.code(), 1009);
+    }
+
+    #[test]
+    fn huge_continuation_length_does_not_wrap() {
+        // Found by the `frames` fuzz target: a buffered fragment plus a
+        // continuation claiming 2^64 - 1 bytes overflowed the size check.
+        let mut bytes = client_frame(0x01, b"x");
+        let mut huge = vec![0x80, 0x80 | 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&MASK);
+        bytes.extend(huge);
+        let err = read_all(&bytes, 512).expect_err("too big");
         assert_eq!(err.code(), 1009);
     }
 
