@@ -4,7 +4,7 @@
 use crate::frame::{self, Item, Step};
 use crate::handshake::{self, Head};
 use crate::scan;
-use crate::stats::PhaseAcc;
+use crate::stats::{Arrival, PhaseAcc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -42,7 +42,7 @@ pub struct Conn {
 
 /// Everything a feed may touch besides the connection.
 pub struct Ctx<'a> {
-    pub now_us: u64,
+    pub at: Arrival,
     pub acc: Option<&'a mut PhaseAcc>,
     pub subscribe: &'a [u8],
     pub mask: [u8; 4],
@@ -122,7 +122,7 @@ impl Conn {
                 let (seq, t) = scan::event_fields(p);
                 if let Some(seq) = seq {
                     if let Some(acc) = cx.acc.as_deref_mut() {
-                        acc.event(cx.now_us, self.last_seq, seq, t);
+                        acc.event(cx.at, self.last_seq, seq, t);
                     }
                     self.last_seq = self.last_seq.max(seq);
                 } else if self.state == State::Subscribing {
@@ -201,7 +201,7 @@ mod tests {
         let mut all = std::mem::take(&mut c.leftover);
         all.extend_from_slice(data);
         let mut cx = Ctx {
-            now_us: 1_000_000,
+            at: Arrival::read_at(1_000_000),
             acc: Some(acc),
             subscribe: br#"{"type":"subscribe","channels":["m.s"]}"#,
             mask: [9, 8, 7, 6],
@@ -306,5 +306,77 @@ mod tests {
             feed(&mut c, &mut a, &mut p, &[0xFF; 32]),
             Fate::Close("protocol_error".into())
         );
+    }
+
+    /// Deterministic pseudo-random bytes for the stress tests below.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_chunking_gives_the_same_counts_as_one_read() {
+        let mut stream = Vec::new();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for s in 1..=300u64 {
+            match xorshift(&mut rng) % 10 {
+                0 => stream.extend([0x89, 0x01, b'p']),
+                1 => stream.extend([0x8A, 0x00]),
+                2 => stream.extend([0x82, 0x03, 1, 2, 3]),
+                _ => {}
+            }
+            stream.extend(event(s, 999_000));
+        }
+        let mut expected = None;
+        for round in 0..20 {
+            let mut c = Conn::new(Vec::new(), 0);
+            c.state = State::Ready;
+            let (mut a, mut p) = (acc(), 0);
+            let mut pos = 0;
+            while pos < stream.len() {
+                let n = if round == 0 {
+                    stream.len()
+                } else {
+                    1 + (xorshift(&mut rng) % 300) as usize
+                };
+                let end = (pos + n).min(stream.len());
+                assert_eq!(feed(&mut c, &mut a, &mut p, &stream[pos..end]), Fate::Keep);
+                assert!(c.leftover.len() <= frame::MAX_FRAME_LEFTOVER);
+                pos = end;
+            }
+            let got = (a.stats.received, a.stats.seq_gaps, p, c.out.len());
+            assert_eq!(got.0, 300);
+            assert_eq!(*expected.get_or_insert(got), got, "round {round}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_stay_bounded() {
+        let mut rng = 42u64;
+        for _ in 0..2000 {
+            let mut c = Conn::new(Vec::new(), 0);
+            c.state = if xorshift(&mut rng).is_multiple_of(2) {
+                State::Handshake
+            } else {
+                State::Subscribing
+            };
+            let (mut a, mut p) = (acc(), 0);
+            for _ in 0..8 {
+                let len = (xorshift(&mut rng) % 700) as usize;
+                let mut data: Vec<u8> = (0..len).map(|_| xorshift(&mut rng) as u8).collect();
+                if let Some(b) = data.first_mut() {
+                    // Often a plausible frame start, to get past the first byte.
+                    if xorshift(&mut rng).is_multiple_of(2) {
+                        *b = 0x81;
+                    }
+                }
+                if let Fate::Close(_) = feed(&mut c, &mut a, &mut p, &data) {
+                    break;
+                }
+                assert!(c.leftover.len() <= handshake::MAX_HEAD.max(frame::MAX_FRAME_LEFTOVER));
+            }
+        }
     }
 }

@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request body the publisher builds (the relay's default limit is 1 MiB).
 const MAX_BODY: usize = 512 * 1024;
+/// Longest wait for one response.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The publisher gives up after this many failed requests.
 const MAX_ERRORS: u64 = 50;
 
@@ -103,8 +105,12 @@ impl Client {
             .map_err(|e| format!("write_{:?}", e.kind()))?;
         rbuf.clear();
         let mut tmp = [0u8; 16 * 1024];
-        // Bounded by the response size limit and the read timeout.
+        let give_up = Instant::now() + RESPONSE_TIMEOUT;
+        // Bounded in reads and in time.
         for _ in 0..1024 {
+            if Instant::now() > give_up {
+                return Err("response_timeout".into());
+            }
             let n = match s.read(&mut tmp) {
                 Ok(0) => return Err("eof".into()),
                 Ok(n) => n,

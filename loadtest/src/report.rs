@@ -57,12 +57,21 @@ pub struct PhaseSummary {
     pub steady_seconds: f64,
     pub steady_deliveries: u64,
     pub deliveries_per_s: f64,
+    /// Publish `t` to the kernel's receive timestamp (the relay's latency).
     pub latency: Latency,
+    /// Publish `t` to the swarm's read (adds the swarm's own lag).
+    pub latency_read: Latency,
+    /// Deliveries whose latency used a kernel receive timestamp.
+    pub kernel_stamped: u64,
     pub server_pings: u64,
     /// CPU of the swarm's own threads during the phase (members + publisher).
     pub swarm_cpu_s: f64,
     pub publisher_cpu_s: f64,
-    /// Swarm CPU seconds per wall second (1.0 = one core busy).
+    /// Seconds from the publisher's start until every member reported.
+    pub wall_seconds: f64,
+    /// Swarm CPU seconds per second of publishing (1.0 = one core busy; CPU
+    /// spent draining a backlog after publishing counts too, so a value near
+    /// or above 1 per member means the swarm could not keep up).
     pub swarm_cores: f64,
     pub swarm_cpu_s_per_million: Option<f64>,
     pub server_cpu_s: Option<f64>,
@@ -109,13 +118,16 @@ pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
         steady_deliveries: s.received_steady,
         deliveries_per_s: per_s(s.received_steady as f64, i.steady_seconds),
         latency: latency(&s.hist),
+        latency_read: latency(&s.hist_read),
+        kernel_stamped: s.kernel_stamped,
         server_pings: s.pings,
         swarm_cpu_s: swarm_cpu,
         publisher_cpu_s: i.publisher_cpu_s,
-        swarm_cores: per_s(swarm_cpu, i.wall_seconds),
+        wall_seconds: i.wall_seconds,
+        swarm_cores: per_s(swarm_cpu, i.publish.seconds),
         swarm_cpu_s_per_million: per_million(swarm_cpu),
         server_cpu_s: i.server_cpu_s,
-        server_cores: i.server_cpu_s.map(|c| per_s(c, i.wall_seconds)),
+        server_cores: i.server_cpu_s.map(|c| per_s(c, i.publish.seconds)),
         server_cpu_s_per_million: i.server_cpu_s.and_then(per_million),
     }
 }
@@ -212,19 +224,23 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
             map(&p.closes)
         },
     );
-    let l = &p.latency;
-    t.row(
-        "latency ms",
-        format!(
-            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
-            ms(l.p50_us),
-            ms(l.p90_us),
-            ms(l.p99_us),
-            ms(l.p999_us),
-            ms(l.max_us),
-            l.count
-        ),
-    );
+    for (name, l) in [
+        ("latency ms", &p.latency),
+        ("  at swarm read", &p.latency_read),
+    ] {
+        t.row(
+            name,
+            format!(
+                "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+                ms(l.p50_us),
+                ms(l.p90_us),
+                ms(l.p99_us),
+                ms(l.p999_us),
+                ms(l.max_us),
+                l.count
+            ),
+        );
+    }
     let pm = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     t.row(
         "swarm CPU",

@@ -97,6 +97,13 @@ fn connect(c: &Common, target: &Target) -> Result<(Fleet, ConnectReport), String
         eprintln!();
     }
     match report {
+        Ok(r) if r.ready == 0 => {
+            fleet.stop();
+            let mut t = Table::new();
+            report::connect_rows(&mut t, &report::connect_summary(&r));
+            t.print();
+            Err("no connection subscribed".into())
+        }
         Ok(r) => Ok((fleet, r)),
         Err(e) => {
             fleet.stop();
@@ -241,6 +248,11 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
             ))
         } else if p99_ms > a.max_p99_ms {
             Some(format!("p99 {p99_ms:.1} ms > {} ms", a.max_p99_ms))
+        } else if s.events_per_s < 0.9 * rate {
+            Some(format!(
+                "publisher reached only {:.1} of {rate:.1} events/s",
+                s.events_per_s
+            ))
         } else if s.connections_at_end == 0 {
             Some("no connections left".into())
         } else {
@@ -256,7 +268,9 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
     let mut head = header("sweep", c, &fleet);
     fleet.stop();
     let passing = |s: &&PhaseSummary| {
-        s.completeness >= a.min_completeness && s.latency.p99_us as f64 / 1000.0 <= a.max_p99_ms
+        s.completeness >= a.min_completeness
+            && s.latency.p99_us as f64 / 1000.0 <= a.max_p99_ms
+            && s.events_per_s >= 0.9 * s.rate_target.unwrap_or(0.0)
     };
     let best = steps
         .iter()

@@ -53,11 +53,19 @@ pub struct PhaseStats {
     pub seq_gaps: u64,
     pub out_of_order: u64,
     pub pings: u64,
-    /// Connections lost, by close code or by `eof` / `io_error` / `protocol_error`.
+    /// Connections lost since the previous report (so including any lost
+    /// between phases), by close code or by `eof` / `reset` / `protocol_error`.
     pub closes: BTreeMap<String, u64>,
     /// CPU seconds of the member's swarm thread during the phase.
     pub cpu_s: f64,
+    /// Latency to the kernel's receive timestamp (or to the read, where the
+    /// kernel gives none).
     pub hist: String,
+    /// Latency to the moment the swarm read the bytes: includes the swarm's
+    /// own lag.
+    pub hist_read: String,
+    /// Deliveries that had a kernel receive timestamp.
+    pub kernel_stamped: u64,
 }
 
 impl PhaseStats {
@@ -72,14 +80,20 @@ impl PhaseStats {
         self.pings += o.pings;
         add_map(&mut self.closes, &o.closes);
         self.cpu_s += o.cpu_s;
-        let mut h = new_hist();
-        for part in [&self.hist, &o.hist] {
-            h.add(hist_from_hex(part)?)
-                .map_err(|e| format!("histogram merge: {e:?}"))?;
-        }
-        self.hist = hist_to_hex(&h);
+        self.kernel_stamped += o.kernel_stamped;
+        self.hist = merge_hex(&self.hist, &o.hist)?;
+        self.hist_read = merge_hex(&self.hist_read, &o.hist_read)?;
         Ok(())
     }
+}
+
+fn merge_hex(a: &str, b: &str) -> Result<String, String> {
+    let mut h = new_hist();
+    for part in [a, b] {
+        h.add(hist_from_hex(part)?)
+            .map_err(|e| format!("histogram merge: {e:?}"))?;
+    }
+    Ok(hist_to_hex(&h))
 }
 
 pub fn add_map(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -142,6 +156,25 @@ pub struct PhaseAcc {
     pub window: Window,
     pub stats: PhaseStats,
     pub hist: Histogram<u64>,
+    pub hist_read: Histogram<u64>,
+}
+
+/// When an event's bytes arrived: the kernel's receive timestamp, if the
+/// socket gave one, and the time the swarm read them (unix µs).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub kernel_us: Option<u64>,
+    pub read_us: u64,
+}
+
+impl Arrival {
+    #[cfg(test)]
+    pub fn read_at(read_us: u64) -> Self {
+        Arrival {
+            kernel_us: None,
+            read_us,
+        }
+    }
 }
 
 impl PhaseAcc {
@@ -153,13 +186,14 @@ impl PhaseAcc {
                 ..PhaseStats::default()
             },
             hist: new_hist(),
+            hist_read: new_hist(),
         }
     }
 
-    /// One event arrived at `now_us` on a connection whose previous seq was
-    /// `last_seq` (0: none yet).
+    /// One event arrived on a connection whose previous seq was `last_seq`
+    /// (0: none yet).
     #[inline]
-    pub fn event(&mut self, now_us: u64, last_seq: u64, seq: u64, t: Option<u64>) {
+    pub fn event(&mut self, at: Arrival, last_seq: u64, seq: u64, t: Option<u64>) {
         let s = &mut self.stats;
         s.received += 1;
         if last_seq != 0 {
@@ -170,12 +204,18 @@ impl PhaseAcc {
             }
         }
         let w = &self.window;
+        let now_us = at.kernel_us.unwrap_or(at.read_us);
+        if at.kernel_us.is_some() {
+            s.kernel_stamped += 1;
+        }
         if now_us >= w.steady_start_us && now_us <= w.steady_end_us {
             s.received_steady += 1;
         }
         match t {
             Some(t) if t >= w.steady_start_us => {
                 self.hist.saturating_record(now_us.saturating_sub(t));
+                self.hist_read
+                    .saturating_record(at.read_us.saturating_sub(t));
             }
             Some(_) => {}
             None => s.foreign += 1,
@@ -186,6 +226,7 @@ impl PhaseAcc {
         self.stats.open_at_end = open;
         self.stats.cpu_s = cpu_s;
         self.stats.hist = hist_to_hex(&self.hist);
+        self.stats.hist_read = hist_to_hex(&self.hist_read);
         self.stats
     }
 }
@@ -206,10 +247,10 @@ mod tests {
     #[test]
     fn counts_gaps_and_steady_window() {
         let mut a = PhaseAcc::new(window(), 3);
-        a.event(1_500, 0, 1, Some(1_400)); // warmup: not steady, no latency
-        a.event(2_500, 1, 2, Some(2_100));
-        a.event(3_000, 2, 5, Some(2_900)); // 3 and 4 missing
-        a.event(3_100, 5, 4, None); // late and foreign
+        a.event(Arrival::read_at(1_500), 0, 1, Some(1_400)); // warmup: not steady, no latency
+        a.event(Arrival::read_at(2_500), 1, 2, Some(2_100));
+        a.event(Arrival::read_at(3_000), 2, 5, Some(2_900)); // 3 and 4 missing
+        a.event(Arrival::read_at(3_100), 5, 4, None); // late and foreign
         let s = a.finish(3, 0.5);
         assert_eq!(s.received, 4);
         assert_eq!(s.received_steady, 3);
@@ -226,8 +267,8 @@ mod tests {
         let mut a = PhaseAcc::new(window(), 1);
         let mut b = PhaseAcc::new(window(), 2);
         for i in 0..1000u64 {
-            a.event(5_000 + i, 0, i + 1, Some(4_000));
-            b.event(9_000, 0, i + 1, Some(3_000 + i));
+            a.event(Arrival::read_at(5_000 + i), 0, i + 1, Some(4_000));
+            b.event(Arrival::read_at(9_000), 0, i + 1, Some(3_000 + i));
         }
         let mut sa = a.finish(1, 1.0);
         let mut sb = b.finish(2, 2.0);

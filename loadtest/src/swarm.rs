@@ -4,15 +4,16 @@ use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
 use crate::frame::MAX_FRAME_LEFTOVER;
 use crate::handshake::{self, MAX_HEAD};
-use crate::stats::{ConnectReport, PhaseAcc};
+use crate::stats::{Arrival, ConnectReport, PhaseAcc};
 use crate::sys::{self, Who};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 pub const WAKE: Token = Token(usize::MAX);
@@ -66,6 +67,8 @@ pub struct Swarm {
     rng: u64,
     /// Connections that may have more to read.
     again: Vec<usize>,
+    /// This turn's readiness, reused from turn to turn.
+    ready: Vec<(usize, bool, bool)>,
     /// Subscribed connections.
     open: u64,
     /// Connections started and neither ready nor failed.
@@ -90,6 +93,7 @@ impl Swarm {
             subscribe,
             rng: seed | 1,
             again: Vec::new(),
+            ready: Vec::with_capacity(4096),
             open: 0,
             inflight: 0,
             failed: BTreeMap::new(),
@@ -207,21 +211,16 @@ impl Swarm {
             }
             return;
         }
-        let ready: Vec<(usize, bool, bool)> = self
-            .events
-            .iter()
-            .filter(|e| e.token() != WAKE)
-            .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (i, r, w) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().filter(|e| e.token() != WAKE).map(|e| {
+            let readable = e.is_readable() || e.is_read_closed() || e.is_error();
+            (e.token().0, readable, e.is_writable())
+        }));
+        for &(i, r, w) in &ready {
             self.on_event(i, r, w);
         }
+        self.ready = ready;
         let again = std::mem::take(&mut self.again);
         for i in again {
             if self.read(i) {
@@ -272,23 +271,27 @@ impl Swarm {
                 return false;
             }
             self.buf[..l].copy_from_slice(&c.leftover);
-            let n = match stream.read(&mut self.buf[l..l + READ_SIZE]) {
-                Ok(0) => {
-                    self.close(i, "eof".into());
-                    return false;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.close(i, io_reason(&e));
-                    return false;
-                }
-            };
+            let (n, kernel_us) =
+                match sys::recv_stamped(stream.as_raw_fd(), &mut self.buf[l..l + READ_SIZE]) {
+                    Ok((0, _)) => {
+                        self.close(i, "eof".into());
+                        return false;
+                    }
+                    Ok(got) => got,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.close(i, io_reason(&e));
+                        return false;
+                    }
+                };
             let was = c.state;
             // Stamp after the read: a turn-wide time could predate the data.
             let mut cx = Ctx {
-                now_us: sys::unix_us(),
+                at: Arrival {
+                    kernel_us,
+                    read_us: sys::unix_us(),
+                },
                 acc: self.acc.as_mut(),
                 subscribe: &self.subscribe,
                 mask,
@@ -381,8 +384,9 @@ impl Swarm {
                 last_cmd = Instant::now();
                 match cmd {
                     Cmd::Go(w) => {
+                        // Closes since the last report (also those between
+                        // phases) are reported with this phase.
                         self.acc = Some(PhaseAcc::new(w, self.open));
-                        self.closes.clear();
                         self.pings = 0;
                         end = None;
                         cpu0 = sys::cpu_seconds(Who::Thread);
@@ -443,6 +447,7 @@ fn open_socket(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStre
     )?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
+    sys::enable_rx_timestamps(s.as_raw_fd());
     if let Some(src) = source {
         // Let connect pick the port per 4-tuple, so each source address can
         // hold a full ephemeral range towards the one target.
@@ -450,7 +455,7 @@ fn open_socket(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStre
         // SAFETY: a valid fd and a c_int option value of the right size.
         unsafe {
             libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
+                s.as_raw_fd(),
                 libc::IPPROTO_IP,
                 libc::IP_BIND_ADDRESS_NO_PORT,
                 (&one as *const libc::c_int).cast(),

@@ -96,6 +96,66 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Asks the kernel to timestamp received data (SO_TIMESTAMPNS); false if
+/// it will not.
+pub fn enable_rx_timestamps(fd: std::os::fd::RawFd) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: a c_int option value of the right size for a socket fd.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// `read` that also returns the kernel's receive timestamp (unix µs) of
+/// the data, when the socket has SO_TIMESTAMPNS on.
+pub fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<u64>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; the fields we need are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, all alive
+    // and writable for the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled,
+    // bounded by msg_controllen; the data is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        let mut seen = 0;
+        while !c.is_null() && seen < 8 {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                if ts.tv_sec > 0 {
+                    stamp = Some(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+            seen += 1;
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +173,35 @@ mod tests {
         let s = "Name:\ttidings\nVmPeak:\t  10 kB\nVmRSS:\t   12345 kB\n";
         assert_eq!(parse_vm_rss(s), Some(12345));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn kernel_receive_timestamps() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let c = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let (mut s, _) = l.accept().unwrap_or_else(|e| panic!("{e}"));
+        assert!(enable_rx_timestamps(c.as_raw_fd()));
+        // The kernel turns timestamping on a moment later (a deferred static
+        // key), so early segments may come without one.
+        for _ in 0..40 {
+            let before = unix_us();
+            s.write_all(b"hello").unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = [0u8; 16];
+            let (n, ts) = recv_stamped(c.as_raw_fd(), &mut buf).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&buf[..n], b"hello");
+            if let Some(ts) = ts {
+                assert!(
+                    ts + 1000 >= before && ts <= unix_us() + 1000,
+                    "{before} {ts}"
+                );
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no kernel receive timestamp within 2 s");
     }
 
     #[test]

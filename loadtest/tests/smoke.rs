@@ -72,16 +72,19 @@ fn start_relay() -> (KillOnDrop, String) {
     (child, url)
 }
 
-#[test]
-fn fanout_200_subscribers_gets_everything() {
+/// Runs a fanout of `connections` sockets split over `processes` worker
+/// processes (0: one process) and checks that every event arrived.
+fn fanout_is_complete(connections: u32, processes: u32) {
     let (_relay, url) = start_relay();
+    let connections = connections.to_string();
+    let processes = processes.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_tidings-swarm"))
         .args([
             "fanout",
             "--url",
             &url,
             "--connections",
-            "200",
+            &connections,
             "--rate",
             "200",
             "--warmup",
@@ -91,7 +94,7 @@ fn fanout_200_subscribers_gets_everything() {
             "--drain",
             "5s",
             "--processes",
-            "0",
+            &processes,
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -104,7 +107,7 @@ fn fanout_200_subscribers_gets_everything() {
         .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
     let v: serde_json::Value = serde_json::from_str(json).expect("RESULT is JSON");
     let phase = &v["phase"];
-    assert_eq!(v["connect"]["ready"], 200, "{v}");
+    assert_eq!(v["connect"]["ready"].to_string(), connections, "{v}");
     let received = phase["received"].as_u64().unwrap_or(0);
     assert!(received > 0, "no deliveries: {v}");
     assert_eq!(phase["expected"].as_u64(), Some(received), "{v}");
@@ -114,4 +117,14 @@ fn fanout_200_subscribers_gets_everything() {
         phase["deliveries_per_s"].as_f64().unwrap_or(0.0) > 0.0,
         "{v}"
     );
+}
+
+#[test]
+fn fanout_200_subscribers_gets_everything() {
+    fanout_is_complete(200, 0);
+}
+
+#[test]
+fn fanout_over_two_worker_processes_gets_everything() {
+    fanout_is_complete(300, 2);
 }
