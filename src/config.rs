@@ -48,6 +48,10 @@ pub struct Limits {
     pub max_queue_messages: usize,
     /// Bytes waiting in one socket's outbound queue.
     pub max_queue_bytes: usize,
+    /// `SO_SNDBUF` for each accepted socket, in bytes; 0 leaves it to the
+    /// kernel, which grows it up to `net.ipv4.tcp_wmem` (4 MiB by default)
+    /// for a reader that falls behind.
+    pub socket_send_buffer: usize,
     /// What to do when a socket's queue is full.
     pub slow_consumer: SlowConsumerPolicy,
     /// Patterns one socket may hold.
@@ -188,6 +192,7 @@ impl Default for Limits {
             // stuck reader costs at most 256 KiB of queued frames here.
             max_queue_messages: 1024,
             max_queue_bytes: 256 * 1024,
+            socket_send_buffer: 0,
             slow_consumer: SlowConsumerPolicy::Close,
             max_subscriptions: 128,
             max_channel_length: 255,

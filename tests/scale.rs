@@ -83,3 +83,40 @@ fn thousand_clients_each_receive_every_event_in_order() {
         started.elapsed()
     );
 }
+
+/// Events that arrive while a long flush pass is under way go to sockets
+/// the pass already wrote; they must be written on the next pass without
+/// waiting for any other wake-up (a timer, or more traffic).
+#[test]
+fn events_arriving_during_a_flush_pass_are_not_stranded() {
+    const PACED_EVENTS: usize = 200;
+    ensure_fd_limit((2 * CLIENTS + 256) as libc::rlim_t);
+    let relay = TestRelay::start();
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| connect(relay.addr)).collect();
+    let subscribe = json!({"type": "subscribe", "channels": ["paced"]});
+    for client in &mut clients {
+        client.send_json(&subscribe);
+    }
+    for client in &mut clients {
+        assert_eq!(client.next_json()["type"], "subscribed");
+    }
+    // Paced so that publishes land in the middle of flush passes.
+    let publisher = relay.publisher.clone();
+    let producer = std::thread::spawn(move || {
+        for i in 0..PACED_EVENTS {
+            let event = tidings::Event::new("paced", &json!({"i": i})).expect("event");
+            publisher.publish(event).expect("publish");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    });
+    producer.join().expect("producer");
+    // Nothing else happens now: no timer is due for 54 s, no client sends.
+    // A stranded frame would wait for the next unrelated wake-up, so each
+    // read gets a short (but, on a loaded machine, generous) deadline.
+    for (c, client) in clients.iter_mut().enumerate() {
+        for i in 0..PACED_EVENTS {
+            let event = client.next_json_within(std::time::Duration::from_secs(3));
+            assert_eq!(event["data"]["i"], i, "client {c}: {event}");
+        }
+    }
+}

@@ -186,7 +186,9 @@ impl Reactor {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.ingest.is_empty() {
+        // Sockets dirtied while the last flush pass took in new events wait
+        // for the next pass: it must not sleep first.
+        if !self.read_again.is_empty() || !self.ingest.is_empty() || !self.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let timer = self.timers.next_timeout(self.now);
@@ -231,6 +233,10 @@ impl Reactor {
                 continue;
             }
             let _ = socket.set_nodelay(true);
+            let send_buffer = self.config.limits.socket_send_buffer;
+            if send_buffer > 0 {
+                let _ = socket2::SockRef::from(&socket).set_send_buffer_size(send_buffer);
+            }
             let tls = match self.tls.as_ref().map(super::tls::accept).transpose() {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -522,6 +528,9 @@ impl Reactor {
         conn.out.push_unbounded(encode_close(&reason));
         let peer = conn.socket.peer_addr().ok();
         Stats::sub(&self.stats.websockets, 1);
+        if reason == CloseReason::AuthTimeout {
+            Stats::add(&self.stats.auth_failures, 1);
+        }
         if reason.is_slow_consumer() {
             Stats::add(&self.stats.slow_consumer_closes, 1);
             info!(
