@@ -115,6 +115,12 @@ pub struct Timeouts {
     /// After sending a close frame, how long to wait for the peer's before dropping.
     #[serde(with = "duration_text")]
     pub close_linger: Duration,
+    /// Under load, write to sockets at most once per this interval, so that
+    /// several events share one write. Applies only while flush passes come
+    /// closer together than this; a lone event is written at once. 0 turns
+    /// it off.
+    #[serde(with = "duration_text")]
+    pub coalesce: Duration,
 }
 
 /// PEM files for `wss://`.
@@ -222,6 +228,7 @@ impl Default for Timeouts {
             handshake: Duration::from_secs(10),
             auth: Duration::from_secs(10),
             close_linger: Duration::from_secs(2),
+            coalesce: Duration::from_millis(5),
         }
     }
 }

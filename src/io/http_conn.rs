@@ -79,7 +79,6 @@ impl Reactor {
                     // how long an idle kept-alive socket stays.
                     http.deadline = now + idle;
                     self.arm(key, now + idle);
-                    self.mark_dirty(key);
                 }
             }
         }
@@ -202,7 +201,9 @@ impl Reactor {
             _ => self.apply_defaults(key),
         }
         self.arm(key, first_timer);
-        self.mark_dirty(key);
+        // The 101 goes out now, not with the next (possibly coalesced) pass:
+        // a reconnect storm waits on it.
+        self.flush(key);
         if !early.is_empty() {
             self.on_ws_bytes(key, &mut early);
         }

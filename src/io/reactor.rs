@@ -73,6 +73,8 @@ pub(crate) struct Reactor {
     deferred_closes: Vec<(usize, CloseReason)>,
     read_again: Vec<usize>,
     stopping_until: Option<Millis>,
+    /// When the last flush pass started, for `timeouts.coalesce`.
+    last_flush: Millis,
     /// Open sockets per client address, kept only while
     /// `limits.max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, u32>,
@@ -128,6 +130,7 @@ impl Reactor {
             deferred_closes: Vec::new(),
             read_again: Vec::new(),
             stopping_until: None,
+            last_flush: 0,
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
             tls: parts.tls,
@@ -142,7 +145,10 @@ impl Reactor {
             self.retry_reads();
             self.drain_ingest();
             self.expire_timers();
-            self.flush_dirty(&mut events)?;
+            if self.flush_is_due() {
+                self.last_flush = self.now;
+                self.flush_dirty(&mut events)?;
+            }
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -185,13 +191,27 @@ impl Reactor {
         Ok(())
     }
 
+    /// Whether this turn flushes: always, unless `timeouts.coalesce` is set
+    /// and the last pass was less than that long ago.
+    fn flush_is_due(&self) -> bool {
+        let window = self.config.timeouts.coalesce.as_millis() as Millis;
+        window == 0 || self.now >= self.last_flush + window
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
-        // Sockets dirtied while the last flush pass took in new events wait
-        // for the next pass: it must not sleep first.
-        if !self.read_again.is_empty() || !self.ingest.is_empty() || !self.dirty.is_empty() {
+        if !self.read_again.is_empty() || !self.ingest.is_empty() {
             return Some(Duration::ZERO);
         }
-        let timer = self.timers.next_timeout(self.now);
+        // Sockets dirtied while the last flush pass took in new events (or
+        // held back to coalesce) wait for the next pass: never sleep past it.
+        let flush = (!self.dirty.is_empty()).then(|| {
+            let window = self.config.timeouts.coalesce.as_millis() as Millis;
+            Duration::from_millis((self.last_flush + window).saturating_sub(self.now))
+        });
+        let timer = match (self.timers.next_timeout(self.now), flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if self.stopping_until.is_some() {
             return Some(timer.map_or(TIMER_TICK, |t| t.min(TIMER_TICK)));
         }

@@ -285,8 +285,9 @@ impl Reactor {
         self.send(key, encode_text(text.as_bytes()))
     }
 
-    /// Queues a reply or control frame within the queue limits: a client that
-    /// sends commands but never reads is a slow consumer like any other.
+    /// Queues a reply or control frame within the queue limits (a client that
+    /// sends commands but never reads is a slow consumer like any other) and
+    /// writes it at once: replies are not held back by `timeouts.coalesce`.
     fn send(&mut self, key: usize, frame: bytes::Bytes) -> bool {
         let limits = self.queue_limits;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -299,7 +300,7 @@ impl Reactor {
             self.close(key, CloseReason::QueueOverflow);
             return false;
         }
-        self.mark_dirty(key);
-        true
+        self.flush(key);
+        self.conns.contains(key)
     }
 }
