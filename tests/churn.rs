@@ -11,20 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 /// Upgrades, subscribes, and leaves: half politely, half by vanishing.
 fn churn_once(addr: std::net::SocketAddr, polite: bool) {
     let mut tcp = TcpStream::connect(addr).expect("connect");

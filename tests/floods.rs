@@ -8,16 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 #[test]
 fn subscribe_unsubscribe_flood_within_the_rate_leaves_routing_intact() {
     let relay = TestRelay::with(|c| {

@@ -870,3 +870,22 @@ pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         (key == name).then(|| value.parse().expect("numeric sample"))
     })
 }
+
+// ---------------------------------------------------------------------------
+// This process's resources: the relay under test runs in it.
+
+/// Resident memory of this process, in bytes.
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
