@@ -17,8 +17,8 @@ use tidings::Event;
 
 /// A server session that has finished its handshake with an in-memory client.
 fn established_session() -> ServerConnection {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-        .expect("certificate");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
@@ -80,7 +80,8 @@ fn flushing(c: &mut Criterion) {
             let mut sink = Vec::with_capacity(64 * 1024);
             b.iter(|| {
                 sink.clear();
-                server.writer().write_vectored(&slices).expect("buffer");
+                let taken = server.writer().write_vectored(&slices).expect("buffer");
+                assert_eq!(taken, frame.len() * frames, "rustls took every frame");
                 while server.wants_write() {
                     server.write_tls(&mut sink).expect("memory");
                 }
