@@ -585,3 +585,29 @@ fn fragment_total_over_limit_is_1009_from_the_header() {
     raw.send(&header);
     assert_eq!(raw.expect_close(), Closed::Code(1009));
 }
+
+#[test]
+fn close_frame_inside_a_fragmented_message_closes_normally() {
+    // Autobahn 7.1.5: control frames may interleave with fragments, and a
+    // close there ends the connection normally; the open message is dropped.
+    let mut bytes = frame(false, 0, OP_TEXT, b"{\"type\":", Some(MASK));
+    bytes.extend(client_frame(OP_CLOSE, &close_payload(1000, "bye")));
+    assert_eq!(close_after(&bytes), Closed::Code(1000));
+}
+
+#[test]
+fn peer_vanishing_mid_frame_costs_only_its_socket() {
+    let relay = TestRelay::start();
+    let mut watcher = connect(relay.addr);
+    watcher.subscribe(&["still.here"]);
+    let mut raw = Raw::upgrade(relay.addr);
+    // Half of a 100-byte frame, then FIN.
+    let whole = client_frame(OP_TEXT, &[b'x'; 100]);
+    raw.send(&whole[..50]);
+    raw.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    relay.wait_stats("the half-sent socket to go", |s| s.websockets == 1);
+    relay.publish("still.here", json!(1));
+    assert_eq!(watcher.next_json()["type"], "still.here");
+}
