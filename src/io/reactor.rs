@@ -73,7 +73,8 @@ pub(crate) struct Reactor {
     deferred_closes: Vec<(usize, CloseReason)>,
     read_again: Vec<usize>,
     stopping_until: Option<Millis>,
-    /// When the last flush pass started, for `timeouts.coalesce`.
+    /// When the last flush pass that wrote anything started, for
+    /// `timeouts.coalesce` (turns without output must not hold the next back).
     last_flush: Millis,
     /// Open sockets per client address, kept only while
     /// `limits.max_connections_per_ip` is set.
@@ -145,7 +146,7 @@ impl Reactor {
             self.retry_reads();
             self.drain_ingest();
             self.expire_timers();
-            if self.flush_is_due() {
+            if !self.dirty.is_empty() && self.flush_is_due() {
                 self.last_flush = self.now;
                 self.flush_dirty(&mut events)?;
             }
