@@ -22,6 +22,8 @@ pub enum Mode {
     Idle(IdleArgs),
     /// Fanout phases at rising rates until completeness or p99 fails.
     Sweep(SweepArgs),
+    /// Drop every connection at once and time the reconnect storm.
+    Storm(StormArgs),
     /// Internal: one worker process of a large swarm.
     #[command(hide = true)]
     Worker { cfg: String },
@@ -92,6 +94,42 @@ pub struct FanoutArgs {
     /// Events per second, or `max` (back-to-back POSTs of --batch-max events).
     #[arg(long, default_value = "10", value_parser = parse_rate)]
     pub rate: Rate,
+    /// Write the latency CDF (from the merged histogram) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How clients drop: mixed (half TCP close, half close frame), tcp, frame, reset.
+    #[arg(long = "drop", value_enum, default_value_t = crate::storm::DropHow::Mixed)]
+    pub drop_how: crate::storm::DropHow,
+    /// Backoff base: the first reconnect waits uniformly in [0, base).
+    #[arg(long, default_value = "1s", value_parser = parse_secs)]
+    pub base: f64,
+    /// Backoff cap: attempt k waits uniformly in [0, min(cap, base·2^k)).
+    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    pub cap: f64,
+    /// Clients not back this long after the drop are left out.
+    #[arg(long, default_value = "60s", value_parser = parse_secs)]
+    pub deadline: f64,
+    /// Seed of the backoff jitter (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Events/s published to --channel during the storm (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Bytes of each event's `data` object during the storm.
+    #[arg(long, default_value_t = 150)]
+    pub payload: usize,
+    /// Publish endpoint (default: /api/publish on the WebSocket host).
+    #[arg(long)]
+    pub publish_url: Option<String>,
+    /// Do not publish the final marker event (nor check it arrives).
+    #[arg(long)]
+    pub no_marker: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -123,6 +161,9 @@ pub struct SweepArgs {
     /// A step fails when received/expected is below this.
     #[arg(long, default_value_t = 0.999)]
     pub min_completeness: f64,
+    /// Write the last step's latency CDF to this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

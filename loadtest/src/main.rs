@@ -7,11 +7,13 @@ mod fleet;
 mod frame;
 mod handshake;
 mod http;
+mod plot;
 mod publisher;
 mod report;
 mod run;
 mod scan;
 mod stats;
+mod storm;
 mod swarm;
 mod sys;
 
@@ -23,6 +25,7 @@ fn main() {
         cli::Mode::Fanout(a) => run::fanout(a),
         cli::Mode::Idle(a) => run::idle(a),
         cli::Mode::Sweep(a) => run::sweep(a),
+        cli::Mode::Storm(a) => run::storm(a),
         cli::Mode::Worker { cfg } => fleet::worker_main(&cfg),
     };
     if let Err(e) = result {

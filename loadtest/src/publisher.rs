@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest request body the publisher builds (the relay's default limit is 1 MiB).
@@ -71,6 +73,8 @@ struct Client {
     cfg: PubCfg,
     conn: Option<TcpStream>,
     rbuf: Vec<u8>,
+    /// Where the last response's body is in `rbuf`.
+    body: Range<usize>,
     stats: PubStats,
 }
 
@@ -99,7 +103,9 @@ impl Client {
 
     fn exchange_inner(&mut self, req: &[u8]) -> Result<u16, String> {
         self.connect()?;
-        let Client { conn, rbuf, .. } = self;
+        let Client {
+            conn, rbuf, body, ..
+        } = self;
         let s = conn.as_mut().ok_or("no_connection")?;
         s.write_all(req)
             .map_err(|e| format!("write_{:?}", e.kind()))?;
@@ -120,6 +126,7 @@ impl Client {
             rbuf.extend_from_slice(&tmp[..n]);
             match http::parse_response(rbuf) {
                 Ok(Some(r)) => {
+                    *body = r.body_start.min(r.len)..r.len.min(rbuf.len());
                     if r.close {
                         *conn = None;
                     }
@@ -135,6 +142,11 @@ impl Client {
 
 /// Publishes from `start_us` until `end_us` (unix µs) and says how it went.
 pub fn run(cfg: PubCfg, start_us: u64, end_us: u64) -> PubStats {
+    run_until(cfg, start_us, end_us, &AtomicBool::new(false))
+}
+
+/// `run`, stopping early once `stop` is set.
+pub fn run_until(cfg: PubCfg, start_us: u64, end_us: u64, stop: &AtomicBool) -> PubStats {
     let pad = "x".repeat(cfg.payload.saturating_sub(DATA_OVERHEAD));
     let event_len = DATA_OVERHEAD + pad.len() + cfg.channel.len() + 16;
     let batch_max = cfg.batch_max.clamp(1, (MAX_BODY / event_len).max(1));
@@ -146,6 +158,7 @@ pub fn run(cfg: PubCfg, start_us: u64, end_us: u64) -> PubStats {
         cfg,
         conn: None,
         rbuf: Vec::with_capacity(4096),
+        body: 0..0,
         stats: PubStats::default(),
     };
     let _ = c.connect(); // connect before the clock starts
@@ -158,7 +171,7 @@ pub fn run(cfg: PubCfg, start_us: u64, end_us: u64) -> PubStats {
     // Bounded by `end_us` and by MAX_ERRORS.
     loop {
         let now = sys::unix_us();
-        if now >= end_us || errors(&c.stats) >= MAX_ERRORS {
+        if now >= end_us || errors(&c.stats) >= MAX_ERRORS || stop.load(Ordering::Relaxed) {
             break;
         }
         let n = match c.cfg.rate {
@@ -202,6 +215,37 @@ pub fn run(cfg: PubCfg, start_us: u64, end_us: u64) -> PubStats {
     c.stats
 }
 
+/// The body of one event whose `data` is `data` (a JSON object).
+pub fn one_event(channel: &str, data: &str) -> String {
+    format!(r#"{{"channel":"{channel}","data":{data}}}"#)
+}
+
+/// Publishes one event with `data` and returns the `seq` the relay gave it.
+pub fn publish_one(cfg: &PubCfg, data: &str) -> Result<u64, String> {
+    let body = one_event(&cfg.channel, data);
+    let req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        cfg.path,
+        cfg.host,
+        body.len()
+    );
+    let mut c = Client {
+        cfg: cfg.clone(),
+        conn: None,
+        rbuf: Vec::with_capacity(1024),
+        body: 0..0,
+        stats: PubStats::default(),
+    };
+    match c.exchange(req.as_bytes())? {
+        200 => {}
+        status => return Err(format!("publish answered {status}")),
+    }
+    let reply = c.rbuf.get(c.body.clone()).unwrap_or_default();
+    crate::scan::uint_after(reply, b"\"seq\":")
+        .map(|(seq, _)| seq)
+        .ok_or_else(|| format!("no seq in {:?}", String::from_utf8_lossy(reply)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +266,41 @@ mod tests {
         build_body(&mut many, "a.b", 3, 5, "");
         let v: serde_json::Value = serde_json::from_slice(&many).unwrap_or_default();
         assert_eq!(v.as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn publish_one_reads_the_seq() {
+        use std::net::TcpListener;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            // Bounded: the request is one small read or a few.
+            for _ in 0..100 {
+                let n = s.read(&mut buf).unwrap_or(0);
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 || got.ends_with(b"}}") {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"seq\":42}");
+            got
+        });
+        let cfg = PubCfg {
+            target: addr,
+            host: addr.to_string(),
+            path: "/api/publish".into(),
+            channel: "m.s".into(),
+            rate: None,
+            payload: 0,
+            batch_max: 1,
+        };
+        assert_eq!(publish_one(&cfg, r#"{"t":1,"marker":true}"#), Ok(42));
+        let req = server.join().unwrap_or_default();
+        let req = String::from_utf8_lossy(&req);
+        assert!(req.starts_with("POST /api/publish HTTP/1.1\r\n"), "{req}");
+        assert!(req.ends_with(r#"{"channel":"m.s","data":{"t":1,"marker":true}}"#));
     }
 }

@@ -77,6 +77,9 @@ pub struct PhaseSummary {
     pub server_cpu_s: Option<f64>,
     pub server_cores: Option<f64>,
     pub server_cpu_s_per_million: Option<f64>,
+    /// The merged latency histogram (hex), for `--plot`; not in the JSON.
+    #[serde(skip)]
+    pub hist: String,
 }
 
 pub struct PhaseInput<'a> {
@@ -129,6 +132,7 @@ pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
         server_cpu_s: i.server_cpu_s,
         server_cores: i.server_cpu_s.map(|c| per_s(c, i.publish.seconds)),
         server_cpu_s_per_million: i.server_cpu_s.and_then(per_million),
+        hist: s.hist.clone(),
     }
 }
 
@@ -260,6 +264,63 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
                 pm(p.server_cpu_s_per_million)
             ),
         );
+    }
+}
+
+pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
+    let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.3} s"));
+    t.row(
+        "storm",
+        format!(
+            "{} clients dropped ({}) in {:.3} s; backoff base {} s cap {} s, full jitter",
+            s.clients,
+            format!("{:?}", s.drop).to_lowercase(),
+            s.drop_seconds,
+            s.base_s,
+            s.cap_s
+        ),
+    );
+    t.row(
+        "back",
+        format!(
+            "{} of {} subscribed again ({} left out after {} s)",
+            s.back, s.clients, s.left_out, s.deadline_s
+        ),
+    );
+    t.row("full resubscription", secs(s.full_resubscription_s));
+    t.row(
+        "back by",
+        format!(
+            "50% {}, 90% {}, 99% {}",
+            secs(s.back_p50_s),
+            secs(s.back_p90_s),
+            secs(s.back_p99_s)
+        ),
+    );
+    t.row(
+        "peak accept rate",
+        format!(
+            "{:.0} upgrades/s (100 ms bucket at {})",
+            s.peak_accepts_per_s,
+            secs(s.peak_at_s)
+        ),
+    );
+    t.row(
+        "attempts",
+        format!(
+            "{} ({} retries, {} failed{})",
+            s.attempts,
+            s.retries,
+            s.failed_attempts,
+            if s.failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", map(&s.failures))
+            }
+        ),
+    );
+    if !s.lost_after_back.is_empty() {
+        t.row("lost after back", map(&s.lost_after_back));
     }
 }
 

@@ -1,15 +1,20 @@
 //! The modes: plan the members, connect, run phases, report.
 
-use crate::cli::{check_name, parse_url, Common, FanoutArgs, IdleArgs, Publish, SweepArgs, Target};
+use crate::cli::{
+    check_name, parse_url, Common, FanoutArgs, IdleArgs, Publish, StormArgs, SweepArgs, Target,
+};
 use crate::control::Cmd;
 use crate::fleet::Fleet;
-use crate::publisher::{self, PubCfg};
+use crate::publisher::{self, PubCfg, PubStats};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
 use crate::stats::{ConnectReport, Window};
-use crate::swarm::SwarmCfg;
+use crate::storm::Backoff;
+use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
 use crate::sys::{self, Who};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// File descriptors a process keeps for itself besides its connections.
@@ -186,6 +191,21 @@ fn header(mode: &str, c: &Common, fleet: &Fleet) -> serde_json::Value {
     })
 }
 
+/// `--plot`: the phase's latency CDF as SVG; a failure is reported, not fatal.
+fn plot_to(path: &std::path::Path, s: &PhaseSummary, what: &str) {
+    let rate = s
+        .rate_target
+        .map_or("max".to_string(), |r| format!("{r} events/s"));
+    let title = format!(
+        "tidings {what}: latency CDF ({} sockets, {rate}, n={})",
+        s.connections_at_start, s.latency.count
+    );
+    match crate::plot::write_cdf(path, &s.hist, &title) {
+        Ok(n) => eprintln!("  plot: {} ({n} points)", path.display()),
+        Err(e) => eprintln!("  plot: not written: {e}"),
+    }
+}
+
 fn total_cpu() -> f64 {
     sys::cpu_seconds(Who::Process) + sys::cpu_seconds(Who::Children)
 }
@@ -204,6 +224,9 @@ pub fn fanout(a: FanoutArgs) -> Result<(), String> {
     report::connect_rows(&mut t, &cs);
     report::phase_rows(&mut t, &summary);
     t.print();
+    if let Some(path) = &a.plot {
+        plot_to(path, &summary, "fanout");
+    }
     head["connect"] = json!(cs);
     head["phase"] = json!(summary);
     head["swarm_cpu_total_s"] = json!(total_cpu());
@@ -295,6 +318,9 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
         }),
     );
     t.print();
+    if let (Some(path), Some(last)) = (&a.plot, steps.last()) {
+        plot_to(path, last, "sweep, last step");
+    }
     head["connect"] = json!(cs);
     head["steps"] = json!(steps);
     head["stopped_because"] = json!(stopped);
@@ -362,6 +388,165 @@ pub fn idle(a: IdleArgs) -> Result<(), String> {
     head["server_rss_bytes_per_connection"] = json!(per_conn);
     head["swarm_cpu_hold_s"] = json!(stats.cpu_s);
     head["swarm_cpu_total_s"] = json!(total_cpu());
+    report::emit(&head);
+    Ok(())
+}
+
+pub fn storm(a: StormArgs) -> Result<(), String> {
+    let c = &a.common;
+    let target = parse_url(&c.url, "ws")?;
+    if matches!(c.processes, Some(k) if k > 0) {
+        return Err("storm runs in one process; --processes is not supported".into());
+    }
+    if !(a.base > 0.0 && a.cap >= a.base) {
+        return Err("--base must be above 0 and --cap at least --base".into());
+    }
+    if a.deadline <= 0.0 {
+        return Err("--deadline must be above 0".into());
+    }
+    let (soft, _) = sys::raise_nofile();
+    let one_process = (soft as usize).saturating_sub(FD_RESERVE);
+    if c.connections > one_process {
+        return Err(format!(
+            "storm runs in one process, which can hold {one_process} connections \
+             (file limit {soft} less {FD_RESERVE}); lower --connections or raise `ulimit -n`"
+        ));
+    }
+    let (mut cfgs, _) = plan(c, &target)?;
+    let cfg = cfgs.pop().ok_or("no connections planned")?;
+    let publish = Publish {
+        publish_url: a.publish_url.clone(),
+        payload: a.payload,
+        batch_max: 1000,
+        warmup: 0.0,
+        duration: 0.0,
+    };
+    let pc = publish_cfg(c, &publish, &target, (a.rate > 0.0).then_some(a.rate))?;
+    let sc = StormCfg {
+        drop: a.drop_how,
+        backoff: Backoff {
+            base_us: (a.base * 1e6) as u64,
+            cap_us: (a.cap * 1e6) as u64,
+        },
+        deadline: Duration::from_secs_f64(a.deadline),
+        seed: a.seed.unwrap_or_else(sys::unix_us),
+        marker_wait: Duration::from_secs_f64(c.drain),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let n = c.connections as u64;
+    let t0 = Instant::now();
+    let mut connect_progress = |_started: u64, ready: u64, failed: u64| {
+        if tty {
+            eprint!("\rconnecting: {ready}/{n} ready, {failed} failed ");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    // The background publisher runs from the drop until everyone is back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher: std::cell::Cell<Option<std::thread::JoinHandle<PubStats>>> =
+        std::cell::Cell::new(None);
+    let server0 = std::cell::Cell::new(None);
+    let storm_t0 = std::cell::Cell::new(None);
+    let dropped = || {
+        storm_t0.set(Some(Instant::now()));
+        server0.set(c.server_pid.and_then(sys::proc_cpu_seconds));
+        if pc.rate.is_some() {
+            let (pc, stop) = (pc.clone(), Arc::clone(&stop));
+            let end = sys::unix_us() + (a.deadline * 1e6) as u64;
+            publisher.set(Some(std::thread::spawn(move || {
+                publisher::run_until(pc, sys::unix_us(), end, &stop)
+            })));
+        }
+    };
+    let mut published: Option<PubStats> = None;
+    let mut marker_error: Option<String> = None;
+    let server_cpu = std::cell::Cell::new(None);
+    let mut settled = |_all_back: bool| {
+        if let (Some(a), Some(b)) = (server0.get(), c.server_pid.and_then(sys::proc_cpu_seconds)) {
+            server_cpu.set(Some(b - a));
+        }
+        stop.store(true, Ordering::Relaxed);
+        published = publisher.take().and_then(|j| j.join().ok());
+        if a.no_marker {
+            return None;
+        }
+        let data = format!(r#"{{"t":{},"marker":true}}"#, sys::unix_us());
+        match publisher::publish_one(&pc, &data) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                marker_error = Some(e);
+                None
+            }
+        }
+    };
+    let mut progress = |back: u64, clients: u64, attempts: u64| {
+        if tty {
+            let s = storm_t0.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+            eprint!("\rstorm {s:.1} s: {back}/{clients} back, {attempts} attempts ");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let result = swarm::run_storm(
+        cfg,
+        &sc,
+        &mut connect_progress,
+        &mut StormHooks {
+            dropped: &mut { dropped },
+            settled: &mut settled,
+            progress: &mut progress,
+        },
+    );
+    if tty {
+        eprintln!();
+    }
+    let (connected, summary, marker) = result?;
+    let cs = report::connect_summary(&connected);
+    let mut t = Table::new();
+    report::connect_rows(&mut t, &cs);
+    report::storm_rows(&mut t, &summary);
+    if let Some(p) = &published {
+        t.row(
+            "published in storm",
+            format!(
+                "{} events ({} rejected, {} unsent) at {} /s",
+                p.accepted, p.rejected, p.unsent, a.rate
+            ),
+        );
+    }
+    match (&marker, &marker_error) {
+        (Some(m), _) => t.row(
+            "final marker",
+            format!(
+                "seq {}: received by {} of {} clients ({} open), {} missing, {:.3} s",
+                m.seq, m.received, summary.clients, m.open, m.missing, m.wait_s
+            ),
+        ),
+        (None, Some(e)) => t.row("final marker", format!("not published: {e}")),
+        (None, None) => {}
+    }
+    if let Some(s) = server_cpu.get() {
+        t.row("server CPU", format!("{s:.2} s during the storm"));
+    }
+    t.print();
+    let mut head = json!({
+        "mode": "storm",
+        "url": c.url,
+        "channel": c.channel,
+        "pattern": c.pattern.clone().unwrap_or_else(|| c.channel.clone()),
+        "connections_requested": c.connections,
+        "members": 1,
+        "server_pid": c.server_pid,
+        "unix_time_s": sys::unix_us() / 1_000_000,
+        "seed": sc.seed,
+    });
+    head["connect"] = json!(cs);
+    head["storm"] = json!(summary);
+    head["marker"] = json!(marker);
+    head["marker_error"] = json!(marker_error);
+    head["publish"] = json!(published);
+    head["server_cpu_s"] = json!(server_cpu.get());
+    head["swarm_cpu_total_s"] = json!(total_cpu());
+    head["seconds"] = json!(t0.elapsed().as_secs_f64());
     report::emit(&head);
     Ok(())
 }

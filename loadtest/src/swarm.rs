@@ -2,9 +2,10 @@
 
 use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
-use crate::frame::MAX_FRAME_LEFTOVER;
+use crate::frame::{self, MAX_FRAME_LEFTOVER};
 use crate::handshake::{self, MAX_HEAD};
 use crate::stats::{Arrival, ConnectReport, PhaseAcc};
+use crate::storm::{self, Backoff, DropHow, MarkerSummary, StormBook, StormSummary};
 use crate::sys::{self, Who};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -77,6 +78,8 @@ pub struct Swarm {
     closes: BTreeMap<String, u64>,
     pings: u64,
     acc: Option<PhaseAcc>,
+    /// Storm mode: the reconnect book and when the drop came.
+    storm: Option<(StormBook, Instant)>,
 }
 
 impl Swarm {
@@ -100,6 +103,7 @@ impl Swarm {
             closes: BTreeMap::new(),
             pings: 0,
             acc: None,
+            storm: None,
             cfg,
         }
     }
@@ -164,12 +168,22 @@ impl Swarm {
 
     fn open_one(&mut self) {
         let i = self.conns.len();
+        self.conns.push(Conn::new(Vec::new(), 0));
+        self.streams.push(None);
+        self.start(i);
+    }
+
+    /// Opens connection `i` afresh (new socket, key and state); it must be
+    /// new or closed.
+    fn start(&mut self, i: usize) {
+        if self.streams.get(i).is_none_or(Option::is_some) {
+            return;
+        }
         let key = handshake::key(
             ((u128::from(self.random())) << 64 | u128::from(self.random())).to_ne_bytes(),
         );
         let request = handshake::request(&self.cfg.host, &self.cfg.path, &key);
-        self.conns.push(Conn::new(request, 0));
-        self.streams.push(None);
+        self.conns[i] = Conn::new(request, 0);
         self.inflight += 1;
         let stream = open_socket(self.cfg.source(i), self.cfg.target).and_then(|mut s| {
             self.poll
@@ -298,9 +312,22 @@ impl Swarm {
                 pings: &mut self.pings,
             };
             let fate = c.feed(&self.buf[..l + n], &mut cx);
-            if was != State::Ready && c.state == State::Ready {
+            let (upgraded, subscribed) = (
+                was == State::Handshake && c.state != State::Handshake,
+                was != State::Ready && c.state == State::Ready,
+            );
+            if subscribed {
                 self.open += 1;
                 self.inflight = self.inflight.saturating_sub(1);
+            }
+            if let Some((book, t0)) = self.storm.as_mut() {
+                let now = t0.elapsed().as_micros() as u64;
+                if upgraded {
+                    book.upgraded(now);
+                }
+                if subscribed {
+                    book.subscribed(i, now);
+                }
             }
             let pending_out = !c.out.is_empty();
             if let Fate::Close(why) = fate {
@@ -358,6 +385,14 @@ impl Swarm {
             let _ = self.poll.registry().deregister(&mut s);
         }
         let c = &mut self.conns[i];
+        if let Some((book, t0)) = self.storm.as_mut() {
+            book.closed(
+                i,
+                c.state == State::Ready,
+                &why,
+                t0.elapsed().as_micros() as u64,
+            );
+        }
         if c.state == State::Ready {
             self.open = self.open.saturating_sub(1);
             *self.closes.entry(why).or_insert(0) += 1;
@@ -470,6 +505,155 @@ fn open_socket(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStre
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(s.into()))
+}
+
+/// How a storm runs.
+#[derive(Debug, Clone)]
+pub struct StormCfg {
+    pub drop: DropHow,
+    pub backoff: Backoff,
+    /// Clients not back this long after the drop are left out.
+    pub deadline: Duration,
+    pub seed: u64,
+    /// After everyone is back, wait at most this long for the marker.
+    pub marker_wait: Duration,
+}
+
+/// What the driver does at the storm's turning points.
+pub struct StormHooks<'a> {
+    /// Right after the drop (start a background publisher).
+    pub dropped: &'a mut dyn FnMut(),
+    /// Once all are back or the deadline passed (stop the publisher,
+    /// publish a marker): the marker's seq, if there is one.
+    pub settled: &'a mut dyn FnMut(bool) -> Option<u64>,
+    /// Every 100 ms: (back, clients, attempts started).
+    pub progress: &'a mut dyn FnMut(u64, u64, u64),
+}
+
+impl Swarm {
+    /// Drops every subscribed connection at once; each then reconnects
+    /// with backoff and resubscribes, until all are back or the deadline.
+    pub fn storm(
+        &mut self,
+        sc: &StormCfg,
+        hooks: &mut StormHooks<'_>,
+    ) -> (StormSummary, Option<MarkerSummary>) {
+        let deadline_us = sc.deadline.as_micros() as u64;
+        let mut book = StormBook::new(self.conns.len(), sc.backoff, sc.seed, deadline_us);
+        let t0 = Instant::now();
+        for i in 0..self.conns.len() {
+            if self.conns[i].state != State::Ready {
+                continue;
+            }
+            match sc.drop.for_client(i) {
+                DropHow::Frame => {
+                    let mask = self.mask();
+                    frame::encode_close(&mut self.conns[i].out, 1000, mask);
+                    let _ = self.flush(i);
+                }
+                DropHow::Reset => {
+                    if let Some(s) = &self.streams[i] {
+                        let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+                    }
+                }
+                DropHow::Tcp | DropHow::Mixed => {}
+            }
+            self.close(i, "storm_drop".into());
+            book.dropped(i);
+        }
+        let drop_seconds = t0.elapsed().as_secs_f64();
+        self.closes.clear();
+        let members = book.members;
+        self.storm = Some((book, t0));
+        (hooks.dropped)();
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let mut due = Vec::new();
+        let mut last_tick = Instant::now();
+        // Bounded by the deadline.
+        loop {
+            let now = t0.elapsed().as_micros() as u64;
+            let Some((book, _)) = self.storm.as_mut() else {
+                break;
+            };
+            if book.all_back() || now >= deadline_us {
+                break;
+            }
+            book.take_due(now, &mut due);
+            for &i in &due {
+                self.start(i);
+            }
+            // Sleep no longer than until the next reconnect is due.
+            let wait = self
+                .storm
+                .as_ref()
+                .and_then(|(b, _)| b.next_due())
+                .map_or(1000, |t| t.saturating_sub(now).min(1000));
+            self.turn(Duration::from_micros(wait));
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                last_tick = Instant::now();
+                self.expire(timeout);
+                if let Some((b, _)) = &self.storm {
+                    (hooks.progress)(b.back, b.members, b.attempts());
+                }
+            }
+        }
+        let Some((book, _)) = self.storm.take() else {
+            unreachable!("the storm book is set above")
+        };
+        (hooks.progress)(book.back, book.members, book.attempts());
+        let summary = storm::summarize(&book, sc.drop, drop_seconds);
+        // Left-out clients stop trying: they are not counted back later.
+        for i in 0..self.conns.len() {
+            if book.slots[i].member && self.conns[i].state != State::Ready {
+                self.close(i, "left_out".into());
+            }
+        }
+        let marker = (hooks.settled)(book.all_back()).map(|seq| {
+            let w0 = Instant::now();
+            let got = |s: &Swarm| {
+                s.conns
+                    .iter()
+                    .zip(&book.slots)
+                    .filter(|(c, slot)| slot.member && c.state == State::Ready)
+                    .fold((0u64, 0u64), |(open, got), (c, _)| {
+                        (open + 1, got + u64::from(c.last_seq >= seq))
+                    })
+            };
+            // Bounded by `marker_wait`.
+            while w0.elapsed() < sc.marker_wait && got(self).1 < got(self).0 {
+                self.turn(Duration::from_millis(1));
+            }
+            let (open, received) = got(self);
+            MarkerSummary {
+                seq,
+                open,
+                received,
+                missing: members - received.min(members),
+                wait_s: w0.elapsed().as_secs_f64(),
+            }
+        });
+        (summary, marker)
+    }
+}
+
+/// Storm mode in this thread: connect, storm, report.
+pub fn run_storm(
+    cfg: SwarmCfg,
+    sc: &StormCfg,
+    connect_progress: &mut dyn FnMut(u64, u64, u64),
+    hooks: &mut StormHooks<'_>,
+) -> Result<(ConnectReport, StormSummary, Option<MarkerSummary>), String> {
+    let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut swarm = Swarm::new(poll, cfg);
+    let report = swarm.connect_all(connect_progress);
+    if report.ready == 0 {
+        return Err(format!(
+            "no connection subscribed ({:?}), no storm",
+            report.failed
+        ));
+    }
+    let (summary, marker) = swarm.storm(sc, hooks);
+    Ok((report, summary, marker))
 }
 
 /// Runs one member: connect, report, then serve commands.

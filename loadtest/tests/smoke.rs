@@ -128,3 +128,91 @@ fn fanout_200_subscribers_gets_everything() {
 fn fanout_over_two_worker_processes_gets_everything() {
     fanout_is_complete(300, 2);
 }
+
+/// Runs the swarm with `args` and returns its RESULT JSON.
+fn swarm_result(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings-swarm"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tidings-swarm");
+    assert!(out.status.success(), "swarm failed: {:?}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
+    serde_json::from_str(json).expect("RESULT is JSON")
+}
+
+#[test]
+fn storm_of_200_all_come_back_and_get_the_marker() {
+    let (_relay, url) = start_relay();
+    let v = swarm_result(&[
+        "storm",
+        "--url",
+        &url,
+        "--connections",
+        "200",
+        "--base",
+        "20ms",
+        "--cap",
+        "500ms",
+        "--deadline",
+        "20s",
+        "--rate",
+        "50",
+        "--seed",
+        "7",
+    ]);
+    let s = &v["storm"];
+    assert_eq!(v["connect"]["ready"], 200, "{v}");
+    assert_eq!(s["clients"], 200, "{v}");
+    assert_eq!(s["back"], 200, "{v}");
+    assert_eq!(s["left_out"], 0, "{v}");
+    assert_eq!(s["all_back"], true, "{v}");
+    let full = s["full_resubscription_s"].as_f64().unwrap_or(f64::MAX);
+    assert!(full < 20.0, "{v}");
+    assert!(s["back_p50_s"].as_f64().unwrap_or(f64::MAX) <= full, "{v}");
+    assert!(s["attempts"].as_u64().unwrap_or(0) >= 200, "{v}");
+    let accepts: u64 = s["accepts_per_100ms"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|x| x.as_u64()).sum());
+    assert!(accepts >= 200, "{v}");
+    assert!(s["peak_accepts_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert_eq!(v["marker"]["received"], 200, "{v}");
+    assert_eq!(v["marker"]["missing"], 0, "{v}");
+}
+
+#[test]
+fn fanout_plot_writes_an_svg() {
+    let (_relay, url) = start_relay();
+    let path = std::env::temp_dir().join(format!("swarm-smoke-{}.svg", std::process::id()));
+    let p = path.to_string_lossy().to_string();
+    let v = swarm_result(&[
+        "fanout",
+        "--url",
+        &url,
+        "--connections",
+        "50",
+        "--rate",
+        "100",
+        "--warmup",
+        "200ms",
+        "--duration",
+        "1s",
+        "--plot",
+        &p,
+    ]);
+    assert!(
+        v["phase"]["latency"]["count"].as_u64().unwrap_or(0) > 0,
+        "{v}"
+    );
+    let svg = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert!(svg.contains("<polyline"), "no curve in the plot");
+}
