@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::io::{self, IoSlice, Write};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
-use tidings::fanout::queue::{OutQueue, QueueLimits};
+use std::rc::Rc;
+use tidings::fanout::queue::{Frame, OutQueue, QueueLimits};
 use tidings::proto::command::parse_command;
 use tidings::proto::handshake::{check_upgrade, parse_head};
 use tidings::route::SubscriptionTrie;
@@ -73,7 +73,7 @@ fn frame_building(c: &mut Criterion) {
 }
 
 fn fan_out(c: &mut Criterion) {
-    let frame = sample_event().encode(SystemTime::now()).frame(1);
+    let frame: Frame = Rc::new(sample_event().encode(SystemTime::now()).frame(1));
     let limits = QueueLimits {
         max_messages: 1024,
         max_bytes: 1 << 20,
@@ -84,7 +84,7 @@ fn fan_out(c: &mut Criterion) {
         let mut queues: Vec<OutQueue> = (0..10_000).map(|_| OutQueue::default()).collect();
         b.iter(|| {
             for queue in queues.iter_mut() {
-                queue.push(frame.clone(), limits);
+                queue.push(&frame, limits);
             }
             // Empty them without I/O so every iteration starts alike.
             for queue in queues.iter_mut() {
@@ -113,7 +113,7 @@ impl Write for CountingSink {
 }
 
 fn flushing(c: &mut Criterion) {
-    let frame: Bytes = sample_event().encode(SystemTime::now()).frame(1);
+    let frame: Frame = Rc::new(sample_event().encode(SystemTime::now()).frame(1));
     let limits = QueueLimits {
         max_messages: 4096,
         max_bytes: 16 << 20,
@@ -126,7 +126,7 @@ fn flushing(c: &mut Criterion) {
             let mut sink = CountingSink(0);
             b.iter(|| {
                 for _ in 0..n {
-                    queue.push(frame.clone(), limits);
+                    queue.push(&frame, limits);
                 }
                 black_box(queue.flush_to(&mut sink).expect("sink never fails"))
             })

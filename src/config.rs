@@ -121,6 +121,12 @@ pub struct Timeouts {
     /// it off.
     #[serde(with = "duration_text")]
     pub coalesce: Duration,
+    /// While the reactor is busy (over 60% of its time working), the write
+    /// interval doubles, up to this; it halves again below 30%. Trades
+    /// latency for throughput only when the relay would otherwise fall
+    /// behind. At or below `coalesce`: a fixed interval.
+    #[serde(with = "duration_text")]
+    pub coalesce_max: Duration,
 }
 
 /// PEM files for `wss://`.
@@ -229,6 +235,7 @@ impl Default for Timeouts {
             auth: Duration::from_secs(10),
             close_linger: Duration::from_secs(2),
             coalesce: Duration::from_millis(5),
+            coalesce_max: Duration::from_millis(100),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Counters the reactor keeps and anyone may read: `/metrics` and
-//! `RelayHandle::stats`. Updated once per event or per connection, never per
-//! delivery, so they cost nothing on the hot path.
+//! `RelayHandle::stats`. Updated once per event, connection or write, never
+//! per delivery, so they cost nothing on the hot path.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,8 @@ pub struct Stats {
     pub protocol_closes: AtomicU64,
     pub auth_failures: AtomicU64,
     pub http_requests: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_interval_ms: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -39,6 +41,12 @@ pub struct StatsSnapshot {
     pub protocol_closes: u64,
     pub auth_failures: u64,
     pub http_requests: u64,
+    /// Writes that handed bytes to a socket; `deliveries / writes` is how
+    /// many frames a write carries on average.
+    pub writes: u64,
+    /// The write interval the reactor coalesces to now (`timeouts.coalesce`
+    /// at light load, up to `timeouts.coalesce_max` when busy).
+    pub write_interval_ms: u64,
 }
 
 impl Stats {
@@ -48,6 +56,10 @@ impl Stats {
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -64,6 +76,8 @@ impl Stats {
             protocol_closes: get(&self.protocol_closes),
             auth_failures: get(&self.auth_failures),
             http_requests: get(&self.http_requests),
+            writes: get(&self.writes),
+            write_interval_ms: get(&self.write_interval_ms),
         }
     }
 }
@@ -71,7 +85,7 @@ impl Stats {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -137,6 +151,18 @@ impl StatsSnapshot {
                 "counter",
                 "HTTP requests answered.",
                 self.http_requests,
+            ),
+            (
+                "tidings_writes_total",
+                "counter",
+                "Socket writes that carried bytes (deliveries / writes = frames per write).",
+                self.writes,
+            ),
+            (
+                "tidings_write_interval_ms",
+                "gauge",
+                "Current write coalescing interval (grows under load).",
+                self.write_interval_ms,
             ),
         ];
         let mut out = String::new();

@@ -24,6 +24,8 @@ pub enum Mode {
     Sweep(SweepArgs),
     /// Drop every connection at once and time the reconnect storm.
     Storm(StormArgs),
+    /// No server: what the kernel charges for k frames per write on loopback.
+    Floor(FloorArgs),
     /// Internal: one worker process of a large swarm.
     #[command(hide = true)]
     Worker { cfg: String },
@@ -97,6 +99,32 @@ pub struct FanoutArgs {
     /// Write the latency CDF (from the merged histogram) to this SVG file.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FloorArgs {
+    /// Loopback socket pairs to write to, round-robin.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Frames per writev to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4, 16, 64, 256])]
+    pub frames_per_write: Vec<usize>,
+    /// Bytes of each frame, header included (150 bytes of data in the
+    /// relay's envelope come to about 220).
+    #[arg(long, default_value_t = 220)]
+    pub frame_bytes: usize,
+    /// Writing before each measured window.
+    #[arg(long, default_value = "1s", value_parser = parse_secs)]
+    pub warmup: f64,
+    /// Each measured window.
+    #[arg(long, default_value = "5s", value_parser = parse_secs)]
+    pub duration: f64,
+    /// CPU the writer (the relay's role) is pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub writer_cpu: usize,
+    /// CPU the reader (the swarm's role) is pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub reader_cpu: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -4,6 +4,7 @@ mod cli;
 mod conn;
 mod control;
 mod fleet;
+mod floor;
 mod frame;
 mod handshake;
 mod http;
@@ -26,6 +27,7 @@ fn main() {
         cli::Mode::Idle(a) => run::idle(a),
         cli::Mode::Sweep(a) => run::sweep(a),
         cli::Mode::Storm(a) => run::storm(a),
+        cli::Mode::Floor(a) => floor::run(a),
         cli::Mode::Worker { cfg } => fleet::worker_main(&cfg),
     };
     if let Err(e) = result {

@@ -1,17 +1,31 @@
 //! `OutQueue`: one socket's bounded queue of shared frames.
 //!
-//! It holds `Bytes` clones of frames built once per event, counts messages
+//! It holds shared handles to frames built once per event, counts messages
 //! and bytes, and writes many frames per syscall. It holds no allocation
 //! while empty, so idle sockets cost nothing here.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
 
 use bytes::Bytes;
 
-/// Frames handed to one `writev`. Linux allows 1024; past a few dozen the
-/// kernel's copy dominates and a longer array only costs stack.
-const MAX_IOVECS: usize = 64;
+/// A frame as queues hold it: the event's one `Bytes`, shared by every
+/// subscriber's queue through a plain (non-atomic) count. The reactor is a
+/// single thread, and under load an atomic increment and decrement per
+/// delivery (cloning `Bytes` itself) cost about a sixth of its CPU; an
+/// `Rc` is also a quarter of a `Bytes` in the ring.
+pub type Frame = Rc<Bytes>;
+
+/// Frames handed to one `writev`: Linux's limit. Each syscall costs a few
+/// microseconds whatever it carries and each frame in it tens of
+/// nanoseconds, so under load long writes are what keep a core ahead
+/// (BENCHMARKS.md, "kernel floor": 88 ns per frame at 64 per write, 48 at 256).
+const MAX_IOVECS: usize = 1024;
+/// Writes of up to this many frames build their iovec array on the stack;
+/// longer ones (only under load, when the syscall dwarfs an allocation) on
+/// the heap.
+const STACK_IOVECS: usize = 16;
 
 /// The limits of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +52,7 @@ pub struct Flushed {
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     /// Bytes of the front frame already written. `u32`s keep the struct
     /// small: a queue never holds 4 GiB, its limits say so.
     front_sent: u32,
@@ -61,12 +75,12 @@ impl OutQueue {
     }
 
     /// Queues a data frame if it fits within `limits`.
-    pub fn push(&mut self, frame: Bytes, limits: QueueLimits) -> Push {
+    pub fn push(&mut self, frame: &Frame, limits: QueueLimits) -> Push {
         if self.frames.len() >= limits.max_messages || self.bytes() + frame.len() > limits.max_bytes
         {
             return Push::Full;
         }
-        self.push_unbounded(frame);
+        self.push_shared(Rc::clone(frame));
         Push::Queued
     }
 
@@ -74,6 +88,10 @@ impl OutQueue {
     /// and close frames, which the relay makes at a rate the client controls
     /// only through its own (rate-limited) messages.
     pub fn push_unbounded(&mut self, frame: Bytes) {
+        self.push_shared(Rc::new(frame));
+    }
+
+    fn push_shared(&mut self, frame: Frame) {
         self.bytes = self.bytes.saturating_add(frame.len() as u32);
         self.frames.push_back(frame);
     }
@@ -141,14 +159,22 @@ impl OutQueue {
         if self.frames.len() == 1 {
             return sink.write(front);
         }
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        slices[0] = IoSlice::new(front);
-        let mut count = 1;
-        for (slot, frame) in slices[1..].iter_mut().zip(self.frames.iter().skip(1)) {
-            *slot = IoSlice::new(frame);
-            count += 1;
+        let rest = self.frames.iter().skip(1).map(|f| IoSlice::new(&f[..]));
+        if self.frames.len() <= STACK_IOVECS {
+            let mut slices = [IoSlice::new(&[]); STACK_IOVECS];
+            slices[0] = IoSlice::new(front);
+            let mut count = 1;
+            for (slot, frame) in slices[1..].iter_mut().zip(rest) {
+                *slot = frame;
+                count += 1;
+            }
+            return sink.write_vectored(&slices[..count]);
         }
-        sink.write_vectored(&slices[..count])
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(front))
+            .chain(rest)
+            .take(MAX_IOVECS)
+            .collect();
+        sink.write_vectored(&slices)
     }
 
     fn advance(&mut self, mut written: usize) {
@@ -218,21 +244,21 @@ mod tests {
         }
     }
 
-    fn frame(byte: u8, len: usize) -> Bytes {
-        Bytes::from(vec![byte; len])
+    fn frame(byte: u8, len: usize) -> Frame {
+        Rc::new(Bytes::from(vec![byte; len]))
     }
 
     #[test]
     fn limits_in_messages_and_bytes() {
         let mut q = OutQueue::default();
         for _ in 0..4 {
-            assert_eq!(q.push(frame(1, 10), LIMITS), Push::Queued);
+            assert_eq!(q.push(&frame(1, 10), LIMITS), Push::Queued);
         }
-        assert_eq!(q.push(frame(1, 10), LIMITS), Push::Full, "message limit");
+        assert_eq!(q.push(&frame(1, 10), LIMITS), Push::Full, "message limit");
         let mut q = OutQueue::default();
-        assert_eq!(q.push(frame(1, 60), LIMITS), Push::Queued);
-        assert_eq!(q.push(frame(1, 41), LIMITS), Push::Full, "byte limit");
-        assert_eq!(q.push(frame(1, 40), LIMITS), Push::Queued);
+        assert_eq!(q.push(&frame(1, 60), LIMITS), Push::Queued);
+        assert_eq!(q.push(&frame(1, 41), LIMITS), Push::Full, "byte limit");
+        assert_eq!(q.push(&frame(1, 40), LIMITS), Push::Queued);
         assert_eq!(q.bytes(), 100);
     }
 
@@ -240,7 +266,7 @@ mod tests {
     fn many_frames_per_call_and_order_kept() {
         let mut q = OutQueue::default();
         for i in 0..4 {
-            q.push(frame(i, 10), LIMITS);
+            q.push(&frame(i, 10), LIMITS);
         }
         let mut sink = Sink {
             out: vec![],
@@ -263,10 +289,38 @@ mod tests {
     }
 
     #[test]
+    fn long_queues_go_out_in_writes_of_up_to_iov_max_frames() {
+        let roomy = QueueLimits {
+            max_messages: 5000,
+            max_bytes: 1 << 20,
+        };
+        let mut q = OutQueue::default();
+        let n = MAX_IOVECS + STACK_IOVECS + 3;
+        for i in 0..n {
+            q.push(&frame((i % 251) as u8, 3), roomy);
+        }
+        let mut sink = Sink {
+            out: vec![],
+            per_call: usize::MAX,
+            total: 1 << 20,
+            calls: 0,
+        };
+        let done = q.flush_to(&mut sink).expect("flush");
+        assert_eq!(done.bytes, 3 * n);
+        assert_eq!(
+            sink.calls, 2,
+            "one full write of {MAX_IOVECS} frames, then the rest"
+        );
+        let expected: Vec<u8> = (0..n).flat_map(|i| vec![(i % 251) as u8; 3]).collect();
+        assert_eq!(sink.out, expected);
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn partial_writes_resume_mid_frame() {
         let mut q = OutQueue::default();
-        q.push(frame(1, 10), LIMITS);
-        q.push(frame(2, 10), LIMITS);
+        q.push(&frame(1, 10), LIMITS);
+        q.push(&frame(2, 10), LIMITS);
         let mut sink = Sink {
             out: vec![],
             per_call: 3,
@@ -285,7 +339,7 @@ mod tests {
         // A close frame queued now must follow the partly written frame 2.
         q.discard_unsent();
         assert_eq!(q.len(), 1);
-        q.push_unbounded(frame(9, 2));
+        q.push_unbounded(Bytes::from(vec![9; 2]));
         sink.total = 100;
         q.flush_to(&mut sink).expect("flush");
         let mut expected = vec![1; 10];
@@ -297,8 +351,8 @@ mod tests {
     #[test]
     fn discard_unsent_at_a_boundary_empties() {
         let mut q = OutQueue::default();
-        q.push(frame(1, 10), LIMITS);
-        q.push(frame(2, 10), LIMITS);
+        q.push(&frame(1, 10), LIMITS);
+        q.push(&frame(2, 10), LIMITS);
         q.discard_unsent();
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
@@ -308,7 +362,7 @@ mod tests {
     fn drop_oldest_keeps_partial_front() {
         let mut q = OutQueue::default();
         for i in 0..4 {
-            q.push(frame(i, 20), LIMITS);
+            q.push(&frame(i, 20), LIMITS);
         }
         let mut sink = Sink {
             out: vec![],
@@ -319,7 +373,7 @@ mod tests {
         q.flush_to(&mut sink).expect("flush");
         let dropped = q.drop_oldest_for(20, LIMITS);
         assert_eq!(dropped, 1);
-        assert_eq!(q.push(frame(9, 20), LIMITS), Push::Queued);
+        assert_eq!(q.push(&frame(9, 20), LIMITS), Push::Queued);
         sink.total = 1000;
         sink.per_call = 1000;
         q.flush_to(&mut sink).expect("flush");
@@ -336,7 +390,7 @@ mod tests {
     #[test]
     fn empty_queue_holds_no_buffer() {
         let mut q = OutQueue::default();
-        q.push(frame(1, 10), LIMITS);
+        q.push(&frame(1, 10), LIMITS);
         let mut sink = Sink {
             out: vec![],
             per_call: 100,

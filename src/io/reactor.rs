@@ -23,9 +23,10 @@ use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{CloseReason, Error};
+use crate::fanout::coalesce::Coalescer;
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::publisher::{Publisher, Wakeup};
-use crate::fanout::queue::{Push, QueueLimits};
+use crate::fanout::queue::{Frame, Push, QueueLimits};
 use crate::proto::frames::{encode_close, encode_ping};
 use crate::proto::http::Status;
 use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
@@ -76,6 +77,8 @@ pub(crate) struct Reactor {
     /// When the last flush pass that wrote anything started, for
     /// `timeouts.coalesce` (turns without output must not hold the next back).
     last_flush: Millis,
+    /// The write interval, adapted to how busy the reactor is.
+    coalescer: Coalescer,
     /// Open sockets per client address, kept only while
     /// `limits.max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, u32>,
@@ -103,6 +106,17 @@ impl Reactor {
             .iter()
             .map(|p| p.as_str().into())
             .collect();
+        let queue_limits = QueueLimits {
+            max_messages: config.limits.max_queue_messages,
+            max_bytes: config.limits.max_queue_bytes,
+        };
+        let coalescer = Coalescer::new(
+            config.timeouts.coalesce.as_millis() as Millis,
+            config.timeouts.coalesce_max.as_millis() as Millis,
+            queue_limits,
+            0,
+        );
+        Stats::set(&parts.stats.write_interval_ms, coalescer.interval());
         Reactor {
             poll: parts.poll,
             listener: Some(parts.listener),
@@ -117,10 +131,7 @@ impl Reactor {
             tokens: Tokens::from_config(&config),
             defaults,
             subject_limits: config.subject_limits(),
-            queue_limits: QueueLimits {
-                max_messages: config.limits.max_queue_messages,
-                max_bytes: config.limits.max_queue_bytes,
-            },
+            queue_limits,
             config,
             started: Instant::now(),
             now: 0,
@@ -132,6 +143,7 @@ impl Reactor {
             read_again: Vec::new(),
             stopping_until: None,
             last_flush: 0,
+            coalescer,
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
             tls: parts.tls,
@@ -150,6 +162,7 @@ impl Reactor {
                 self.last_flush = self.now;
                 self.flush_dirty(&mut events)?;
             }
+            self.adapt_write_interval();
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -168,13 +181,18 @@ impl Reactor {
         events: &mut Events,
         timeout: Option<Duration>,
     ) -> Result<(), Error> {
-        if let Err(e) = self.poll.poll(events, timeout) {
+        let before = self.started.elapsed();
+        let polled = self.poll.poll(events, timeout);
+        let after = self.started.elapsed();
+        self.coalescer
+            .idle(after.saturating_sub(before).as_micros() as u64);
+        if let Err(e) = polled {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(());
             }
             return Err(Error::Io(e));
         }
-        self.now = self.started.elapsed().as_millis() as Millis;
+        self.now = after.as_millis() as Millis;
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(),
@@ -192,11 +210,26 @@ impl Reactor {
         Ok(())
     }
 
-    /// Whether this turn flushes: always, unless `timeouts.coalesce` is set
+    /// Whether this turn flushes: always, unless the write interval is set
     /// and the last pass was less than that long ago.
     fn flush_is_due(&self) -> bool {
-        let window = self.config.timeouts.coalesce.as_millis() as Millis;
+        let window = self.coalescer.interval();
         window == 0 || self.now >= self.last_flush + window
+    }
+
+    /// Lets the write interval follow the load (`fanout::coalesce`).
+    fn adapt_write_interval(&mut self) {
+        let before = self.coalescer.interval();
+        if let Some(busy) = self.coalescer.tick(self.now) {
+            let after = self.coalescer.interval();
+            if after != before {
+                debug!(
+                    "reactor {:.0}% busy: write interval {before} -> {after} ms",
+                    busy * 100.0
+                );
+                Stats::set(&self.stats.write_interval_ms, after);
+            }
+        }
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -206,7 +239,7 @@ impl Reactor {
         // Sockets dirtied while the last flush pass took in new events (or
         // held back to coalesce) wait for the next pass: never sleep past it.
         let flush = (!self.dirty.is_empty()).then(|| {
-            let window = self.config.timeouts.coalesce.as_millis() as Millis;
+            let window = self.coalescer.interval();
             Duration::from_millis((self.last_flush + window).saturating_sub(self.now))
         });
         let timer = match (self.timers.next_timeout(self.now), flush) {
@@ -394,7 +427,7 @@ impl Reactor {
     pub(super) fn fan_out(&mut self, event: &EncodedEvent) -> u64 {
         self.next_seq += 1;
         let seq = self.next_seq;
-        let frame = event.frame(seq);
+        let frame: Frame = Rc::new(event.frame(seq));
         let subscribers = self.router.matches(&event.channel);
         let limits = self.queue_limits;
         let policy = self.config.limits.slow_consumer;
@@ -404,7 +437,7 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            if conn.out.push(frame.clone(), limits) == Push::Full {
+            if conn.out.push(&frame, limits) == Push::Full {
                 match policy {
                     SlowConsumerPolicy::Close => {
                         self.deferred_closes.push((key, CloseReason::QueueOverflow));
@@ -412,7 +445,7 @@ impl Reactor {
                     }
                     SlowConsumerPolicy::DropOldest => {
                         dropped += conn.out.drop_oldest_for(frame.len(), limits);
-                        if conn.out.push(frame.clone(), limits) == Push::Full {
+                        if conn.out.push(&frame, limits) == Push::Full {
                             dropped += 1;
                             continue;
                         }
@@ -485,6 +518,7 @@ impl Reactor {
         if conn.out.is_empty() && !tls_pending {
             return;
         }
+        self.coalescer.queue_depth(conn.out.len(), conn.out.bytes());
         let result = match conn.tls.as_mut() {
             Some(tls) => super::tls::flush(&mut conn.out, tls, &mut conn.socket),
             None => conn.out.flush_to(&mut conn.socket),
@@ -497,6 +531,9 @@ impl Reactor {
                 return;
             }
         };
+        if flushed.bytes > 0 {
+            Stats::add(&self.stats.writes, 1);
+        }
         if flushed.blocked {
             if flushed.bytes > 0 || conn.stalled_since == NOT_STALLED {
                 conn.stalled_since = now;

@@ -296,7 +296,7 @@ impl Reactor {
         if !matches!(conn.phase, Phase::WebSocket(_)) {
             return false;
         }
-        if conn.out.push(frame, limits) == Push::Full {
+        if conn.out.push(&Rc::new(frame), limits) == Push::Full {
             self.close(key, CloseReason::QueueOverflow);
             return false;
         }

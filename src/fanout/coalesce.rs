@@ -1,0 +1,222 @@
+//! How long the reactor holds writes back so that several events share one.
+//!
+//! A loopback or LAN `writev` costs microseconds of kernel time whatever it
+//! carries, while each extra frame in it costs tens of nanoseconds (see
+//! BENCHMARKS.md, "kernel floor"). So under load the cheapest way to deliver
+//! more is to write each socket less often with more frames per write, which
+//! costs latency. This controller makes that trade only when the reactor is
+//! busy: it watches the share of wall time the reactor spends working rather
+//! than waiting in `poll`, and doubles the write interval while that share is
+//! high, halving it again once it is low. At light load the interval stays at
+//! its floor (`timeouts.coalesce`) and latency is untouched; at saturation it
+//! climbs towards `timeouts.coalesce_max`, and the relay keeps up with rates
+//! it could not otherwise sustain.
+//!
+//! A longer interval also means deeper per-socket queues (rate × interval
+//! frames), and a full queue closes its socket as a slow consumer. So the
+//! interval grows only while the deepest queue seen at flush time is under a
+//! fifth of its limits, and halves whenever one passes half: coalescing never
+//! eats the headroom meant for a slow reader.
+//!
+//! Sans-I/O: the reactor reports idle time and its clock (milliseconds
+//! since start); this decides.
+
+/// Above this busy share the interval doubles.
+pub const GROW_ABOVE: f64 = 0.6;
+/// Below this busy share the interval halves.
+pub const SHRINK_BELOW: f64 = 0.3;
+/// The interval may double only while the deepest queue is under this share
+/// of `limits.max_queue_messages` / `max_queue_bytes`...
+pub const GROW_BELOW_FILL: f64 = 0.2;
+/// ...and halves whenever it is over this one.
+pub const SHRINK_ABOVE_FILL: f64 = 0.5;
+/// Shortest stretch of time the busy share is measured over. It is also at
+/// least two intervals, so that each measurement sees several passes.
+pub const MIN_PERIOD: u64 = 100;
+
+use super::queue::QueueLimits;
+
+#[derive(Debug, Clone)]
+pub struct Coalescer {
+    limits: QueueLimits,
+    deepest_messages: usize,
+    deepest_bytes: usize,
+    floor: u64,
+    ceiling: u64,
+    interval: u64,
+    period_start: u64,
+    idle_us: u64,
+}
+
+impl Coalescer {
+    /// `floor` is the interval at light load (0: never hold writes back),
+    /// `ceiling` the most it may grow to under load (raised to `floor` if
+    /// lower); `limits` are the per-socket queue limits.
+    pub fn new(floor: u64, ceiling: u64, limits: QueueLimits, now: u64) -> Coalescer {
+        Coalescer {
+            limits,
+            deepest_messages: 0,
+            deepest_bytes: 0,
+            floor,
+            ceiling: ceiling.max(floor),
+            interval: floor,
+            period_start: now,
+            idle_us: 0,
+        }
+    }
+
+    /// The current interval: a socket is written at most once per this.
+    pub fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// Records time the reactor spent waiting for readiness.
+    pub fn idle(&mut self, micros: u64) {
+        self.idle_us = self.idle_us.saturating_add(micros);
+    }
+
+    /// Records a socket's queue depth as a flush finds it.
+    pub fn queue_depth(&mut self, messages: usize, bytes: usize) {
+        self.deepest_messages = self.deepest_messages.max(messages);
+        self.deepest_bytes = self.deepest_bytes.max(bytes);
+    }
+
+    /// The deepest queue of the period as a share of its limits.
+    fn fill(&self) -> f64 {
+        let share = |n: usize, max: usize| n as f64 / max.max(1) as f64;
+        share(self.deepest_messages, self.limits.max_messages)
+            .max(share(self.deepest_bytes, self.limits.max_bytes))
+    }
+
+    /// Closes the measuring period once it is long enough and adapts the
+    /// interval to how busy it was. Returns the busy share when it did.
+    pub fn tick(&mut self, now: u64) -> Option<f64> {
+        let elapsed = now.saturating_sub(self.period_start);
+        if elapsed < MIN_PERIOD.max(2 * self.interval) {
+            return None;
+        }
+        let elapsed_us = elapsed * 1000;
+        let busy = 1.0 - (self.idle_us.min(elapsed_us) as f64 / elapsed_us as f64);
+        let fill = self.fill();
+        if self.floor > 0 {
+            if fill > SHRINK_ABOVE_FILL || busy < SHRINK_BELOW {
+                self.interval = (self.interval / 2).max(self.floor);
+            } else if busy > GROW_ABOVE && fill < GROW_BELOW_FILL {
+                self.interval = (self.interval * 2).min(self.ceiling);
+            }
+        }
+        self.period_start = now;
+        self.idle_us = 0;
+        self.deepest_messages = 0;
+        self.deepest_bytes = 0;
+        Some(busy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 1000,
+        max_bytes: 1_000_000,
+    };
+
+    fn coalescer(floor: u64, ceiling: u64) -> Coalescer {
+        Coalescer::new(floor, ceiling, LIMITS, 0)
+    }
+
+    /// Runs `periods` measuring periods in virtual time at a fixed busy share.
+    fn run(c: &mut Coalescer, now: &mut u64, busy: f64, periods: usize) {
+        for _ in 0..periods {
+            let len = MIN_PERIOD.max(2 * c.interval());
+            c.idle(((1.0 - busy) * (len * 1000) as f64) as u64);
+            *now += len;
+            assert!(c.tick(*now).is_some());
+        }
+    }
+
+    #[test]
+    fn light_load_keeps_the_floor() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run(&mut c, &mut now, 0.45, 50);
+        assert_eq!(c.interval(), 5);
+    }
+
+    #[test]
+    fn saturation_doubles_up_to_the_ceiling() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run(&mut c, &mut now, 0.99, 1);
+        assert_eq!(c.interval(), 10);
+        run(&mut c, &mut now, 0.99, 1);
+        assert_eq!(c.interval(), 20);
+        run(&mut c, &mut now, 0.99, 10);
+        assert_eq!(c.interval(), 100);
+    }
+
+    #[test]
+    fn a_busy_share_in_the_band_holds_the_interval() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run(&mut c, &mut now, 0.9, 2);
+        assert_eq!(c.interval(), 20);
+        run(&mut c, &mut now, 0.5, 20);
+        assert_eq!(c.interval(), 20);
+    }
+
+    #[test]
+    fn load_going_away_brings_it_back_to_the_floor() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run(&mut c, &mut now, 0.99, 10);
+        assert_eq!(c.interval(), 100);
+        run(&mut c, &mut now, 0.05, 3);
+        assert_eq!(c.interval(), 12);
+        run(&mut c, &mut now, 0.05, 10);
+        assert_eq!(c.interval(), 5);
+    }
+
+    #[test]
+    fn a_zero_floor_turns_coalescing_off() {
+        let (mut now, mut c) = (0, coalescer(0, 100));
+        run(&mut c, &mut now, 1.0, 5);
+        assert_eq!(c.interval(), 0);
+    }
+
+    #[test]
+    fn a_ceiling_below_the_floor_fixes_the_interval() {
+        let (mut now, mut c) = (0, coalescer(5, 1));
+        run(&mut c, &mut now, 1.0, 5);
+        assert_eq!(c.interval(), 5);
+    }
+
+    #[test]
+    fn deep_queues_stop_the_growth_and_then_reverse_it() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run(&mut c, &mut now, 0.99, 2);
+        assert_eq!(c.interval(), 20);
+        // A fifth of the message limit: busy or not, no further growth.
+        c.queue_depth(200, 1000);
+        run(&mut c, &mut now, 0.99, 1);
+        assert_eq!(c.interval(), 20);
+        // Depth is per period: the next one grows again.
+        run(&mut c, &mut now, 0.99, 1);
+        assert_eq!(c.interval(), 40);
+        // Over half the byte limit: halve even though busy.
+        c.queue_depth(10, 600_000);
+        run(&mut c, &mut now, 0.99, 1);
+        assert_eq!(c.interval(), 20);
+    }
+
+    #[test]
+    fn periods_are_long_enough_to_see_several_passes() {
+        let mut c = coalescer(5, 100);
+        assert_eq!(c.tick(MIN_PERIOD - 1), None);
+        c.idle(10_000);
+        // 10 ms idle of 100: busy 0.9.
+        let busy = c.tick(MIN_PERIOD).unwrap_or(f64::NAN);
+        assert!((busy - 0.9).abs() < 1e-9, "{busy}");
+        assert_eq!(c.interval(), 10);
+        // Idle time beyond the period (a clock step) cannot go negative.
+        c.idle(u64::MAX);
+        assert_eq!(c.tick(2 * MIN_PERIOD), Some(0.0));
+    }
+}
