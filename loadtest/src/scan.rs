@@ -1,28 +1,33 @@
 //! Byte scans for the two numbers the swarm needs from an event, without
 //! parsing JSON: the relay's `"seq":N` and the publisher's `"t":<unix µs>`.
+//! This runs once per delivery, millions of times a second, so the searches
+//! are SIMD (`memchr::memmem`) with finders built once.
+
+use memchr::memmem::Finder;
+use std::sync::OnceLock;
 
 /// Position of `needle` in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let (&first, rest) = needle.split_first()?;
-    let mut from = 0;
-    // Each turn moves `from` forward by at least one byte.
-    while from + needle.len() <= hay.len() {
-        let i = from
-            + hay[from..=hay.len() - needle.len()]
-                .iter()
-                .position(|&b| b == first)?;
-        if &hay[i + 1..i + needle.len()] == rest {
-            return Some(i);
-        }
-        from = i + 1;
+    if needle.is_empty() {
+        return None;
     }
-    None
+    memchr::memmem::find(hay, needle)
 }
 
 /// The unsigned integer that follows `key` (after optional spaces), and the
 /// index just past it.
 pub fn uint_after(hay: &[u8], key: &[u8]) -> Option<(u64, usize)> {
-    let at = find(hay, key)? + key.len();
+    digits_at(hay, find(hay, key)? + key.len())
+}
+
+/// `uint_after` with a prebuilt finder.
+fn uint_after_found(hay: &[u8], key: &Finder<'static>) -> Option<(u64, usize)> {
+    digits_at(hay, key.find(hay)? + key.needle().len())
+}
+
+/// The unsigned integer at `at` (after optional spaces), and the index just
+/// past it.
+fn digits_at(hay: &[u8], at: usize) -> Option<(u64, usize)> {
     let mut i = at;
     while hay.get(i) == Some(&b' ') {
         i += 1;
@@ -40,14 +45,15 @@ pub fn uint_after(hay: &[u8], key: &[u8]) -> Option<(u64, usize)> {
 /// `t` is looked for after `seq` (the relay puts `data` last) and, failing
 /// that, anywhere.
 pub fn event_fields(payload: &[u8]) -> (Option<u64>, Option<u64>) {
-    const SEQ: &[u8] = b"\"seq\":";
-    const T: &[u8] = b"\"t\":";
-    match uint_after(payload, SEQ) {
+    static FINDERS: OnceLock<(Finder<'static>, Finder<'static>)> = OnceLock::new();
+    let (seq_key, t_key) =
+        FINDERS.get_or_init(|| (Finder::new(b"\"seq\":"), Finder::new(b"\"t\":")));
+    match uint_after_found(payload, seq_key) {
         Some((seq, end)) => {
-            let t = uint_after(&payload[end..], T).or_else(|| uint_after(payload, T));
+            let t = uint_after_found(&payload[end..], t_key).or_else(|| uint_after_found(payload, t_key));
             (Some(seq), t.map(|(t, _)| t))
         }
-        None => (None, uint_after(payload, T).map(|(t, _)| t)),
+        None => (None, uint_after_found(payload, t_key).map(|(t, _)| t)),
     }
 }
 
