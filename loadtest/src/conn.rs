@@ -47,6 +47,7 @@ pub struct Ctx<'a> {
     pub subscribe: &'a [u8],
     pub mask: [u8; 4],
     pub pings: &'a mut u64,
+    pub fields: &'a mut scan::FieldScanner,
 }
 
 impl Conn {
@@ -119,7 +120,7 @@ impl Conn {
     fn on_item(&mut self, item: Item<'_>, cx: &mut Ctx<'_>) -> Fate {
         match item {
             Item::Text(p) => {
-                let (seq, t) = scan::event_fields(p);
+                let (seq, t) = cx.fields.fields(p);
                 if let Some(seq) = seq {
                     if let Some(acc) = cx.acc.as_deref_mut() {
                         acc.event(cx.at, self.last_seq, seq, t);
@@ -206,6 +207,7 @@ mod tests {
             subscribe: br#"{"type":"subscribe","channels":["m.s"]}"#,
             mask: [9, 8, 7, 6],
             pings,
+            fields: &mut scan::FieldScanner::default(),
         };
         c.feed(&all, &mut cx)
     }

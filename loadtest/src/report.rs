@@ -230,7 +230,7 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
     );
     for (name, l) in [
         ("latency ms", &p.latency),
-        ("  at swarm read", &p.latency_read),
+        ("  at swarm read (1 in 8)", &p.latency_read),
     ] {
         t.row(
             name,

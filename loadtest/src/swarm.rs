@@ -4,6 +4,7 @@ use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
 use crate::frame::{self, MAX_FRAME_LEFTOVER};
 use crate::handshake::{self, MAX_HEAD};
+use crate::scan;
 use crate::stats::{Arrival, ConnectReport, PhaseAcc};
 use crate::storm::{self, Backoff, DropHow, MarkerSummary, StormBook, StormSummary};
 use crate::sys::{self, Who};
@@ -77,6 +78,7 @@ pub struct Swarm {
     failed: BTreeMap<String, u64>,
     closes: BTreeMap<String, u64>,
     pings: u64,
+    fields: scan::FieldScanner,
     acc: Option<PhaseAcc>,
     /// Storm mode: the reconnect book and when the drop came.
     storm: Option<(StormBook, Instant)>,
@@ -102,6 +104,7 @@ impl Swarm {
             failed: BTreeMap::new(),
             closes: BTreeMap::new(),
             pings: 0,
+            fields: scan::FieldScanner::default(),
             acc: None,
             storm: None,
             cfg,
@@ -310,6 +313,7 @@ impl Swarm {
                 subscribe: &self.subscribe,
                 mask,
                 pings: &mut self.pings,
+                fields: &mut self.fields,
             };
             let fate = c.feed(&self.buf[..l + n], &mut cx);
             let (upgraded, subscribed) = (
