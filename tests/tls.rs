@@ -89,7 +89,13 @@ fn next_json(socket: &mut TlsSocket) -> serde_json::Value {
 #[test]
 fn wss_subscribe_and_receive_events() {
     let cert = TestCert::new("events");
-    let relay = TestRelay::with(|c| c.tls = Some(cert.tls_config()));
+    let relay = TestRelay::with(|c| {
+        c.tls = Some(cert.tls_config());
+        // The 200 events below (800 KB) may all be fanned out in one turn,
+        // before the client reads any: room for all of them, so this test is
+        // about TLS records and flushes, not the slow-consumer limit.
+        c.limits.max_queue_bytes = 4 << 20;
+    });
     let mut socket = connect_wss(relay.addr, &cert);
     socket
         .send(Message::text(
