@@ -20,6 +20,7 @@ pub struct Stats {
     pub http_requests: AtomicU64,
     pub writes: AtomicU64,
     pub write_interval_ms: AtomicU64,
+    pub intake_pauses: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -47,6 +48,9 @@ pub struct StatsSnapshot {
     /// The write interval the reactor coalesces to now (`timeouts.coalesce`
     /// at light load, up to `timeouts.coalesce_max` when busy).
     pub write_interval_ms: u64,
+    /// Times the reactor stopped taking new events because a socket that is
+    /// keeping up had a queue past half its limits (the relay was behind).
+    pub intake_pauses: u64,
 }
 
 impl Stats {
@@ -78,6 +82,7 @@ impl Stats {
             http_requests: get(&self.http_requests),
             writes: get(&self.writes),
             write_interval_ms: get(&self.write_interval_ms),
+            intake_pauses: get(&self.intake_pauses),
         }
     }
 }
@@ -85,7 +90,7 @@ impl Stats {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -163,6 +168,12 @@ impl StatsSnapshot {
                 "gauge",
                 "Current write coalescing interval (grows under load).",
                 self.write_interval_ms,
+            ),
+            (
+                "tidings_intake_pauses_total",
+                "counter",
+                "Times new events waited because the relay was behind its readers.",
+                self.intake_pauses,
             ),
         ];
         let mut out = String::new();

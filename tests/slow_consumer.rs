@@ -207,3 +207,31 @@ fn slow_but_progressing_reader_is_not_closed() {
     assert_eq!(relay.stats().slow_consumer_closes, 0);
     client.assert_alive();
 }
+
+#[test]
+fn a_producer_faster_than_the_relay_waits_instead_of_cutting_readers_that_keep_up() {
+    // Queues of 64 frames, and a producer that publishes as fast as it can:
+    // the reactor could take thousands of events in one turn. Once a reader
+    // that keeps up has half a queue, it must stop taking them until that is
+    // written (the producer waits), not overflow the queue and close it.
+    let relay = TestRelay::with(|c| c.limits.max_queue_messages = 64);
+    let mut reader = connect(relay.addr);
+    reader.subscribe(&["burst.x"]);
+    let reading = thread::spawn(move || {
+        for i in 0..EVENTS {
+            let event = reader.next_json();
+            assert_eq!(event["data"]["i"], i, "lost or reordered");
+        }
+        reader.assert_alive();
+    });
+    for i in 0..EVENTS {
+        relay.publish("burst.x", json!({"i": i}));
+    }
+    reading.join().expect("reader failed (see its panic above)");
+    let stats = relay.stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert!(
+        stats.intake_pauses > 0,
+        "the producer never outran the reactor, so this tested nothing: {stats:?}"
+    );
+}

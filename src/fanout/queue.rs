@@ -79,6 +79,11 @@ impl OutQueue {
         self.bytes as usize
     }
 
+    /// Whether more than half of either limit is taken.
+    pub fn over_half(&self, limits: QueueLimits) -> bool {
+        self.frames.len() * 2 > limits.max_messages || self.bytes() * 2 > limits.max_bytes
+    }
+
     /// Queues a data frame if it fits within `limits`.
     pub fn push(&mut self, frame: &Frame, limits: QueueLimits) -> Push {
         if self.frames.len() >= limits.max_messages || self.bytes() + frame.len() > limits.max_bytes
@@ -269,6 +274,13 @@ mod tests {
         assert_eq!(q.push(&frame(1, 41), LIMITS), Push::Full, "byte limit");
         assert_eq!(q.push(&frame(1, 40), LIMITS), Push::Queued);
         assert_eq!(q.bytes(), 100);
+        assert!(q.over_half(LIMITS), "100 of 100 bytes");
+        let mut q = OutQueue::default();
+        q.push(&frame(1, 49), LIMITS);
+        q.push(&frame(1, 1), LIMITS);
+        assert!(!q.over_half(LIMITS), "2 of 4 frames, 50 of 100 bytes");
+        q.push(&frame(1, 1), LIMITS);
+        assert!(q.over_half(LIMITS), "3 of 4 frames");
     }
 
     #[test]

@@ -314,8 +314,9 @@ impl Reactor {
             }
             events.push(event);
         }
-        // Producers' events already wait: the relay is saturated.
-        if self.publisher.is_full() {
+        // Producers' events already wait, or the reactor is behind its
+        // readers: the relay is saturated.
+        if self.publisher.is_full() || self.intake_paused {
             return json_error(
                 Status::ServiceUnavailable,
                 "ingest_full",

@@ -79,6 +79,12 @@ pub(crate) struct Reactor {
     last_flush: Millis,
     /// The write interval, adapted to how busy the reactor is.
     coalescer: Coalescer,
+    /// Set when a socket that is keeping up (not stalled) has a queue past
+    /// half its limits: the reactor, not the reader, is behind. New events
+    /// then wait (producers block, HTTP publishers get 503) until the next
+    /// flush pass, which starts at once, instead of overflowing healthy
+    /// sockets' queues and closing them as slow consumers.
+    pub(super) intake_paused: bool,
     /// Open sockets per client address, kept only while
     /// `limits.max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, u32>,
@@ -144,6 +150,7 @@ impl Reactor {
             stopping_until: None,
             last_flush: 0,
             coalescer,
+            intake_paused: false,
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
             tls: parts.tls,
@@ -214,7 +221,7 @@ impl Reactor {
     /// and the last pass was less than that long ago.
     fn flush_is_due(&self) -> bool {
         let window = self.coalescer.interval();
-        window == 0 || self.now >= self.last_flush + window
+        self.intake_paused || window == 0 || self.now >= self.last_flush + window
     }
 
     /// Lets the write interval follow the load (`fanout::coalesce`).
@@ -233,7 +240,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.ingest.is_empty() {
+        if !self.read_again.is_empty() || self.intake_paused || !self.ingest.is_empty() {
             return Some(Duration::ZERO);
         }
         // Sockets dirtied while the last flush pass took in new events (or
@@ -414,6 +421,9 @@ impl Reactor {
     fn drain_ingest(&mut self) {
         self.wakeup.clear();
         for _ in 0..self.config.limits.ingest_batch {
+            if self.intake_paused {
+                break;
+            }
             let Ok(event) = self.ingest.try_recv() else {
                 break;
             };
@@ -432,6 +442,7 @@ impl Reactor {
         let limits = self.queue_limits;
         let policy = self.config.limits.slow_consumer;
         let (mut delivered, mut dropped) = (0, 0);
+        let mut behind = false;
         for &key in subscribers.iter() {
             let key = key as usize;
             let Some(conn) = self.conns.get_mut(key) else {
@@ -453,10 +464,15 @@ impl Reactor {
                 }
             }
             delivered += 1;
+            behind |= conn.stalled_since == NOT_STALLED && conn.out.over_half(limits);
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(key);
             }
+        }
+        if behind && !self.intake_paused {
+            self.intake_paused = true;
+            Stats::add(&self.stats.intake_pauses, 1);
         }
         Stats::add(&self.stats.events_published, 1);
         Stats::add(&self.stats.deliveries, delivered);
@@ -479,6 +495,9 @@ impl Reactor {
     /// sockets already flushed get them on the next pass.
     fn flush_dirty(&mut self, events: &mut Events) -> Result<(), Error> {
         let mut pass = std::mem::take(&mut self.dirty);
+        // This pass writes what made intake pause; new events may come in
+        // again (mid-pass too, for the sockets later in it).
+        self.intake_paused = false;
         for (done, &key) in pass.iter().enumerate() {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dirty = false;
@@ -518,7 +537,11 @@ impl Reactor {
         if conn.out.is_empty() && !tls_pending {
             return;
         }
-        self.coalescer.queue_depth(conn.out.len(), conn.out.bytes());
+        // A stalled reader's queue is deep because of the reader: it must
+        // not shorten everyone's write interval.
+        if conn.stalled_since == NOT_STALLED {
+            self.coalescer.queue_depth(conn.out.len(), conn.out.bytes());
+        }
         let result = match conn.tls.as_mut() {
             Some(tls) => super::tls::flush(&mut conn.out, tls, &mut conn.socket),
             None => conn.out.flush_to(&mut conn.socket),
