@@ -94,6 +94,12 @@ impl OutQueue {
         Push::Queued
     }
 
+    /// Queues a shared frame past the limits (see `Reactor::fan_out`: for a
+    /// socket that is keeping up).
+    pub fn push_past_limits(&mut self, frame: &Frame) {
+        self.push_shared(Rc::clone(frame));
+    }
+
     /// Queues a frame whatever the limits: handshake responses, replies, pong
     /// and close frames, which the relay makes at a rate the client controls
     /// only through its own (rate-limited) messages.

@@ -276,6 +276,14 @@ impl Reactor {
             }
             return Outcome::NeedMore;
         }
+        // The relay is behind its readers: hold the request until the next
+        // flush pass has written (`Reactor::release_held_publishes`).
+        if self.intake_paused {
+            if !self.held_publishes.contains(&key) {
+                self.held_publishes.push(key);
+            }
+            return Outcome::NeedMore;
+        }
         let body = http.buf[head.len..end].to_vec();
         let answer = self.publish_body(&body, keep_alive);
         if !keep_alive {
@@ -314,9 +322,8 @@ impl Reactor {
             }
             events.push(event);
         }
-        // Producers' events already wait, or the reactor is behind its
-        // readers: the relay is saturated.
-        if self.publisher.is_full() || self.intake_paused {
+        // Producers' events already wait: the relay is saturated.
+        if self.publisher.is_full() {
             return json_error(
                 Status::ServiceUnavailable,
                 "ingest_full",

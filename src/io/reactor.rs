@@ -85,6 +85,10 @@ pub(crate) struct Reactor {
     /// flush pass, which starts at once, instead of overflowing healthy
     /// sockets' queues and closing them as slow consumers.
     pub(super) intake_paused: bool,
+    /// HTTP publish requests that arrived while intake was paused: complete
+    /// and buffered, answered once a flush pass has made room (the publisher
+    /// waits for its answer, as with a slower server).
+    pub(super) held_publishes: Vec<usize>,
     /// Open sockets per client address, kept only while
     /// `limits.max_connections_per_ip` is set.
     per_ip: HashMap<IpAddr, u32>,
@@ -151,6 +155,7 @@ impl Reactor {
             last_flush: 0,
             coalescer,
             intake_paused: false,
+            held_publishes: Vec::new(),
             per_ip: HashMap::new(),
             ip_of: HashMap::new(),
             tls: parts.tls,
@@ -163,6 +168,7 @@ impl Reactor {
             let timeout = self.poll_timeout();
             self.poll_and_dispatch(&mut events, timeout)?;
             self.retry_reads();
+            self.release_held_publishes();
             self.drain_ingest();
             self.expire_timers();
             if !self.dirty.is_empty() && self.flush_is_due() {
@@ -240,7 +246,8 @@ impl Reactor {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || self.intake_paused || !self.ingest.is_empty() {
+        let held = !self.held_publishes.is_empty();
+        if !self.read_again.is_empty() || self.intake_paused || held || !self.ingest.is_empty() {
             return Some(Duration::ZERO);
         }
         // Sockets dirtied while the last flush pass took in new events (or
@@ -409,6 +416,16 @@ impl Reactor {
         }
     }
 
+    /// Answers the publish requests held while intake was paused.
+    fn release_held_publishes(&mut self) {
+        if self.intake_paused {
+            return;
+        }
+        for key in std::mem::take(&mut self.held_publishes) {
+            self.on_http_bytes(key, &[]);
+        }
+    }
+
     fn on_eof(&mut self, key: usize) {
         if let Some(conn) = self.conns.get(key) {
             if let Phase::WebSocket(_) = conn.phase {
@@ -449,16 +466,26 @@ impl Reactor {
                 continue;
             };
             if conn.out.push(&frame, limits) == Push::Full {
-                match policy {
-                    SlowConsumerPolicy::Close => {
-                        self.deferred_closes.push((key, CloseReason::QueueOverflow));
-                        continue;
-                    }
-                    SlowConsumerPolicy::DropOldest => {
-                        dropped += conn.out.drop_oldest_for(frame.len(), limits);
-                        if conn.out.push(&frame, limits) == Push::Full {
-                            dropped += 1;
+                if conn.stalled_since == NOT_STALLED {
+                    // The kernel took everything this socket was last given:
+                    // its queue is deep because the relay has not written it
+                    // yet, not because the reader is slow. The limits are
+                    // for slow readers; the overshoot is bounded by the
+                    // intake pause below (and one POST), and costs a pointer
+                    // per frame, the frames being shared.
+                    conn.out.push_past_limits(&frame);
+                } else {
+                    match policy {
+                        SlowConsumerPolicy::Close => {
+                            self.deferred_closes.push((key, CloseReason::QueueOverflow));
                             continue;
+                        }
+                        SlowConsumerPolicy::DropOldest => {
+                            dropped += conn.out.drop_oldest_for(frame.len(), limits);
+                            if conn.out.push(&frame, limits) == Push::Full {
+                                dropped += 1;
+                                continue;
+                            }
                         }
                     }
                 }
