@@ -121,8 +121,9 @@ pub struct Timeouts {
     /// it off.
     #[serde(with = "duration_text")]
     pub coalesce: Duration,
-    /// While the reactor is busy (over 60% of its time working), the write
-    /// interval doubles, up to this; it halves again below 30%. Trades
+    /// While the reactor stays busy (over 75% of its time working, two 100 ms
+    /// periods running), the write interval doubles, up to this; it halves
+    /// again below 30%. Trades
     /// latency for throughput only when the relay would otherwise fall
     /// behind. At or below `coalesce`: a fixed interval.
     #[serde(with = "duration_text")]
