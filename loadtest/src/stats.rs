@@ -162,7 +162,9 @@ pub struct PhaseAcc {
     pub hist_read: Histogram<u64>,
 }
 
-/// One delivery in this many goes into `PhaseAcc::hist_read`.
+/// One delivery in this many (by a hash of the delivery count) goes into
+/// `PhaseAcc::hist_read`.
+/// A power of two.
 pub const READ_SAMPLE: u64 = 8;
 
 /// When an event's bytes arrived: the kernel's receive timestamp, if the
@@ -220,7 +222,14 @@ impl PhaseAcc {
         match t {
             Some(t) if t >= w.steady_start_us => {
                 self.hist.saturating_record(now_us.saturating_sub(t));
-                if s.received % READ_SAMPLE == 0 {
+                // A multiplicative hash, not `received % 8`: deliveries come
+                // in passes over the same sockets, and a plain modulus would
+                // pick the same sockets every pass when their count is a
+                // multiple of 8.
+                if s.received.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    >> (64 - READ_SAMPLE.trailing_zeros())
+                    == 0
+                {
                     self.hist_read
                         .saturating_record(at.read_us.saturating_sub(t));
                 }

@@ -28,6 +28,11 @@
 pub const GROW_ABOVE: f64 = 0.75;
 /// Busy periods in a row before the interval grows (and keeps growing).
 pub const GROW_AFTER: u32 = 2;
+/// ...and only while writes already carry at least this many frames on
+/// average. With fewer, events are sparse next to the passes (a few events
+/// a second to very many sockets): a longer interval would add latency and
+/// batch nothing, because each pass still has one frame per socket.
+pub const GROW_FROM_FRAMES_PER_WRITE: f64 = 2.0;
 /// Below this busy share the interval halves.
 pub const SHRINK_BELOW: f64 = 0.3;
 /// The interval may double only while the deepest queue is under this share
@@ -52,6 +57,9 @@ pub struct Coalescer {
     period_start: u64,
     idle_us: u64,
     busy_streak: u32,
+    /// Delivery and write counters at the start of the period.
+    deliveries_at_start: u64,
+    writes_at_start: u64,
 }
 
 impl Coalescer {
@@ -69,6 +77,8 @@ impl Coalescer {
             period_start: now,
             idle_us: 0,
             busy_streak: 0,
+            deliveries_at_start: 0,
+            writes_at_start: 0,
         }
     }
 
@@ -96,8 +106,10 @@ impl Coalescer {
     }
 
     /// Closes the measuring period once it is long enough and adapts the
-    /// interval to how busy it was. Returns the busy share when it did.
-    pub fn tick(&mut self, now: u64) -> Option<f64> {
+    /// interval to how busy it was and how many frames writes carried
+    /// (`deliveries` and `writes` are running totals). Returns the busy share
+    /// when it did.
+    pub fn tick(&mut self, now: u64, deliveries: u64, writes: u64) -> Option<f64> {
         let elapsed = now.saturating_sub(self.period_start);
         if elapsed < MIN_PERIOD.max(2 * self.interval) {
             return None;
@@ -105,6 +117,9 @@ impl Coalescer {
         let elapsed_us = elapsed * 1000;
         let busy = 1.0 - (self.idle_us.min(elapsed_us) as f64 / elapsed_us as f64);
         let fill = self.fill();
+        let frames = deliveries.saturating_sub(self.deliveries_at_start);
+        let written = writes.saturating_sub(self.writes_at_start);
+        let frames_per_write = frames as f64 / written.max(1) as f64;
         self.busy_streak = if busy > GROW_ABOVE {
             self.busy_streak.saturating_add(1)
         } else {
@@ -113,7 +128,10 @@ impl Coalescer {
         if self.floor > 0 {
             if fill > SHRINK_ABOVE_FILL || busy < SHRINK_BELOW {
                 self.interval = (self.interval / 2).max(self.floor);
-            } else if self.busy_streak >= GROW_AFTER && fill < GROW_BELOW_FILL {
+            } else if self.busy_streak >= GROW_AFTER
+                && fill < GROW_BELOW_FILL
+                && frames_per_write >= GROW_FROM_FRAMES_PER_WRITE
+            {
                 self.interval = (self.interval * 2).min(self.ceiling);
             }
         }
@@ -121,6 +139,8 @@ impl Coalescer {
         self.idle_us = 0;
         self.deepest_messages = 0;
         self.deepest_bytes = 0;
+        self.deliveries_at_start = deliveries;
+        self.writes_at_start = writes;
         Some(busy)
     }
 }
@@ -138,14 +158,33 @@ mod tests {
         Coalescer::new(floor, ceiling, LIMITS, 0)
     }
 
-    /// Runs `periods` measuring periods in virtual time at a fixed busy share.
+    /// Runs `periods` measuring periods in virtual time at a fixed busy share,
+    /// with writes carrying ten frames each.
     fn run(c: &mut Coalescer, now: &mut u64, busy: f64, periods: usize) {
+        run_writing(c, now, busy, 10, periods);
+    }
+
+    fn run_writing(c: &mut Coalescer, now: &mut u64, busy: f64, frames: u64, periods: usize) {
         for _ in 0..periods {
             let len = MIN_PERIOD.max(2 * c.interval());
             c.idle(((1.0 - busy) * (len * 1000) as f64) as u64);
             *now += len;
-            assert!(c.tick(*now).is_some());
+            // 1,000 writes per period.
+            let writes = *now * 10;
+            assert!(c.tick(*now, writes * frames, writes).is_some());
         }
+    }
+
+    #[test]
+    fn busy_but_one_frame_per_write_keeps_the_floor() {
+        // Very many sockets, few events: every pass writes each socket once
+        // whatever the interval, so growing it would only add latency.
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        run_writing(&mut c, &mut now, 0.95, 1, 10);
+        assert_eq!(c.interval(), 5);
+        // Once writes batch, the same load grows it.
+        run_writing(&mut c, &mut now, 0.95, 3, 1);
+        assert_eq!(c.interval(), 10);
     }
 
     #[test]
@@ -229,14 +268,14 @@ mod tests {
     #[test]
     fn periods_are_long_enough_to_see_several_passes() {
         let mut c = coalescer(5, 100);
-        assert_eq!(c.tick(MIN_PERIOD - 1), None);
+        assert_eq!(c.tick(MIN_PERIOD - 1, 0, 0), None);
         c.idle(10_000);
         // 10 ms idle of 100: busy 0.9.
-        let busy = c.tick(MIN_PERIOD).unwrap_or(f64::NAN);
+        let busy = c.tick(MIN_PERIOD, 0, 0).unwrap_or(f64::NAN);
         assert!((busy - 0.9).abs() < 1e-9, "{busy}");
         assert_eq!(c.interval(), 5, "a first busy period only starts a streak");
         // Idle time beyond the period (a clock step) cannot go negative.
         c.idle(u64::MAX);
-        assert_eq!(c.tick(2 * MIN_PERIOD), Some(0.0));
+        assert_eq!(c.tick(2 * MIN_PERIOD, 0, 0), Some(0.0));
     }
 }

@@ -233,7 +233,9 @@ impl Reactor {
     /// Lets the write interval follow the load (`fanout::coalesce`).
     fn adapt_write_interval(&mut self) {
         let before = self.coalescer.interval();
-        if let Some(busy) = self.coalescer.tick(self.now) {
+        let deliveries = self.stats.deliveries.load(Ordering::Relaxed);
+        let writes = self.stats.writes.load(Ordering::Relaxed);
+        if let Some(busy) = self.coalescer.tick(self.now, deliveries, writes) {
             let after = self.coalescer.interval();
             if after != before {
                 debug!(
