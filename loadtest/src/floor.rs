@@ -176,6 +176,39 @@ fn pairs(n: usize) -> Result<(Vec<TcpStream>, Vec<TcpStream>), String> {
     Ok((writers, readers))
 }
 
+/// The calling thread's CPU seconds while the shared `measuring` flag is up.
+#[derive(Default)]
+struct CpuWindow {
+    open: bool,
+    start: f64,
+    spent: f64,
+}
+
+impl CpuWindow {
+    /// Opens or closes the window as the flag says; called once per loop.
+    fn follow(&mut self, measuring: &AtomicBool) {
+        let now_measuring = measuring.load(Ordering::Acquire);
+        if now_measuring != self.open {
+            let now = sys::cpu_seconds(Who::Thread);
+            if now_measuring {
+                self.start = now;
+            } else {
+                self.spent = now - self.start;
+            }
+            self.open = now_measuring;
+        }
+    }
+
+    /// The window's CPU seconds, closing it if still open.
+    fn finish(self) -> f64 {
+        if self.open {
+            sys::cpu_seconds(Who::Thread) - self.start
+        } else {
+            self.spent
+        }
+    }
+}
+
 /// Pins the calling thread to one CPU (best effort: the numbers are still
 /// valid unpinned, only noisier).
 fn pin(cpu: usize) {
@@ -199,22 +232,11 @@ fn write_all(
     measuring: &AtomicBool,
 ) -> Result<(f64, u64), String> {
     pin(cpu);
-    let mut cpu_in_window = 0.0;
+    let mut window = CpuWindow::default();
     let mut writes_in_window = 0u64;
-    let mut was_measuring = false;
-    let mut window_start = 0.0;
     let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len());
     while !stop.load(Ordering::Acquire) {
-        let now_measuring = measuring.load(Ordering::Acquire);
-        if now_measuring != was_measuring {
-            let now = sys::cpu_seconds(Who::Thread);
-            if now_measuring {
-                window_start = now;
-            } else {
-                cpu_in_window = now - window_start;
-            }
-            was_measuring = now_measuring;
-        }
+        window.follow(measuring);
         for s in socks.iter_mut() {
             iov.clear();
             iov.extend(frames.iter().map(|f| IoSlice::new(f)));
@@ -223,7 +245,7 @@ fn write_all(
                 match s.write_vectored(bufs) {
                     Ok(0) => return Err("writer: socket closed".into()),
                     Ok(n) => {
-                        if was_measuring {
+                        if window.open {
                             writes_in_window += 1;
                         }
                         IoSlice::advance_slices(&mut bufs, n);
@@ -236,10 +258,7 @@ fn write_all(
             }
         }
     }
-    if was_measuring {
-        cpu_in_window = sys::cpu_seconds(Who::Thread) - window_start;
-    }
-    Ok((cpu_in_window, writes_in_window))
+    Ok((window.finish(), writes_in_window))
 }
 
 /// Drains every readable socket into one 64 KiB buffer, counting bytes.
@@ -263,20 +282,10 @@ fn read_all(
     }
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut was_measuring = false;
-    let (mut window_start, mut cpu_in_window) = (0.0, 0.0);
+    let mut window = CpuWindow::default();
     let mut total = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let now_measuring = measuring.load(Ordering::Acquire);
-        if now_measuring != was_measuring {
-            let now = sys::cpu_seconds(Who::Thread);
-            if now_measuring {
-                window_start = now;
-            } else {
-                cpu_in_window = now - window_start;
-            }
-            was_measuring = now_measuring;
-        }
+        window.follow(measuring);
         poll.poll(&mut events, Some(Duration::from_millis(50)))
             .map_err(|e| e.to_string())?;
         for ev in events.iter() {
@@ -293,9 +302,7 @@ fn read_all(
         }
         received.store(total, Ordering::Relaxed);
     }
-    if was_measuring {
-        cpu_in_window = sys::cpu_seconds(Who::Thread) - window_start;
-    }
+    let cpu_in_window = window.finish();
     // Unblock a writer stuck in a full socket: dropping the read ends
     // resets its connections.
     drop(socks);
