@@ -142,6 +142,8 @@ mod tests {
     fn conn_stays_small() {
         let size = std::mem::size_of::<slab::Slab<Conn>>();
         let entry = std::mem::size_of::<Conn>();
-        assert!(entry <= 168, "Conn grew to {entry} bytes (slab {size})");
+        // mio keeps a selector id in each socket when debug assertions are on.
+        let limit = if cfg!(debug_assertions) { 176 } else { 168 };
+        assert!(entry <= limit, "Conn grew to {entry} bytes (slab {size})");
     }
 }
