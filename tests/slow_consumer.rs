@@ -235,3 +235,56 @@ fn a_producer_faster_than_the_relay_waits_instead_of_cutting_readers_that_keep_u
         "the producer never outran the reactor, so this tested nothing: {stats:?}"
     );
 }
+
+#[test]
+fn http_publishes_wait_while_the_relay_is_behind() {
+    // Two hundred POSTs of 20 events each, pipelined in one go, against
+    // queues of 64 frames: intake pauses many times on the way, and the
+    // requests that arrive meanwhile are held, then answered once there is
+    // room. Every one must be answered (none left held), once, with 200, and
+    // the reader, which keeps up, must get all 4,000 events and stay open.
+    const POSTS: u64 = 200;
+    const PER_POST: u64 = 20;
+    let relay = TestRelay::with(|c| c.limits.max_queue_messages = 64);
+    let mut reader = connect(relay.addr);
+    reader.subscribe(&["burst.http"]);
+    let reading = thread::spawn(move || {
+        for i in 0..POSTS * PER_POST {
+            let event = reader.next_json();
+            assert_eq!(event["data"]["i"], i, "lost or reordered");
+        }
+        reader.assert_alive();
+    });
+    let requests_before = relay.stats().http_requests;
+    let mut pipeline = Vec::new();
+    for post in 0..POSTS {
+        let events: Vec<_> = (0..PER_POST)
+            .map(|k| json!({"channel": "burst.http", "data": {"i": post * PER_POST + k}}))
+            .collect();
+        pipeline.extend_from_slice(publish_request(&json!(events).to_string(), "").as_bytes());
+    }
+    let mut raw = Raw::connect(relay.addr);
+    raw.send(&pipeline);
+    for post in 0..POSTS {
+        let response = raw.read_response();
+        assert_eq!(
+            response.status,
+            200,
+            "POST {post}: {}",
+            response.body_text()
+        );
+        assert_eq!(
+            response.json()["seqs"].as_array().map(Vec::len),
+            Some(PER_POST as usize)
+        );
+    }
+    reading.join().expect("reader failed (see its panic above)");
+    let stats = relay.stats();
+    assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
+    assert!(stats.intake_pauses > 0, "no POST ever waited: {stats:?}");
+    assert_eq!(
+        stats.http_requests - requests_before,
+        POSTS,
+        "each request counted once, when answered"
+    );
+}

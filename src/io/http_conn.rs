@@ -84,8 +84,18 @@ impl Reactor {
         }
     }
 
+    /// Answers one parsed request head. A request whose body has not all
+    /// arrived (or that waits for room) is parsed again later, so it is
+    /// counted only once it is answered.
     fn on_request(&mut self, key: usize, head: &RequestHead) -> Outcome {
-        Stats::add(&self.stats.http_requests, 1);
+        let outcome = self.answer_request(key, head);
+        if !matches!(outcome, Outcome::NeedMore) {
+            Stats::add(&self.stats.http_requests, 1);
+        }
+        outcome
+    }
+
+    fn answer_request(&mut self, key: usize, head: &RequestHead) -> Outcome {
         let keep_alive = head.keep_alive;
         let answer = match route(&head.method, &head.path) {
             Route::WebSocket => return self.upgrade(key, head),
