@@ -78,34 +78,23 @@ fn fanout_is_complete(connections: u32, processes: u32) {
     let (_relay, url) = start_relay();
     let connections = connections.to_string();
     let processes = processes.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_tidings-swarm"))
-        .args([
-            "fanout",
-            "--url",
-            &url,
-            "--connections",
-            &connections,
-            "--rate",
-            "200",
-            "--warmup",
-            "500ms",
-            "--duration",
-            "3s",
-            "--drain",
-            "5s",
-            "--processes",
-            &processes,
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run tidings-swarm");
-    assert!(out.status.success(), "swarm failed: {:?}", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout:?}"));
-    let v: serde_json::Value = serde_json::from_str(json).expect("RESULT is JSON");
+    let v = swarm_result(&[
+        "fanout",
+        "--url",
+        &url,
+        "--connections",
+        &connections,
+        "--rate",
+        "200",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "3s",
+        "--drain",
+        "5s",
+        "--processes",
+        &processes,
+    ]);
     let phase = &v["phase"];
     assert_eq!(v["connect"]["ready"].to_string(), connections, "{v}");
     let received = phase["received"].as_u64().unwrap_or(0);

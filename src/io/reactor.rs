@@ -81,8 +81,8 @@ pub(crate) struct Reactor {
     coalescer: Coalescer,
     /// Set when a socket that is keeping up (not stalled) has a queue past
     /// half its limits: the reactor, not the reader, is behind. New events
-    /// then wait (producers block, HTTP publishers get 503) until the next
-    /// flush pass, which starts at once, instead of overflowing healthy
+    /// then wait (producers block, HTTP publish requests are held) until the
+    /// next flush pass, which starts at once, instead of overflowing healthy
     /// sockets' queues and closing them as slow consumers.
     pub(super) intake_paused: bool,
     /// HTTP publish requests that arrived while intake was paused: complete
@@ -467,33 +467,28 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
+            // A socket the kernel took everything from last time is keeping
+            // up: a deep queue there is the relay's lag, not the reader's.
+            // The limits are for slow readers; for the others the overshoot
+            // is bounded by the intake pause below (and one POST) and costs
+            // a pointer per frame, the frames being shared.
+            let keeping_up = conn.stalled_since == NOT_STALLED;
             if conn.out.push(&frame, limits) == Push::Full {
-                if conn.stalled_since == NOT_STALLED {
-                    // The kernel took everything this socket was last given:
-                    // its queue is deep because the relay has not written it
-                    // yet, not because the reader is slow. The limits are
-                    // for slow readers; the overshoot is bounded by the
-                    // intake pause below (and one POST), and costs a pointer
-                    // per frame, the frames being shared.
+                if keeping_up {
                     conn.out.push_past_limits(&frame);
+                } else if policy == SlowConsumerPolicy::Close {
+                    self.deferred_closes.push((key, CloseReason::QueueOverflow));
+                    continue;
                 } else {
-                    match policy {
-                        SlowConsumerPolicy::Close => {
-                            self.deferred_closes.push((key, CloseReason::QueueOverflow));
-                            continue;
-                        }
-                        SlowConsumerPolicy::DropOldest => {
-                            dropped += conn.out.drop_oldest_for(frame.len(), limits);
-                            if conn.out.push(&frame, limits) == Push::Full {
-                                dropped += 1;
-                                continue;
-                            }
-                        }
+                    dropped += conn.out.drop_oldest_for(frame.len(), limits);
+                    if conn.out.push(&frame, limits) == Push::Full {
+                        dropped += 1;
+                        continue;
                     }
                 }
             }
             delivered += 1;
-            behind |= conn.stalled_since == NOT_STALLED && conn.out.over_half(limits);
+            behind |= keeping_up && conn.out.over_half(limits);
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(key);
