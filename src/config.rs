@@ -19,6 +19,9 @@ use crate::route::{validate_pattern, SubjectLimits};
 pub struct Config {
     /// Address for both the WebSocket endpoint and the HTTP API.
     pub listen: SocketAddr,
+    /// Reactor threads, each with its own sockets: a number, or `"auto"`
+    /// (the default) for one per available core.
+    pub reactors: Reactors,
     /// Patterns a socket receives until its first `subscribe`.
     pub default_channels: Vec<String>,
     /// Browser origins allowed to open a WebSocket (`Origin` header); empty
@@ -84,6 +87,57 @@ pub struct Limits {
     pub ingest_batch: usize,
 }
 
+/// How many reactor threads to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reactors {
+    /// One per core the process may use (`std::thread::available_parallelism`).
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Reactors {
+    /// The number of reactors this means on this host.
+    pub fn count(self) -> usize {
+        match self {
+            Reactors::Count(n) => n,
+            Reactors::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+impl std::str::FromStr for Reactors {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "auto" {
+            return Ok(Reactors::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Reactors::Count(n)),
+            _ => Err(format!(
+                "{text:?}: expected \"auto\" or a number of reactors greater than 0"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reactors {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Number(u64),
+            Word(String),
+        }
+        match Text::deserialize(d)? {
+            Text::Number(n) => n.to_string().parse(),
+            Text::Word(word) => word.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
 /// What happens to a socket whose outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +166,11 @@ pub struct Timeouts {
     /// With auth on, an unauthenticated socket must send `auth` within this.
     #[serde(with = "duration_text")]
     pub auth: Duration,
+    /// How long `POST /api/publish` waits for room while the relay is
+    /// `limits.ingest_capacity` events behind, before it is answered `503`
+    /// with `Retry-After`.
+    #[serde(with = "duration_text")]
+    pub publish_wait: Duration,
     /// After sending a close frame, how long to wait for the peer's before dropping.
     #[serde(with = "duration_text")]
     pub close_linger: Duration,
@@ -185,6 +244,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            reactors: Reactors::Auto,
             default_channels: Vec::new(),
             allowed_origins: Vec::new(),
             limits: Limits::default(),
@@ -234,6 +294,7 @@ impl Default for Timeouts {
             write_deadline: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
             auth: Duration::from_secs(10),
+            publish_wait: Duration::from_secs(2),
             close_linger: Duration::from_secs(2),
             coalesce: Duration::from_millis(5),
             coalesce_max: Duration::from_millis(100),
@@ -312,6 +373,7 @@ impl Config {
             ("timeouts.write_deadline", t.write_deadline),
             ("timeouts.handshake", t.handshake),
             ("timeouts.auth", t.auth),
+            ("timeouts.publish_wait", t.publish_wait),
         ];
         for (key, value) in timeouts {
             if value.is_zero() {
@@ -497,6 +559,19 @@ mod tests {
         .expect("valid");
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn reactors_as_a_number_or_auto() {
+        let parse = |text: &str| Config::from_toml_str(text).map(|c| c.reactors);
+        assert_eq!(parse("reactors = 4").unwrap(), Reactors::Count(4));
+        assert_eq!(parse("reactors = \"auto\"").unwrap(), Reactors::Auto);
+        assert_eq!(parse("").unwrap(), Reactors::Auto);
+        assert!(Reactors::Auto.count() >= 1);
+        for bad in ["reactors = 0", "reactors = \"many\"", "reactors = -1"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("reactors"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@ pub mod stats;
 pub mod time;
 
 pub use config::{
-    AuthConfig, Config, Limits, PublishConfig, SlowConsumerPolicy, Timeouts, TlsConfig, TokenConfig,
+    AuthConfig, Config, Limits, PublishConfig, Reactors, SlowConsumerPolicy, Timeouts, TlsConfig,
+    TokenConfig,
 };
 pub use error::{CloseReason, ConfigError, Error};
 pub use fanout::event::Event;

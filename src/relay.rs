@@ -10,9 +10,11 @@ use mio::{Interest, Poll, Waker};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::fanout::publisher::{Publisher, Wakeup};
+use crate::fanout::publisher::Publisher;
+use crate::fanout::sequencer::{Sequencer, Wakeup};
+use crate::io::admission::Admission;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{StatsSet, StatsSnapshot};
 
 /// A relay that is bound but not yet running.
 ///
@@ -27,19 +29,25 @@ use crate::stats::{Stats, StatsSnapshot};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Relay {
-    /// The reactor is built on its own thread: its router shares match
+    /// Each reactor is built on its own thread: its router shares match
     /// results through `Rc`, which never crosses threads.
-    parts: ReactorParts,
+    parts: Vec<ReactorParts>,
     addr: SocketAddr,
     publisher: Publisher,
-    stats: Arc<Stats>,
+    shared: Shared,
+}
+
+/// What a running relay's handle needs to see and stop every reactor.
+struct Shared {
+    sequencer: Arc<Sequencer>,
+    stats: StatsSet,
     shutdown: Arc<AtomicBool>,
-    wakeup: Arc<Wakeup>,
 }
 
 impl Relay {
-    /// Validates `config` and binds the listener, so `local_addr` is known
-    /// (port 0 picks a free port) before the reactor runs.
+    /// Validates `config` and binds a listener per reactor (all on one
+    /// port), so `local_addr` is known (port 0 picks a free port) before the
+    /// reactors run.
     pub fn new(config: Config) -> Result<Relay, Error> {
         config.validate()?;
         let tls = config
@@ -47,41 +55,54 @@ impl Relay {
             .as_ref()
             .map(crate::io::tls::server_config)
             .transpose()?;
-        let poll = Poll::new()?;
-        let mut listener =
-            bind(config.listen, config.limits.listen_backlog).map_err(|e| Error::Bind {
-                addr: config.listen,
-                error: e,
-            })?;
-        let addr = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let wakeup = Arc::new(Wakeup::new(Waker::new(poll.registry(), WAKER)?));
-        let (publisher, ingest) = Publisher::new(
+        let count = config.reactors.count();
+        let listeners = bind_all(&config, count)?;
+        let addr = listeners[0].local_addr()?;
+        let stats = StatsSet::new(count);
+        let mut polls = Vec::with_capacity(count);
+        let mut wakeups = Vec::with_capacity(count);
+        for mut listener in listeners {
+            let poll = Poll::new()?;
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)?;
+            wakeups.push(Arc::new(Wakeup::new(Waker::new(poll.registry(), WAKER)?)));
+            polls.push((poll, listener));
+        }
+        let sequencer = Arc::new(Sequencer::new(
             config.limits.ingest_capacity,
-            Arc::clone(&wakeup),
-            config.subject_limits(),
-        );
-        let stats = Arc::new(Stats::default());
+            wakeups,
+            Arc::clone(&stats.relay),
+        ));
+        let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
+        let admission = Arc::new(Admission::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ));
         let shutdown = Arc::new(AtomicBool::new(false));
-        let parts = ReactorParts {
-            config,
-            poll,
-            listener,
-            ingest,
-            wakeup: Arc::clone(&wakeup),
-            publisher: publisher.clone(),
-            shutdown: Arc::clone(&shutdown),
-            stats: Arc::clone(&stats),
-            tls,
-        };
+        let parts = polls
+            .into_iter()
+            .enumerate()
+            .map(|(index, (poll, listener))| ReactorParts {
+                index,
+                config: config.clone(),
+                poll,
+                listener,
+                sequencer: Arc::clone(&sequencer),
+                admission: Arc::clone(&admission),
+                shutdown: Arc::clone(&shutdown),
+                stats: stats.clone(),
+                tls: tls.clone(),
+            })
+            .collect();
         Ok(Relay {
             parts,
             addr,
             publisher,
-            stats,
-            shutdown,
-            wakeup,
+            shared: Shared {
+                sequencer,
+                stats,
+                shutdown,
+            },
         })
     }
 
@@ -94,42 +115,80 @@ impl Relay {
         self.publisher.clone()
     }
 
-    /// Runs the reactor on a new thread.
+    /// Runs the reactors, each on a new thread.
     pub fn spawn(self) -> Result<RelayHandle, Error> {
         let Relay {
             parts,
             addr,
             publisher,
-            stats,
-            shutdown,
-            wakeup,
+            shared,
         } = self;
-        let thread = std::thread::Builder::new()
-            .name("tidings-reactor".into())
-            .spawn(move || Reactor::new(parts).run())?;
+        let mut threads = Vec::with_capacity(parts.len());
+        for part in parts {
+            let thread = std::thread::Builder::new()
+                .name(format!("tidings-reactor-{}", part.index))
+                .spawn(move || Reactor::new(part).run());
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // Stop the ones already running before reporting.
+                    let _ = stop(&shared, threads);
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(RelayHandle {
-            thread: Some(thread),
+            threads,
             addr,
             publisher,
-            stats,
-            shutdown,
-            wakeup,
+            shared,
         })
     }
 
-    /// Runs the reactor on the calling thread. Nothing can stop it but the
-    /// end of the process or a fatal error; use `spawn` to be able to.
-    pub fn run(self) -> Result<(), Error> {
-        Reactor::new(self.parts).run()
+    /// Runs the reactors, the first on the calling thread. Nothing can stop
+    /// them but the end of the process or a fatal error; use `spawn` to be
+    /// able to.
+    pub fn run(mut self) -> Result<(), Error> {
+        let first = self.parts.remove(0);
+        let handle = self.spawn()?;
+        let result = Reactor::new(first).run();
+        drop(handle);
+        result
     }
 }
 
+/// One listener per reactor on one port. With several, each has
+/// `SO_REUSEPORT` and the kernel spreads new connections over them by a
+/// hash of their addresses: no acceptor thread, no hand-over, and a reactor
+/// never waits on another to get a socket (BENCHMARKS.md reports how evenly
+/// they spread).
+fn bind_all(config: &Config, count: usize) -> Result<Vec<TcpListener>, Error> {
+    let reuse_port = count > 1;
+    let first =
+        bind(config.listen, config.limits.listen_backlog, reuse_port).map_err(|e| Error::Bind {
+            addr: config.listen,
+            error: e,
+        })?;
+    // Port 0 picks a free port once; the others join it.
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        let listener = bind(addr, config.limits.listen_backlog, true)
+            .map_err(|e| Error::Bind { addr, error: e })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
 /// A non-blocking listener with our backlog (mio's own `bind` uses 128).
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Restart without waiting out TIME_WAIT from the previous run.
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
@@ -138,12 +197,10 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// A running relay. Dropping it shuts the relay down.
 pub struct RelayHandle {
-    thread: Option<JoinHandle<Result<(), Error>>>,
+    threads: Vec<JoinHandle<Result<(), Error>>>,
     addr: SocketAddr,
     publisher: Publisher,
-    stats: Arc<Stats>,
-    shutdown: Arc<AtomicBool>,
-    wakeup: Arc<Wakeup>,
+    shared: Shared,
 }
 
 impl RelayHandle {
@@ -155,33 +212,50 @@ impl RelayHandle {
         self.publisher.clone()
     }
 
+    /// The relay's counters, summed over its reactors.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.shared.stats.snapshot()
     }
 
-    /// Closes every WebSocket with 1001, waits for the reactor to finish
-    /// (at most about `timeouts.close_linger`), and reports how it ended.
+    /// Each reactor's own counters, by reactor index (events published are
+    /// counted once per relay, in `stats`, not here).
+    pub fn reactor_stats(&self) -> Vec<StatsSnapshot> {
+        self.shared.stats.per_reactor()
+    }
+
+    /// Closes every WebSocket on every reactor with 1001, waits for the
+    /// reactors to finish (at most about `timeouts.close_linger`), and
+    /// reports how they ended: the first error, if any.
     pub fn shutdown(mut self) -> Result<(), Error> {
-        self.stop()
+        let threads = std::mem::take(&mut self.threads);
+        stop(&self.shared, threads)
     }
+}
 
-    fn stop(&mut self) -> Result<(), Error> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(());
-        };
-        self.shutdown.store(true, Ordering::Release);
-        self.wakeup.wake_now();
-        match thread.join() {
-            Ok(result) => result,
-            Err(_) => Err(Error::Io(std::io::Error::other(
-                "the reactor thread panicked",
-            ))),
+fn stop(shared: &Shared, threads: Vec<JoinHandle<Result<(), Error>>>) -> Result<(), Error> {
+    if threads.is_empty() {
+        return Ok(());
+    }
+    shared.shutdown.store(true, Ordering::Release);
+    shared.sequencer.close();
+    shared.sequencer.wake_all_now();
+    let mut result = Ok(());
+    for thread in threads {
+        let ended = thread.join().unwrap_or_else(|_| {
+            Err(Error::Io(std::io::Error::other(
+                "a reactor thread panicked",
+            )))
+        });
+        if result.is_ok() {
+            result = ended;
         }
     }
+    result
 }
 
 impl Drop for RelayHandle {
     fn drop(&mut self) {
-        let _ = self.stop();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = stop(&self.shared, threads);
     }
 }

@@ -1,9 +1,12 @@
-//! Counters the reactor keeps and anyone may read: `/metrics` and
+//! Counters the reactors keep and anyone may read: `/metrics` and
 //! `RelayHandle::stats`. Updated once per event, connection or write, never
-//! per delivery, so they cost nothing on the hot path.
+//! per delivery, so they cost nothing on the hot path. Each reactor has its
+//! own `Stats` (no cache line shared between cores on the hot path); the
+//! relay-wide figures are their sum.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -67,23 +70,62 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            connections: get(&self.connections),
-            websockets: get(&self.websockets),
-            accepted: get(&self.accepted),
-            rejected_connections: get(&self.rejected_connections),
-            events_published: get(&self.events_published),
-            deliveries: get(&self.deliveries),
-            dropped_frames: get(&self.dropped_frames),
-            slow_consumer_closes: get(&self.slow_consumer_closes),
-            protocol_closes: get(&self.protocol_closes),
-            auth_failures: get(&self.auth_failures),
-            http_requests: get(&self.http_requests),
-            writes: get(&self.writes),
-            write_interval_ms: get(&self.write_interval_ms),
-            intake_pauses: get(&self.intake_pauses),
+        let mut total = StatsSnapshot::default();
+        total.add(self);
+        total
+    }
+}
+
+/// Every `Stats` of one relay: one per reactor and one for what is counted
+/// once per relay (events, by the sequencer).
+#[derive(Debug, Clone)]
+pub(crate) struct StatsSet {
+    pub relay: Arc<Stats>,
+    pub reactors: Arc<[Arc<Stats>]>,
+}
+
+impl StatsSet {
+    pub fn new(reactors: usize) -> StatsSet {
+        StatsSet {
+            relay: Arc::default(),
+            reactors: (0..reactors).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// The relay as a whole: counters summed, the write interval the
+    /// largest of any reactor.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut total = StatsSnapshot::default();
+        total.add(&self.relay);
+        for reactor in self.reactors.iter() {
+            total.add(reactor);
+        }
+        total
+    }
+
+    /// Each reactor on its own (the relay-wide counts are in none of them).
+    pub fn per_reactor(&self) -> Vec<StatsSnapshot> {
+        self.reactors.iter().map(|r| r.snapshot()).collect()
+    }
+}
+
+impl StatsSnapshot {
+    fn add(&mut self, stats: &Stats) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.connections += get(&stats.connections);
+        self.websockets += get(&stats.websockets);
+        self.accepted += get(&stats.accepted);
+        self.rejected_connections += get(&stats.rejected_connections);
+        self.events_published += get(&stats.events_published);
+        self.deliveries += get(&stats.deliveries);
+        self.dropped_frames += get(&stats.dropped_frames);
+        self.slow_consumer_closes += get(&stats.slow_consumer_closes);
+        self.protocol_closes += get(&stats.protocol_closes);
+        self.auth_failures += get(&stats.auth_failures);
+        self.http_requests += get(&stats.http_requests);
+        self.writes += get(&stats.writes);
+        self.write_interval_ms = self.write_interval_ms.max(get(&stats.write_interval_ms));
+        self.intake_pauses += get(&stats.intake_pauses);
     }
 }
 

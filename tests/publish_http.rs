@@ -493,11 +493,13 @@ fn expect_100_continue_is_answered() {
 
 #[test]
 fn full_ingest_queue_is_503_with_retry_after() {
-    // A producer thread keeps a tiny ingest queue full (the reactor takes one
-    // event per turn), so HTTP publishes find the relay saturated.
+    // A producer thread keeps a tiny log full (the reactors take one event
+    // per turn), so HTTP publishes find the relay saturated, wait
+    // `timeouts.publish_wait`, and are answered 503.
     let relay = TestRelay::with(|c| {
         c.limits.ingest_capacity = 2;
         c.limits.ingest_batch = 1;
+        c.timeouts.publish_wait = std::time::Duration::from_millis(1);
     });
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {

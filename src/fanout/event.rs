@@ -1,8 +1,8 @@
 //! Events and the one frame each becomes.
 //!
-//! A producer serializes everything but `seq` (which the reactor assigns in
-//! the order events leave) into an [`EncodedEvent`]; the reactor then only
-//! splices in the number and the frame header, once per event.
+//! A producer serializes everything but `seq` into an [`EncodedEvent`] on
+//! its own thread; the sequencer then only splices in the number and the
+//! frame header, once per event, for every reactor.
 
 use std::time::SystemTime;
 
@@ -96,7 +96,7 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     serde_json::to_writer(&mut *out, text).expect("bug: writing a string to a Vec cannot fail");
 }
 
-/// An event serialized but for its `seq`, on its way to the reactor.
+/// An event serialized but for its `seq`, on its way to the sequencer.
 #[derive(Debug)]
 pub struct EncodedEvent {
     pub channel: Box<str>,
@@ -117,15 +117,6 @@ impl EncodedEvent {
         out.put_slice(digits);
         out.put_slice(&self.body[self.seq_at..]);
         out.freeze()
-    }
-
-    /// Payload bytes of the frame, for accounting.
-    pub fn len(&self) -> usize {
-        self.body.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.body.is_empty()
     }
 }
 

@@ -1,6 +1,8 @@
-//! Events, their shared frames, the per-socket queues, and the producer handle.
+//! Events, their shared frames, the sequencer that orders them, the
+//! per-socket queues, and the producer handle.
 
 pub mod coalesce;
 pub mod event;
 pub mod publisher;
 pub mod queue;
+pub mod sequencer;

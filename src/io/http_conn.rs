@@ -12,6 +12,7 @@ use super::timer::Millis;
 use crate::auth::PublishAuth;
 use crate::fanout::event::Event;
 use crate::fanout::publisher::{validate_event, PublishError};
+use crate::fanout::sequencer::AppendError;
 use crate::proto::handshake::{check_upgrade, parse_head, upgrade_refusal, RequestHead};
 use crate::proto::http::{
     bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
@@ -104,7 +105,7 @@ impl Reactor {
             Route::Publish => return self.on_publish(key, head),
             Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
             Route::Metrics => {
-                let text = self.stats.snapshot().prometheus();
+                let text = self.all_stats.snapshot().prometheus();
                 response(
                     Status::Ok,
                     &[],
@@ -286,16 +287,22 @@ impl Reactor {
             }
             return Outcome::NeedMore;
         }
-        // The relay is behind its readers: hold the request until the next
-        // flush pass has written (`Reactor::release_held_publishes`).
-        if self.intake_paused {
+        let body = http.buf[head.len..end].to_vec();
+        let Some(answer) = self.publish_body(&body, keep_alive) else {
+            // The log is full: hold the request until the sequencer wakes
+            // this reactor with room (`Reactor::retry_held_publishes`), for
+            // at most `timeouts.publish_wait` (then 503, in `on_timer`).
             if !self.held_publishes.contains(&key) {
+                let wait = self.config.timeouts.publish_wait.as_millis() as Millis;
+                let deadline = self.now + wait;
+                if let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+                    http.deadline = deadline;
+                }
                 self.held_publishes.push(key);
+                self.arm(key, deadline);
             }
             return Outcome::NeedMore;
-        }
-        let body = http.buf[head.len..end].to_vec();
-        let answer = self.publish_body(&body, keep_alive);
+        };
         if !keep_alive {
             self.respond_and_close(key, answer);
             return Outcome::Done;
@@ -304,13 +311,18 @@ impl Reactor {
         Outcome::KeepAlive { consumed: end }
     }
 
-    /// Validates every event first, so a bad one publishes none, then fans
-    /// them out in order right here on the reactor.
-    fn publish_body(&mut self, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    /// Validates every event first, so a bad one publishes none, then hands
+    /// them to the sequencer together. `None` when the log is full.
+    fn publish_body(&mut self, body: &[u8], keep_alive: bool) -> Option<Vec<u8>> {
         let items = match parse_publish_body(body) {
             Ok(items) => items,
             Err(message) => {
-                return json_error(Status::BadRequest, "bad_request", &message, keep_alive)
+                return Some(json_error(
+                    Status::BadRequest,
+                    "bad_request",
+                    &message,
+                    keep_alive,
+                ))
             }
         };
         let single =
@@ -328,30 +340,40 @@ impl Reactor {
                     PublishError::InvalidChannel(_) => "invalid_channel",
                     _ => "invalid_event",
                 };
-                return json_error(Status::BadRequest, code, &message, keep_alive);
+                return Some(json_error(Status::BadRequest, code, &message, keep_alive));
             }
             events.push(event);
         }
-        // Producers' events already wait: the relay is saturated.
-        if self.publisher.is_full() {
-            return json_error(
-                Status::ServiceUnavailable,
-                "ingest_full",
-                "the relay is saturated; retry shortly",
-                keep_alive,
-            );
-        }
         let now = SystemTime::now();
-        let seqs: Vec<u64> = events
-            .into_iter()
-            .map(|event| self.fan_out(&event.encode(now)))
-            .collect();
-        self.apply_deferred_closes();
-        let body = if single {
-            json!({ "seq": seqs[0] })
-        } else {
-            json!({ "seqs": seqs })
+        let count = events.len() as u64;
+        let encoded = events.into_iter().map(|e| e.encode(now)).collect();
+        let first = match self.sequencer.try_append(encoded) {
+            Ok(first) => first,
+            Err(AppendError::Full) => return None,
+            Err(AppendError::TooMany { count, capacity }) => {
+                let message =
+                    format!("{count} events in one request; limits.ingest_capacity is {capacity}");
+                return Some(json_error(
+                    Status::PayloadTooLarge,
+                    "too_large",
+                    &message,
+                    keep_alive,
+                ));
+            }
+            Err(AppendError::Closed) => {
+                return Some(json_error(
+                    Status::ServiceUnavailable,
+                    "stopping",
+                    "the relay is shutting down",
+                    keep_alive,
+                ))
+            }
         };
-        json_response(Status::Ok, &body, keep_alive)
+        let body = if single {
+            json!({ "seq": first })
+        } else {
+            json!({ "seqs": (first..first + count).collect::<Vec<u64>>() })
+        };
+        Some(json_response(Status::Ok, &body, keep_alive))
     }
 }

@@ -1,5 +1,6 @@
 //! The only I/O: the reactor and the socket state it drives.
 
+pub(crate) mod admission;
 mod conn;
 mod http_conn;
 pub(crate) mod reactor;

@@ -1,10 +1,14 @@
-//! The reactor: one thread, one `mio::Poll`, every socket in a slab.
+//! A reactor: one thread, one `mio::Poll`, its own sockets in a slab, its
+//! own router and timers. A relay runs one per core; they share nothing on
+//! the event path but the sequencer's log, which each reads in seq order.
 //!
-//! Each turn: handle readiness (drained to `WouldBlock`), fan out a bounded
-//! batch of ingested events, apply the closes that fan-out asked for, run due
-//! timers, then flush every socket that got output with one vectored write.
+//! Each turn, flat: handle readiness (drained to `WouldBlock`), fan out a
+//! bounded batch of events from the log, apply the closes that fan-out asked
+//! for, run due timers, then take one bounded step of the flush pass (one
+//! vectored write per socket that got output). A long pass spans turns, so
+//! new input and events are taken in between steps, never inside one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -12,26 +16,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::admission::Admission;
 use super::conn::{Auth, Closing, Conn, HttpConn, Phase, Subs, NOT_STALLED};
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{CloseReason, Error};
 use crate::fanout::coalesce::Coalescer;
-use crate::fanout::event::EncodedEvent;
-use crate::fanout::publisher::{Publisher, Wakeup};
 use crate::fanout::queue::{Frame, Push, QueueLimits};
+use crate::fanout::sequencer::{Sequenced, Sequencer};
 use crate::proto::frames::{encode_close, encode_ping};
 use crate::proto::http::Status;
 use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
 use crate::route::{SubjectLimits, SubscriptionTrie};
-use crate::stats::Stats;
+use crate::stats::{Stats, StatsSet};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -41,23 +44,33 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 const READS_PER_TURN: usize = 8;
 /// Shared read buffer: large reads, and no per-socket buffer while idle.
 const READ_BUFFER: usize = 64 * 1024;
-/// Sockets flushed between two looks at new input during a long flush pass:
-/// about a millisecond of writes.
-const INTAKE_EVERY: usize = 256;
+/// Sockets flushed per step of a flush pass, between two looks at new input
+/// and events: about a millisecond of writes.
+const FLUSH_STEP: usize = 256;
+/// Events taken from the log under one lock.
+const READ_CHUNK: usize = 64;
 /// Resolution of the timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
 pub(crate) struct Reactor {
+    index: usize,
     pub(super) poll: Poll,
     listener: Option<TcpListener>,
     pub(super) conns: Slab<Conn>,
     pub(super) router: SubscriptionTrie,
     timers: TimerWheel,
-    ingest: Receiver<EncodedEvent>,
-    wakeup: Arc<Wakeup>,
-    pub(super) publisher: Publisher,
+    pub(super) sequencer: Arc<Sequencer>,
+    /// Events read from the log and not yet fanned out (at most a chunk,
+    /// left when intake paused in the middle of one).
+    inbox: VecDeque<Arc<Sequenced>>,
+    /// The last intake stopped at its budget with events left in the log.
+    more_events: bool,
+    pub(super) admission: Arc<Admission>,
     shutdown: Arc<AtomicBool>,
+    /// This reactor's counters.
     pub(super) stats: Arc<Stats>,
+    /// Every reactor's, for `/metrics`.
+    pub(super) all_stats: StatsSet,
     pub(super) config: Config,
     pub(super) tokens: Tokens,
     pub(super) defaults: Rc<[Box<str>]>,
@@ -66,9 +79,12 @@ pub(crate) struct Reactor {
     started: Instant,
     pub(super) now: Millis,
     next_id: u32,
-    next_seq: u64,
     scratch: Vec<u8>,
+    /// Sockets with output for the next flush pass.
     dirty: Vec<usize>,
+    /// The flush pass under way: sockets, and how many are done.
+    flushing: Vec<usize>,
+    flushed: usize,
     /// Closes requested during fan-out, applied after it (invariant: the
     /// router and slab never change while an event is being fanned out).
     deferred_closes: Vec<(usize, CloseReason)>,
@@ -80,31 +96,31 @@ pub(crate) struct Reactor {
     /// The write interval, adapted to how busy the reactor is.
     coalescer: Coalescer,
     /// Set when a socket that is keeping up (not stalled) has a queue past
-    /// half its limits: the reactor, not the reader, is behind. New events
-    /// then wait (producers block, HTTP publish requests are held) until the
-    /// next flush pass, which starts at once, instead of overflowing healthy
-    /// sockets' queues and closing them as slow consumers.
+    /// half its limits: the reactor, not the reader, is behind. It then
+    /// reads no more events from the log until the next flush pass, which
+    /// starts at once, instead of overflowing healthy sockets' queues and
+    /// closing them as slow consumers. The log fills, and producers wait
+    /// (see `fanout::sequencer`).
     pub(super) intake_paused: bool,
-    /// HTTP publish requests that arrived while intake was paused: complete
-    /// and buffered, answered once a flush pass has made room (the publisher
-    /// waits for its answer, as with a slower server).
+    /// HTTP publish requests that found the log full: complete and
+    /// buffered, retried when the sequencer wakes this reactor with room
+    /// (the publisher waits for its answer, as with a slower server).
     pub(super) held_publishes: Vec<usize>,
-    /// Open sockets per client address, kept only while
+    /// Client addresses of open sockets, kept only while
     /// `limits.max_connections_per_ip` is set.
-    per_ip: HashMap<IpAddr, u32>,
     ip_of: HashMap<usize, IpAddr>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub(crate) struct ReactorParts {
+    pub index: usize,
     pub config: Config,
     pub poll: Poll,
     pub listener: TcpListener,
-    pub ingest: Receiver<EncodedEvent>,
-    pub wakeup: Arc<Wakeup>,
-    pub publisher: Publisher,
+    pub sequencer: Arc<Sequencer>,
+    pub admission: Arc<Admission>,
     pub shutdown: Arc<AtomicBool>,
-    pub stats: Arc<Stats>,
+    pub stats: StatsSet,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -126,18 +142,22 @@ impl Reactor {
             queue_limits,
             0,
         );
-        Stats::set(&parts.stats.write_interval_ms, coalescer.interval());
+        let stats = Arc::clone(&parts.stats.reactors[parts.index]);
+        Stats::set(&stats.write_interval_ms, coalescer.interval());
         Reactor {
+            index: parts.index,
             poll: parts.poll,
             listener: Some(parts.listener),
             conns: Slab::new(),
             router: SubscriptionTrie::default(),
             timers: TimerWheel::new(TIMER_TICK),
-            ingest: parts.ingest,
-            wakeup: parts.wakeup,
-            publisher: parts.publisher,
+            sequencer: parts.sequencer,
+            inbox: VecDeque::new(),
+            more_events: false,
+            admission: parts.admission,
             shutdown: parts.shutdown,
-            stats: parts.stats,
+            stats,
+            all_stats: parts.stats,
             tokens: Tokens::from_config(&config),
             defaults,
             subject_limits: config.subject_limits(),
@@ -146,9 +166,10 @@ impl Reactor {
             started: Instant::now(),
             now: 0,
             next_id: 0,
-            next_seq: 0,
             scratch: vec![0; READ_BUFFER],
             dirty: Vec::new(),
+            flushing: Vec::new(),
+            flushed: 0,
             deferred_closes: Vec::new(),
             read_again: Vec::new(),
             stopping_until: None,
@@ -156,25 +177,29 @@ impl Reactor {
             coalescer,
             intake_paused: false,
             held_publishes: Vec::new(),
-            per_ip: HashMap::new(),
             ip_of: HashMap::new(),
             tls: parts.tls,
         }
     }
 
     pub fn run(mut self) -> Result<(), Error> {
+        let result = self.turns();
+        // A reactor that stopped reads no more: its cursor would hold the
+        // log, and every producer, forever.
+        self.sequencer.close();
+        result
+    }
+
+    fn turns(&mut self) -> Result<(), Error> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
             self.poll_and_dispatch(&mut events, timeout)?;
             self.retry_reads();
-            self.release_held_publishes();
-            self.drain_ingest();
+            self.retry_held_publishes();
+            self.take_events();
             self.expire_timers();
-            if !self.dirty.is_empty() && self.flush_is_due() {
-                self.last_flush = self.now;
-                self.flush_dirty(&mut events)?;
-            }
+            self.flush_step();
             self.adapt_write_interval();
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
@@ -248,8 +273,9 @@ impl Reactor {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        let held = !self.held_publishes.is_empty();
-        if !self.read_again.is_empty() || self.intake_paused || held || !self.ingest.is_empty() {
+        // Held publishes wait for the sequencer's wake, not for a timeout.
+        let pass_left = self.flushed < self.flushing.len();
+        if !self.read_again.is_empty() || self.intake_paused || self.more_events || pass_left {
             return Some(Duration::ZERO);
         }
         // Sockets dirtied while the last flush pass took in new events (or
@@ -284,15 +310,8 @@ impl Reactor {
                     return;
                 }
             };
-            let over_ip_limit = self.count_ip(peer.ip());
-            if over_ip_limit || self.conns.len() >= self.config.limits.max_connections {
-                self.uncount_ip(peer.ip());
+            if let Err(limit) = self.admission.admit(peer.ip()) {
                 Stats::add(&self.stats.rejected_connections, 1);
-                let limit = if over_ip_limit {
-                    "limits.max_connections_per_ip"
-                } else {
-                    "limits.max_connections"
-                };
                 info!("refusing {peer}: {limit} reached");
                 if self.tls.is_none() {
                     let refusal =
@@ -311,7 +330,7 @@ impl Reactor {
                 Ok(tls) => tls,
                 Err(e) => {
                     warn!("cannot start TLS for {peer}: {e}");
-                    self.uncount_ip(peer.ip());
+                    self.admission.release(Some(peer.ip()));
                     continue;
                 }
             };
@@ -323,7 +342,7 @@ impl Reactor {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 warn!("cannot register socket from {peer}: {e}");
-                self.uncount_ip(peer.ip());
+                self.admission.release(Some(peer.ip()));
                 continue;
             }
             if self.config.limits.max_connections_per_ip > 0 {
@@ -342,26 +361,6 @@ impl Reactor {
             Stats::add(&self.stats.accepted, 1);
             Stats::add(&self.stats.connections, 1);
             self.arm(key, deadline);
-        }
-    }
-
-    /// Counts a new socket from `ip`; true if that puts it over the limit.
-    fn count_ip(&mut self, ip: IpAddr) -> bool {
-        let limit = self.config.limits.max_connections_per_ip;
-        if limit == 0 {
-            return false;
-        }
-        let count = self.per_ip.entry(ip).or_insert(0);
-        *count += 1;
-        *count as usize > limit
-    }
-
-    fn uncount_ip(&mut self, ip: IpAddr) {
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_ip.remove(&ip);
-            }
         }
     }
 
@@ -418,9 +417,10 @@ impl Reactor {
         }
     }
 
-    /// Answers the publish requests held while intake was paused.
-    fn release_held_publishes(&mut self) {
-        if self.intake_paused {
+    /// Retries the publish requests that found the log full. Cheap when it
+    /// still is: one look under the sequencer's lock per request.
+    fn retry_held_publishes(&mut self) {
+        if self.held_publishes.is_empty() || self.sequencer.is_full() {
             return;
         }
         for key in std::mem::take(&mut self.held_publishes) {
@@ -437,26 +437,39 @@ impl Reactor {
         self.drop_conn(key);
     }
 
-    fn drain_ingest(&mut self) {
-        self.wakeup.clear();
-        for _ in 0..self.config.limits.ingest_batch {
-            if self.intake_paused {
+    /// Fans out up to `limits.ingest_batch` events from the log, in seq
+    /// order, stopping early when intake pauses.
+    fn take_events(&mut self) {
+        self.sequencer.wakeup(self.index).clear();
+        let mut budget = self.config.limits.ingest_batch;
+        loop {
+            // Stopped with events possibly left in the log: their wake is
+            // spent, so the loop must come back for them by itself.
+            self.more_events = true;
+            if self.intake_paused || budget == 0 {
                 break;
             }
-            let Ok(event) = self.ingest.try_recv() else {
+            if self.inbox.is_empty() {
+                let chunk = READ_CHUNK.min(budget);
+                if self.sequencer.read(self.index, chunk, &mut self.inbox) == 0 {
+                    self.more_events = false;
+                    break;
+                }
+            }
+            let Some(event) = self.inbox.pop_front() else {
                 break;
             };
             self.fan_out(&event);
+            budget -= 1;
         }
         self.apply_deferred_closes();
     }
 
-    /// Assigns the next `seq`, builds the frame once and queues a clone of it
-    /// on every matching socket. Returns the `seq`.
-    pub(super) fn fan_out(&mut self, event: &EncodedEvent) -> u64 {
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let frame: Frame = Rc::new(event.frame(seq));
+    /// Queues a handle to the event's one frame on every matching socket.
+    fn fan_out(&mut self, event: &Sequenced) {
+        // One atomic increment per event for this reactor; each delivery
+        // then only counts the `Rc`.
+        let frame: Frame = Rc::new(event.frame.clone());
         let subscribers = self.router.matches(&event.channel);
         let limits = self.queue_limits;
         let policy = self.config.limits.slow_consumer;
@@ -468,10 +481,11 @@ impl Reactor {
                 continue;
             };
             // A socket the kernel took everything from last time is keeping
-            // up: a deep queue there is the relay's lag, not the reader's.
-            // The limits are for slow readers; for the others the overshoot
-            // is bounded by the intake pause below (and one POST) and costs
-            // a pointer per frame, the frames being shared.
+            // up: a deep queue there is the relay's lag, not the reader's,
+            // and its limits are not enforced. The intake pause below bounds
+            // it instead: intake stops after the event that takes a
+            // keeping-up queue past half its limits, so such a queue holds
+            // at most half its limits plus one frame (docs/security.md).
             let keeping_up = conn.stalled_since == NOT_STALLED;
             if conn.out.push(&frame, limits) == Push::Full {
                 if keeping_up {
@@ -498,12 +512,10 @@ impl Reactor {
             self.intake_paused = true;
             Stats::add(&self.stats.intake_pauses, 1);
         }
-        Stats::add(&self.stats.events_published, 1);
         Stats::add(&self.stats.deliveries, delivered);
         if dropped > 0 {
             Stats::add(&self.stats.dropped_frames, dropped as u64);
         }
-        seq
     }
 
     pub(super) fn apply_deferred_closes(&mut self) {
@@ -512,33 +524,41 @@ impl Reactor {
         }
     }
 
-    /// Flushes every socket that got output this turn. A pass over many
-    /// sockets takes a while (each write costs microseconds in the kernel),
-    /// so every `INTAKE_EVERY` sockets it takes in new events and requests:
-    /// sockets later in the pass then carry them in the same write, and
-    /// sockets already flushed get them on the next pass.
-    fn flush_dirty(&mut self, events: &mut Events) -> Result<(), Error> {
-        let mut pass = std::mem::take(&mut self.dirty);
-        // This pass writes what made intake pause; new events may come in
-        // again (mid-pass too, for the sockets later in it).
-        self.intake_paused = false;
-        for (done, &key) in pass.iter().enumerate() {
+    /// One step of the flush pass: up to `FLUSH_STEP` sockets, one write
+    /// each. A pass over many sockets takes a while (each write costs
+    /// microseconds in the kernel), so it is cut into steps with the rest of
+    /// the loop in between: sockets later in the pass then carry the events
+    /// taken in meanwhile in the same write, and sockets already flushed get
+    /// them on the next pass.
+    fn flush_step(&mut self) {
+        if self.flushed == self.flushing.len() {
+            if self.dirty.is_empty() {
+                // Everything queued has been written: intake need not wait
+                // (it paused in the middle of the pass just finished).
+                self.intake_paused = false;
+                return;
+            }
+            if !self.flush_is_due() {
+                return;
+            }
+            self.last_flush = self.now;
+            // Keep the larger allocation for the list after next.
+            self.flushing.clear();
+            std::mem::swap(&mut self.flushing, &mut self.dirty);
+            self.flushed = 0;
+            // This pass writes what made intake pause; new events may come
+            // in again (between steps too, for the sockets later in it).
+            self.intake_paused = false;
+        }
+        let end = (self.flushed + FLUSH_STEP).min(self.flushing.len());
+        for at in self.flushed..end {
+            let key = self.flushing[at];
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.dirty = false;
                 self.flush(key);
             }
-            if done % INTAKE_EVERY == INTAKE_EVERY - 1 && done + 1 < pass.len() {
-                self.poll_and_dispatch(events, Some(Duration::ZERO))?;
-                self.drain_ingest();
-            }
         }
-        // Sockets dirtied during the pass are already in the new list; keep
-        // the larger allocation for the next turn.
-        if self.dirty.is_empty() {
-            pass.clear();
-            self.dirty = pass;
-        }
-        Ok(())
+        self.flushed = end;
     }
 
     /// Marks a socket for the end-of-turn flush.
@@ -689,9 +709,7 @@ impl Reactor {
             return;
         }
         let conn = self.conns.remove(key);
-        if let Some(ip) = self.ip_of.remove(&key) {
-            self.uncount_ip(ip);
-        }
+        self.admission.release(self.ip_of.remove(&key));
         if let Phase::WebSocket(ws) = &conn.phase {
             Stats::sub(&self.stats.websockets, 1);
             self.unsubscribe_all(key, &ws.subs);
@@ -754,6 +772,16 @@ impl Reactor {
                 } else if http.buf.is_empty() {
                     // An idle kept-alive connection: nothing to answer.
                     self.drop_conn(key);
+                } else if let Some(at) = self.held_publishes.iter().position(|&k| k == key) {
+                    self.held_publishes.swap_remove(at);
+                    debug!("socket {key}: publish held past timeouts.publish_wait");
+                    let answer = crate::proto::http::json_error(
+                        Status::ServiceUnavailable,
+                        "saturated",
+                        "the relay is limits.ingest_capacity events behind; retry shortly",
+                        false,
+                    );
+                    self.respond_and_close(key, answer);
                 } else {
                     debug!("socket {key}: request incomplete after timeouts.handshake");
                     let response = crate::proto::handshake::upgrade_refusal(Status::RequestTimeout);
@@ -799,8 +827,12 @@ impl Reactor {
     }
 
     fn begin_shutdown(&mut self) {
-        info!("shutting down: closing {} sockets", self.conns.len());
-        self.publisher.close();
+        info!(
+            "reactor {}: shutting down: closing {} sockets",
+            self.index,
+            self.conns.len()
+        );
+        self.sequencer.close();
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

@@ -46,10 +46,16 @@ pub const OP_PONG: u8 = 0xA;
 // ---------------------------------------------------------------------------
 // Relay
 
-/// A default config listening on an ephemeral loopback port.
+/// A default config listening on an ephemeral loopback port, with the
+/// reactors `TIDINGS_TEST_REACTORS` asks for (2 by default, so that every
+/// test also crosses reactors; CI runs the suite once more with 1).
 pub fn config() -> Config {
+    let reactors = std::env::var("TIDINGS_TEST_REACTORS")
+        .map(|n| n.parse().expect("TIDINGS_TEST_REACTORS: a number or auto"))
+        .unwrap_or(tidings::Reactors::Count(2));
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        reactors,
         ..Config::default()
     }
 }
@@ -104,6 +110,14 @@ impl TestRelay {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.handle.as_ref().expect("relay is running").stats()
+    }
+
+    /// Each reactor's counters, by reactor index.
+    pub fn reactor_stats(&self) -> Vec<StatsSnapshot> {
+        self.handle
+            .as_ref()
+            .expect("relay is running")
+            .reactor_stats()
     }
 
     /// Polls `stats()` until `pred` holds, or panics after [`WAIT`].

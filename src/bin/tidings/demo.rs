@@ -42,7 +42,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
 /// Publishes until the relay stops.
 fn send(publisher: &Publisher, event: Result<Event, tidings::PublishError>) -> bool {
     match event.and_then(|e| publisher.publish(e)) {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(tidings::PublishError::Closed) => false,
         Err(e) => {
             log::warn!("demo event refused: {e}");

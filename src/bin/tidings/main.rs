@@ -27,6 +27,9 @@ struct Args {
     /// TOML configuration file (see docs/configuration.md)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Reactor threads: a number, or "auto" for one per core [default: auto]
+    #[arg(long, value_name = "N|auto")]
+    reactors: Option<tidings::Reactors>,
     /// Pattern a client receives until its first subscribe (repeatable;
     /// replaces `default_channels` from the config file)
     #[arg(long = "default-channel", value_name = "PATTERN")]
@@ -55,6 +58,9 @@ fn run(args: Args) -> Result<(), String> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(reactors) = args.reactors {
+        config.reactors = reactors;
     }
     if !args.default_channels.is_empty() {
         config.default_channels = args.default_channels.clone();

@@ -1,0 +1,381 @@
+//! The sequencer: the one place every event gets its `seq` and its frame.
+//!
+//! Every producer (a `Publisher` thread, `POST /api/publish` on any reactor,
+//! later the NATS upstream) appends to one bounded log under one lock, so the
+//! order events are appended in is the order every reactor reads them in:
+//! a connection gets each matching event in seq order whichever reactor holds
+//! it. Each reactor reads the log from its own cursor; an event leaves the
+//! log once every reactor has read it.
+//!
+//! This is also the one back-pressure path. The log holds at most
+//! `capacity` events not yet read by the slowest reactor; a reactor that is
+//! behind its sockets stops reading, so the log fills and every producer
+//! feels it the same way: `publish` waits, `try_publish` and an HTTP publish
+//! get `Full` (the reactor then holds the request until it is woken).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::event::EncodedEvent;
+use crate::stats::Stats;
+
+/// An event with its place in the order: built once, shared by every reactor.
+#[derive(Debug)]
+pub struct Sequenced {
+    pub seq: u64,
+    pub channel: Box<str>,
+    /// The complete WebSocket text frame every subscriber gets.
+    pub frame: Bytes,
+}
+
+/// Why an append did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendError {
+    /// The log is full: the slowest reactor is `capacity` events behind.
+    Full,
+    /// More events at once than the log can ever hold.
+    TooMany { count: usize, capacity: usize },
+    /// The relay is stopping.
+    Closed,
+}
+
+/// Wakes one reactor at most once per burst of appends.
+pub(crate) struct Wakeup {
+    waker: mio::Waker,
+    /// Set by the first producer of a burst, cleared by the reactor before it
+    /// reads; so a burst of N appends costs one `eventfd` write.
+    pending: AtomicBool,
+}
+
+impl Wakeup {
+    pub fn new(waker: mio::Waker) -> Self {
+        Wakeup {
+            waker,
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    pub fn wake(&self) {
+        // A plain load first: when the reactor is busy the flag is already
+        // set, and a swap would take the cache line from it every time.
+        if !self.pending.load(Ordering::Acquire) && !self.pending.swap(true, Ordering::AcqRel) {
+            // A failed wake (only when the eventfd counter would overflow,
+            // i.e. the reactor has many unread wakes) still leaves the
+            // reactor with a wake to read.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Wakes the reactor even if a wake is already pending (for shutdown).
+    pub fn wake_now(&self) {
+        self.pending.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+    }
+
+    /// Called by the reactor before it reads the log.
+    pub fn clear(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
+struct Log {
+    /// The seq the next appended event gets; seqs start at 1.
+    next_seq: u64,
+    /// Events from seq `next_seq - events.len()` on.
+    events: VecDeque<Arc<Sequenced>>,
+    /// Per reactor: the seq it reads next.
+    cursors: Vec<u64>,
+    /// A producer (publisher thread or held HTTP request) found the log
+    /// full and waits for room.
+    room_wanted: bool,
+    closed: bool,
+}
+
+impl Log {
+    fn first_seq(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+
+    /// Events the slowest reactor has not read yet.
+    fn unread(&self) -> usize {
+        let slowest = self.cursors.iter().copied().min().unwrap_or(self.next_seq);
+        (self.next_seq - slowest) as usize
+    }
+}
+
+/// See the module doc.
+pub(crate) struct Sequencer {
+    log: Mutex<Log>,
+    /// Signalled when room frees up, for `publish` callers that wait.
+    room: Condvar,
+    /// One per reactor, by reactor index.
+    wakeups: Box<[Arc<Wakeup>]>,
+    capacity: usize,
+    /// Events are counted here, once, not by each reactor.
+    stats: Arc<Stats>,
+}
+
+impl Sequencer {
+    pub fn new(capacity: usize, wakeups: Vec<Arc<Wakeup>>, stats: Arc<Stats>) -> Sequencer {
+        let log = Log {
+            next_seq: 1,
+            events: VecDeque::new(),
+            cursors: vec![1; wakeups.len()],
+            room_wanted: false,
+            closed: false,
+        };
+        Sequencer {
+            log: Mutex::new(log),
+            room: Condvar::new(),
+            wakeups: wakeups.into(),
+            capacity,
+            stats,
+        }
+    }
+
+    /// Events the slowest reactor has not read yet.
+    pub fn unread(&self) -> usize {
+        self.lock().unread()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.lock().unread() >= self.capacity
+    }
+
+    /// Appends one event, waiting while the log is full.
+    pub fn append_waiting(&self, event: EncodedEvent) -> Result<u64, AppendError> {
+        let mut log = self.lock();
+        loop {
+            if log.closed {
+                return Err(AppendError::Closed);
+            }
+            if log.unread() < self.capacity {
+                break;
+            }
+            log.room_wanted = true;
+            log = self
+                .room
+                .wait(log)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let seq = self.push(&mut log, event);
+        drop(log);
+        self.wake_all();
+        Ok(seq)
+    }
+
+    /// Appends every event or none, without waiting; returns the first seq
+    /// (the others follow it). With `Full`, the caller is woken (through its
+    /// reactor's wakeup) once room frees up.
+    pub fn try_append(&self, events: Vec<EncodedEvent>) -> Result<u64, AppendError> {
+        if events.len() > self.capacity {
+            return Err(AppendError::TooMany {
+                count: events.len(),
+                capacity: self.capacity,
+            });
+        }
+        let mut log = self.lock();
+        if log.closed {
+            return Err(AppendError::Closed);
+        }
+        if log.unread() + events.len() > self.capacity {
+            log.room_wanted = true;
+            return Err(AppendError::Full);
+        }
+        let first = log.next_seq;
+        for event in events {
+            self.push(&mut log, event);
+        }
+        drop(log);
+        self.wake_all();
+        Ok(first)
+    }
+
+    fn push(&self, log: &mut Log, event: EncodedEvent) -> u64 {
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        let frame = event.frame(seq);
+        log.events.push_back(Arc::new(Sequenced {
+            seq,
+            channel: event.channel,
+            frame,
+        }));
+        Stats::add(&self.stats.events_published, 1);
+        seq
+    }
+
+    /// Moves up to `max` events the reactor has not read into `into`, in seq
+    /// order. Returns how many.
+    pub fn read(&self, reactor: usize, max: usize, into: &mut VecDeque<Arc<Sequenced>>) -> usize {
+        let mut log = self.lock();
+        let cursor = log.cursors[reactor];
+        let start = (cursor - log.first_seq()) as usize;
+        let count = (log.events.len() - start).min(max);
+        if count == 0 {
+            return 0;
+        }
+        into.extend(log.events.range(start..start + count).cloned());
+        log.cursors[reactor] = cursor + count as u64;
+        // Events every reactor has read leave the log.
+        let slowest = log.cursors.iter().copied().min().unwrap_or(cursor);
+        let done = (slowest - log.first_seq()) as usize;
+        log.events.drain(..done);
+        let woke = done > 0 && std::mem::take(&mut log.room_wanted);
+        drop(log);
+        if woke {
+            self.room.notify_all();
+            // Reactors holding HTTP publishes retry them when woken.
+            self.wake_all();
+        }
+        count
+    }
+
+    /// Refuses further appends and releases every waiting producer.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_all();
+    }
+
+    pub fn wakeup(&self, reactor: usize) -> &Arc<Wakeup> {
+        &self.wakeups[reactor]
+    }
+
+    /// Wakes every reactor even if wakes are pending (for shutdown).
+    pub fn wake_all_now(&self) {
+        for wakeup in self.wakeups.iter() {
+            wakeup.wake_now();
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for wakeup in self.wakeups.iter() {
+            wakeup.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        // Nothing under this lock can panic but allocation failure, which
+        // aborts; a poisoned lock still holds a consistent log.
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::event::Event;
+    use std::time::{Duration, SystemTime};
+
+    fn sequencer(reactors: usize, capacity: usize) -> Sequencer {
+        // mio allows one waker per poll, as each reactor has.
+        let wakeups = (0..reactors)
+            .map(|_| {
+                let poll = mio::Poll::new().expect("poll");
+                let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
+                Arc::new(Wakeup::new(waker))
+            })
+            .collect();
+        Sequencer::new(capacity, wakeups, Arc::default())
+    }
+
+    fn event(channel: &str) -> EncodedEvent {
+        Event::from_json(channel, "1")
+            .expect("json")
+            .encode(SystemTime::UNIX_EPOCH)
+    }
+
+    fn read_all(s: &Sequencer, reactor: usize) -> Vec<u64> {
+        let mut out = VecDeque::new();
+        s.read(reactor, usize::MAX, &mut out);
+        out.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn every_reactor_reads_every_event_in_one_order() {
+        let s = sequencer(3, 100);
+        assert_eq!(s.try_append(vec![event("a"), event("b")]), Ok(1));
+        assert_eq!(s.append_waiting(event("c")), Ok(3));
+        assert_eq!(read_all(&s, 0), [1, 2, 3]);
+        assert_eq!(s.try_append(vec![event("d")]), Ok(4));
+        assert_eq!(read_all(&s, 0), [4]);
+        assert_eq!(read_all(&s, 1), [1, 2, 3, 4]);
+        assert_eq!(read_all(&s, 2), [1, 2, 3, 4]);
+        assert_eq!(s.lock().cursors, [5, 5, 5]);
+        assert_eq!(s.lock().events.len(), 0, "read by all: gone");
+    }
+
+    #[test]
+    fn frames_carry_their_seq() {
+        let s = sequencer(1, 10);
+        s.try_append(vec![event("job.1"), event("job.2")])
+            .expect("room");
+        let mut out = VecDeque::new();
+        s.read(0, 10, &mut out);
+        for e in &out {
+            let text = std::str::from_utf8(&e.frame[2..]).expect("utf8");
+            assert!(text.contains(&format!("\"seq\":{}", e.seq)), "{text}");
+        }
+        assert_eq!(&*out[1].channel, "job.2");
+    }
+
+    #[test]
+    fn the_slowest_reactor_bounds_the_log() {
+        let s = sequencer(2, 3);
+        assert_eq!(
+            s.try_append(vec![event("a"), event("b"), event("c")]),
+            Ok(1)
+        );
+        read_all(&s, 0);
+        assert_eq!(s.try_append(vec![event("d")]), Err(AppendError::Full));
+        assert!(s.is_full());
+        let mut out = VecDeque::new();
+        assert_eq!(s.read(1, 1, &mut out), 1);
+        assert_eq!(s.try_append(vec![event("d")]), Ok(4));
+        assert_eq!(
+            s.try_append(vec![event("e"), event("f")]),
+            Err(AppendError::Full),
+            "all or nothing"
+        );
+        assert_eq!(
+            s.try_append((0..4).map(|_| event("x")).collect()),
+            Err(AppendError::TooMany {
+                count: 4,
+                capacity: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_waiting_publisher_goes_on_when_room_frees() {
+        let s = Arc::new(sequencer(1, 1));
+        s.try_append(vec![event("a")]).expect("room");
+        let waiting = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.append_waiting(event("b")))
+        };
+        // The publisher cannot finish until the reactor reads; whether it
+        // already waits or not, the read must release it.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(read_all(&s, 0), [1]);
+        assert_eq!(waiting.join().expect("thread"), Ok(2));
+    }
+
+    #[test]
+    fn close_releases_waiting_publishers() {
+        let s = Arc::new(sequencer(1, 1));
+        s.try_append(vec![event("a")]).expect("room");
+        let waiting = {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.append_waiting(event("b")))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        s.close();
+        assert_eq!(waiting.join().expect("thread"), Err(AppendError::Closed));
+        assert_eq!(s.try_append(vec![event("c")]), Err(AppendError::Closed));
+    }
+}
