@@ -43,7 +43,8 @@ pub enum AppendError {
 }
 
 /// Wakes one reactor at most once per burst of appends.
-pub(crate) struct Wakeup {
+#[doc(hidden)]
+pub struct Wakeup {
     waker: mio::Waker,
     /// Set by the first producer of a burst, cleared by the reactor before it
     /// reads; so a burst of N appends costs one `eventfd` write.
@@ -106,8 +107,9 @@ impl Log {
     }
 }
 
-/// See the module doc.
-pub(crate) struct Sequencer {
+/// See the module doc. Public for the benches; embedders use `Publisher`.
+#[doc(hidden)]
+pub struct Sequencer {
     log: Mutex<Log>,
     /// Signalled when room frees up, for `publish` callers that wait.
     room: Condvar,
