@@ -94,7 +94,8 @@ pub enum SlowConsumerPolicy {
     DropOldest,
 }
 
-/// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, or a number of seconds.
+/// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, a number of seconds,
+/// or `"0"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
@@ -356,7 +357,8 @@ impl Config {
     }
 }
 
-/// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare number of seconds.
+/// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, `"0"`, or a bare
+/// number of seconds.
 mod duration_text {
     use std::time::Duration;
 
@@ -399,10 +401,16 @@ mod duration_text {
     }
 }
 
-/// Parses `"54s"`, `"500ms"`, `"2m"`, `"1h"` or `"1.5s"`.
+/// Parses `"54s"`, `"500ms"`, `"2m"`, `"1h"` or `"1.5s"`, and `"0"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let Some(split) = text.find(|c: char| !(c.is_ascii_digit() || c == '.')) else {
+        // Zero needs no unit, so `coalesce = "0"` turns coalescing off as
+        // documented. Any other bare number in quotes stays an error: "5"
+        // could mean seconds or milliseconds, and guessing wrong is silent.
+        let value: f64 = text.parse().ok()?;
+        return (value == 0.0).then_some(Duration::ZERO);
+    };
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().ok()?;
     let seconds = match unit.trim() {
@@ -500,12 +508,49 @@ mod tests {
     }
 
     #[test]
+    fn zero_is_a_duration_for_every_key() {
+        // docs/configuration.md: "`0` turns coalescing off".
+        for zero in ["\"0\"", "0", "\"0s\"", "\"0ms\""] {
+            let c = Config::from_toml_str(&format!(
+                "[timeouts]\ncoalesce = {zero}\ncoalesce_max = {zero}\nclose_linger = {zero}"
+            ))
+            .unwrap_or_else(|e| panic!("coalesce = {zero}: {e}"));
+            assert_eq!(c.timeouts.coalesce, Duration::ZERO, "{zero}");
+            assert_eq!(c.timeouts.coalesce_max, Duration::ZERO, "{zero}");
+            assert_eq!(c.timeouts.close_linger, Duration::ZERO, "{zero}");
+        }
+        // Keys where zero cannot work still parse it, and then validation
+        // names the key, rather than the parser calling "0" no duration.
+        for key in [
+            "ping_interval",
+            "pong_wait",
+            "write_deadline",
+            "handshake",
+            "auth",
+        ] {
+            let err = Config::from_toml_str(&format!("[timeouts]\n{key} = \"0\""))
+                .expect_err(key)
+                .to_string();
+            assert_eq!(
+                err,
+                format!("`timeouts.{key}` must be greater than 0"),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn duration_text_forms() {
         assert_eq!(parse_duration("54s"), Some(Duration::from_secs(54)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0.0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0ms"), Some(Duration::ZERO));
         assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("."), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
     }
