@@ -145,15 +145,19 @@ fn parse_startup_line(line: &str) -> SocketAddr {
     addr
 }
 
-/// A config file in the temp dir, removed on drop.
-struct TempConfig(PathBuf);
+/// A file in the temp dir, removed on drop.
+struct TempFile(PathBuf);
 
-impl TempConfig {
-    fn new(name: &str, text: &str) -> TempConfig {
-        let path =
-            std::env::temp_dir().join(format!("tidings-it-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("write temp config");
-        TempConfig(path)
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write temp file");
+        TempFile(path)
+    }
+
+    /// A TOML config file.
+    fn config(name: &str, text: &str) -> TempFile {
+        TempFile::new(&format!("{name}.toml"), text)
     }
 
     fn path(&self) -> &str {
@@ -161,7 +165,7 @@ impl TempConfig {
     }
 }
 
-impl Drop for TempConfig {
+impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -237,7 +241,7 @@ fn default_channel_flag_works_end_to_end() {
 
 #[test]
 fn config_file_is_applied() {
-    let config = TempConfig::new(
+    let config = TempFile::config(
         "good",
         "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 2048\n",
     );
@@ -275,7 +279,7 @@ fn bad_config_file_exits_nonzero_naming_the_key() {
         ),
     ];
     for (name, text, key) in cases {
-        let config = TempConfig::new(name, text);
+        let config = TempFile::config(name, text);
         let mut proc = Proc::spawn(&["--config", config.path()]);
         let status = proc.wait_exit();
         let stderr = proc.stderr_text();
@@ -350,7 +354,7 @@ fn unknown_flag_is_rejected() {
 #[test]
 fn flags_override_the_config_file() {
     // docs/configuration.md: --listen and --default-channel win over the file.
-    let config = TempConfig::new(
+    let config = TempFile::config(
         "override",
         "listen = \"127.0.0.1:1\"\ndefault_channels = [\"cluster.*\"]\n",
     );
@@ -365,4 +369,30 @@ fn flags_override_the_config_file() {
         .expect("seq");
     // The file's cluster.* was replaced, so job.progress comes first.
     assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
+}
+
+#[test]
+fn startup_line_says_wss_with_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("generate a certificate");
+    let cert = TempFile::new("tls-cert.pem", &certified.cert.pem());
+    let key = TempFile::new("tls-key.pem", &certified.signing_key.serialize_pem());
+    let config = TempFile::config(
+        "tls",
+        &format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.path(), key.path()),
+    );
+    let mut proc = Proc::spawn(&["--config", config.path()]);
+    let line = proc.stdout.recv_timeout(WAIT).unwrap_or_else(|e| {
+        let status = proc.wait_exit();
+        panic!(
+            "no startup line ({e}); exit {status:?}; stderr:\n{}",
+            proc.stderr_text()
+        )
+    });
+    let addr = line
+        .strip_prefix("tidings listening on wss://")
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("startup line {line:?} should offer wss://ADDR/ws"));
+    let addr: SocketAddr = addr.parse().expect("an address in the startup line");
+    assert_ne!(addr.port(), 0, "{line}");
 }

@@ -16,8 +16,9 @@ use tidings::{Config, Relay};
 
 /// A high-density WebSocket event relay.
 ///
-/// Clients connect to ws://ADDR/ws and subscribe to channels; producers
-/// publish with POST /api/publish. See docs/protocol.md.
+/// Clients connect to ws://ADDR/ws (wss:// with [tls] in the config file)
+/// and subscribe to channels; producers publish with POST /api/publish. See
+/// docs/protocol.md.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -59,6 +60,8 @@ fn run(args: Args) -> Result<(), String> {
     if !args.default_channels.is_empty() {
         config.default_channels = args.default_channels.clone();
     }
+    // With `[tls]` the port speaks only TLS: a client given ws:// would fail.
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let relay = Relay::new(config).map_err(|e| e.to_string())?;
     let publisher = relay.publisher();
     let addr = relay.local_addr();
@@ -68,7 +71,7 @@ fn run(args: Args) -> Result<(), String> {
         Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let handle = relay.spawn().map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "tidings listening on ws://{addr}/ws");
+    let _ = writeln!(stdout, "tidings listening on {scheme}://{addr}/ws");
     let _ = stdout.flush();
     if args.demo {
         demo::start(publisher);
