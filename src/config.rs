@@ -1,7 +1,9 @@
 //! Configuration: every limit and timeout, with defaults, loadable from TOML.
 //!
 //! Defaults follow the seeds the users already know: ping every 54 s, pong wait
-//! 60 s, write deadline 10 s, 512-byte incoming messages.
+//! 60 s, write deadline 10 s. Client limits are sized so that a client using
+//! all it is allowed (every subscription, the longest channels) is never cut
+//! for it: see [`Limits::largest_subscribe`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -82,6 +84,24 @@ pub struct Limits {
     /// Events the reactor takes from the ingest queue per loop turn, so that
     /// a publish burst cannot starve socket I/O.
     pub ingest_batch: usize,
+}
+
+impl Limits {
+    /// Bytes of the longest `subscribe` a client may need: every one of
+    /// `max_subscriptions` patterns at `max_channel_length` bytes, written
+    /// compactly (as `JSON.stringify` and serde_json do) and without
+    /// characters that need escaping:
+    /// `{"type":"subscribe","channels":["…","…"]}`.
+    pub fn largest_subscribe(&self) -> usize {
+        const OPEN: &str = r#"{"type":"subscribe","channels":["#;
+        const CLOSE: &str = "]}";
+        let quoted = self.max_channel_length.saturating_add(2);
+        let commas = self.max_subscriptions.saturating_sub(1);
+        self.max_subscriptions
+            .saturating_mul(quoted)
+            .saturating_add(commas)
+            .saturating_add(OPEN.len() + CLOSE.len())
+    }
 }
 
 /// What happens to a socket whose outbound queue is full.
@@ -201,7 +221,11 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_size: 512,
+            // Room for a subscribe to all 128 patterns of 255 bytes (33,057
+            // bytes, `largest_subscribe`), twice over for whitespace and
+            // escapes. Centrifugo's defaults are the same three numbers.
+            // 512 bytes cut a dashboard subscribing to 30 channels.
+            max_message_size: 64 * 1024,
             // gorilla's chat hub cuts at 256 messages, Centrifugo at 1 MB; one
             // stuck reader costs at most 256 KiB of queued frames here.
             max_queue_messages: 1024,
@@ -215,9 +239,12 @@ impl Default for Limits {
             listen_backlog: 4096,
             // Off by default: load balancers and NAT put many clients behind one address.
             max_connections_per_ip: 0,
-            // Clients send a handful of commands and a ping every 30 s.
+            // Clients send a handful of commands and a ping every 30 s. The
+            // burst lets a client that reconnects resubscribe every pattern
+            // it may hold one message at a time, plus auth and a ping or
+            // two, without hitting the limit.
             messages_per_second: 20,
-            message_burst: 50,
+            message_burst: 128 + 8,
             max_request_head: 8 * 1024,
             max_headers: 64,
             max_request_body: 1024 * 1024,
@@ -266,11 +293,6 @@ impl Config {
         }
     }
 
-    /// Whether WebSocket clients must present a token.
-    pub fn auth_required(&self) -> bool {
-        !self.auth.tokens.is_empty()
-    }
-
     /// Checks values that parse but cannot work; `Relay::new` calls it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -304,6 +326,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_message_size",
                 "must be at most 16 MiB",
+            ));
+        }
+        // A client may hold max_subscriptions patterns of max_channel_length
+        // bytes; the one message that subscribes them all must not be cut
+        // with 1009 for doing only what the other two limits allow.
+        let needed = l.largest_subscribe();
+        if l.max_message_size < needed {
+            return Err(ConfigError::invalid(
+                "limits.max_message_size",
+                format!(
+                    "is {} bytes, but subscribing to limits.max_subscriptions ({}) channels \
+                     of limits.max_channel_length ({}) bytes takes a {needed}-byte message: \
+                     set limits.max_message_size to at least {needed}, or lower the other two",
+                    l.max_message_size, l.max_subscriptions, l.max_channel_length
+                ),
             ));
         }
         let t = &self.timeouts;
@@ -433,7 +470,7 @@ mod tests {
         assert_eq!(c.timeouts.ping_interval, Duration::from_secs(54));
         assert_eq!(c.timeouts.pong_wait, Duration::from_secs(60));
         assert_eq!(c.timeouts.write_deadline, Duration::from_secs(10));
-        assert_eq!(c.limits.max_message_size, 512);
+        assert_eq!(c.limits.max_message_size, 64 * 1024);
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         c.validate().expect("defaults are valid");
     }
@@ -452,7 +489,7 @@ mod tests {
             [publish]
             tokens = ["pub"]
             [limits]
-            max_message_size = 1024
+            max_message_size = 100000
             slow_consumer = "drop_oldest"
             [timeouts]
             ping_interval = "5s"
@@ -470,7 +507,7 @@ mod tests {
         );
         assert!(c.auth.tokens[1].channels.is_none());
         assert_eq!(c.publish.tokens, vec!["pub"]);
-        assert_eq!(c.limits.max_message_size, 1024);
+        assert_eq!(c.limits.max_message_size, 100_000);
         assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::DropOldest);
         assert_eq!(c.timeouts.ping_interval, Duration::from_secs(5));
         assert_eq!(c.timeouts.pong_wait, Duration::from_secs(7));
@@ -495,6 +532,103 @@ mod tests {
                 "error for {text:?} should name {key}: {err}"
             );
         }
+    }
+
+    /// The largest subscribe the limits allow, as a client would send it.
+    fn largest_subscribe_text(limits: &Limits) -> String {
+        // Distinct valid channels of exactly max_channel_length bytes.
+        let channels: Vec<String> = (0..limits.max_subscriptions)
+            .map(|i| {
+                let name = format!("widget-{i}.");
+                let pad = limits.max_channel_length - name.len();
+                format!("{name}{}", "s".repeat(pad))
+            })
+            .collect();
+        // A struct, so `type` comes first as clients write it; the length
+        // does not depend on the order anyway.
+        #[derive(serde::Serialize)]
+        struct Subscribe<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            channels: &'a [String],
+        }
+        serde_json::to_string(&Subscribe {
+            kind: "subscribe",
+            channels: &channels,
+        })
+        .expect("serializes")
+    }
+
+    #[test]
+    fn default_limits_fit_the_largest_subscribe() {
+        use crate::proto::command::{parse_command, Command};
+        let c = Config::default();
+        let text = largest_subscribe_text(&c.limits);
+        assert_eq!(text.len(), c.limits.largest_subscribe(), "the arithmetic");
+        assert!(
+            text.len() <= c.limits.max_message_size,
+            "a {}-byte subscribe over max_message_size {}",
+            text.len(),
+            c.limits.max_message_size
+        );
+        // The relay's own parser and channel rules accept every pattern.
+        let Ok(Command::Subscribe(channels)) = parse_command(&text) else {
+            panic!("not a subscribe: {}", &text[..80]);
+        };
+        assert_eq!(channels.len(), c.limits.max_subscriptions);
+        for channel in &channels {
+            assert_eq!(channel.len(), c.limits.max_channel_length);
+            validate_pattern(channel, &c.subject_limits()).expect("a valid pattern");
+        }
+        // A client resubscribing one pattern per message right after it
+        // connects, plus an auth and a ping, stays within the burst.
+        let resubscribe = c.limits.max_subscriptions + 2;
+        assert!(
+            c.limits.message_burst as usize >= resubscribe,
+            "burst {} < {resubscribe}",
+            c.limits.message_burst
+        );
+    }
+
+    #[test]
+    fn largest_subscribe_matches_serde_for_other_limits() {
+        for (subscriptions, length) in [(1, 40), (2, 17), (30, 32), (500, 20)] {
+            let limits = Limits {
+                max_subscriptions: subscriptions,
+                max_channel_length: length,
+                ..Limits::default()
+            };
+            let text = largest_subscribe_text(&limits);
+            assert_eq!(
+                text.len(),
+                limits.largest_subscribe(),
+                "{subscriptions} x {length}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_size_too_small_for_the_subscriptions_is_refused() {
+        // 4 x 100: 33 + 4 * 103 = 445 bytes.
+        let base = "[limits]\nmax_subscriptions = 4\nmax_channel_length = 100\n";
+        Config::from_toml_str(&format!("{base}max_message_size = 445"))
+            .expect("exactly the size needed");
+        let err = Config::from_toml_str(&format!("{base}max_message_size = 444"))
+            .expect_err("one byte short")
+            .to_string();
+        for part in [
+            "limits.max_message_size",
+            "limits.max_subscriptions",
+            "limits.max_channel_length",
+            "at least 445",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+        // The old default, with the other defaults, is refused.
+        let err = Config::from_toml_str("[limits]\nmax_message_size = 512")
+            .expect_err("512 is too small for 128 x 255")
+            .to_string();
+        assert!(err.contains("at least 33057"), "{err}");
     }
 
     #[test]

@@ -243,7 +243,8 @@ fn default_channel_flag_works_end_to_end() {
 fn config_file_is_applied() {
     let config = TempFile::config(
         "good",
-        "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 2048\n",
+        "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 1024\n\
+         max_subscriptions = 8\nmax_channel_length = 64\n",
     );
     let (_proc, addr) = Proc::start(&["--config", config.path()]);
     let mut client = connect(addr);
@@ -252,10 +253,14 @@ fn config_file_is_applied() {
         .as_u64()
         .expect("seq");
     assert_eq!(event_seq(&client.next_json(), "cluster.added"), seq);
-    // 1000 bytes: over the default 512, under the configured 2048.
+    // 1000 bytes pass and 1100 do not: the configured 1024 applies, not
+    // the default (64 KiB).
     let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(980));
     client.send_text(&text);
     assert_eq!(client.next_json()["type"], "pong");
+    let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1080));
+    client.send_text(&text);
+    assert_eq!(client.expect_close(), Closed::Code(1009));
 }
 
 #[test]
