@@ -110,7 +110,8 @@ impl Limits {
 pub enum SlowConsumerPolicy {
     /// Close it with 1008 (the default): the client reconnects and resyncs.
     Close,
-    /// Drop its oldest whole queued frames to make room; the client sees a gap in `seq`.
+    /// Drop its oldest whole queued frames to make room. The client is not
+    /// told: `seq` counts every channel, so its gaps do not show the loss.
     DropOldest,
 }
 
