@@ -5,7 +5,7 @@
 //! all it is allowed (every subscription, the longest channels) is never cut
 //! for it: see [`Limits::largest_subscribe`].
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,7 +19,10 @@ use crate::route::{validate_pattern, SubjectLimits};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address for both the WebSocket endpoint and the HTTP API.
+    /// Address for both the WebSocket endpoint and the HTTP API. In TOML,
+    /// `"host:port"` with a host name is resolved once, at load
+    /// ([`resolve_listen`]).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Patterns a socket receives until its first `subscribe`.
     pub default_channels: Vec<String>,
@@ -395,6 +398,29 @@ impl Config {
     }
 }
 
+/// Resolves a listen address: an IP address and port, or a host name and
+/// port (`localhost:8080`), which becomes the first address it resolves to.
+/// The error says what was given and why it does not work.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    // An address needs no lookup; most configurations give one.
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|e| {
+        format!(
+            "{text:?} is not an address to listen on (write host:port, e.g. 127.0.0.1:8080): {e}"
+        )
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
+}
+
 /// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, `"0"`, or a bare
 /// number of seconds.
 mod duration_text {
@@ -630,6 +656,21 @@ mod tests {
             .expect_err("512 is too small for 128 x 255")
             .to_string();
         assert!(err.contains("at least 33057"), "{err}");
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        let c = Config::from_toml_str("listen = \"localhost:9000\"").expect("localhost resolves");
+        assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(
+            resolve_listen("[::1]:80"),
+            Ok(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 80)))
+        );
+        // No port: nothing to look up, and the error shows the value.
+        let err = resolve_listen("localhost").expect_err("no port");
+        assert!(err.contains("\"localhost\""), "{err}");
+        assert!(err.contains("host:port"), "{err}");
     }
 
     #[test]
