@@ -385,3 +385,18 @@ fn relay_new_binds_before_spawn() {
     assert_eq!(response.status, 101, "{}", response.head);
     assert!(shutdown_bounded(handle), "shutdown failed or hung");
 }
+
+#[test]
+fn repeated_websocket_key_is_400() {
+    // RFC 6455 11.3.1: the header "MUST NOT appear more than once".
+    let relay = TestRelay::start();
+    let (mut raw, response) = Raw::upgrade_with(
+        relay.addr,
+        "Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n",
+    );
+    assert_eq!(response.status, 400, "{}", response.head);
+    assert!(
+        raw.closed_within(WAIT),
+        "the socket stays open after the 400"
+    );
+}
