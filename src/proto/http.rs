@@ -17,7 +17,6 @@ pub enum Status {
     PayloadTooLarge,
     UpgradeRequired,
     HeaderFieldsTooLarge,
-    NotImplemented,
     ServiceUnavailable,
 }
 
@@ -35,7 +34,6 @@ impl Status {
             Status::PayloadTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::HeaderFieldsTooLarge => 431,
-            Status::NotImplemented => 501,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -53,7 +51,6 @@ impl Status {
             Status::PayloadTooLarge => "Payload Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::NotImplemented => "Not Implemented",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }
