@@ -139,3 +139,32 @@ fn embedded_shows_a_round_trip_and_stops_by_itself() {
     // Not from a terminal: no invitation to keep a client connected.
     assert!(!lines.iter().any(|l| l.contains("Ctrl-C")), "{lines:?}");
 }
+
+#[test]
+fn tokio_producer_publishes_from_both_tasks_and_stops() {
+    let output = run_example("tokio_producer", &["127.0.0.1:0"]);
+    let lines = successful_lines("tokio_producer", &output);
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("relay on ws://127.0.0.1:")),
+        "{lines:?}"
+    );
+    let messages = client_messages(&lines);
+    assert_eq!(messages.len(), 11, "{lines:?}");
+    assert_eq!(messages[0]["type"], "subscribed", "{lines:?}");
+    // Each task's five steps arrive, in that task's order: try_publish
+    // (import-a) and publish on the blocking pool (import-b).
+    for job in ["import-a", "import-b"] {
+        let steps: Vec<u64> = messages[1..]
+            .iter()
+            .filter(|event| event["data"]["jobId"] == job)
+            .map(|event| event["data"]["step"].as_u64().expect("step"))
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5], "{job}: {lines:?}");
+    }
+    assert!(
+        lines.iter().any(|l| l == "10 events, 10 deliveries"),
+        "{lines:?}"
+    );
+}
