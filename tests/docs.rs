@@ -8,10 +8,14 @@
 //! several messages, as one JSON value per non-empty line.
 //!
 //! A block that is deliberately not loadable (one that shows a mistake and
-//! the error it gets, say) is marked with `ignore` in its fence's info
+//! the error it gets, say, or TOML that is not a tidings configuration, such
+//! as a `Cargo.toml` snippet) is marked with `ignore` in its fence's info
 //! string, after the language and a comma: ```` ```toml,ignore ````. Only the
 //! first word of the info string names the language, so renderers still
 //! highlight it.
+//!
+//! The ```` ```rust ```` blocks of README.md are compiled as doctests
+//! (`src/lib.rs` includes the README under `cfg(doctest)`).
 
 use std::path::{Path, PathBuf};
 
