@@ -77,9 +77,12 @@ impl Readers {
     /// Appends `events` and waits until every reader has read them.
     fn run(&self, events: u64) -> Duration {
         let encoded = || {
-            Event::from_json("job.progress", r#"{"jobId":"import-abc123","progress":0.45}"#)
-                .expect("json")
-                .encode(SystemTime::now())
+            Event::from_json(
+                "job.progress",
+                r#"{"jobId":"import-abc123","progress":0.45}"#,
+            )
+            .expect("json")
+            .encode(SystemTime::now())
         };
         let target: Vec<u64> = self
             .read

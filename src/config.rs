@@ -1,9 +1,11 @@
 //! Configuration: every limit and timeout, with defaults, loadable from TOML.
 //!
 //! Defaults follow the seeds the users already know: ping every 54 s, pong wait
-//! 60 s, write deadline 10 s, 512-byte incoming messages.
+//! 60 s, write deadline 10 s. Client limits are sized so that a client using
+//! all it is allowed (every subscription, the longest channels) is never cut
+//! for it: see [`Limits::largest_subscribe`].
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +19,10 @@ use crate::route::{validate_pattern, SubjectLimits};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address for both the WebSocket endpoint and the HTTP API.
+    /// Address for both the WebSocket endpoint and the HTTP API. In TOML,
+    /// `"host:port"` with a host name is resolved once, at load
+    /// ([`resolve_listen`]).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Reactor threads, each with its own sockets: a number, or `"auto"`
     /// (the default) for one per available core.
@@ -138,17 +143,37 @@ impl<'de> Deserialize<'de> for Reactors {
     }
 }
 
+impl Limits {
+    /// Bytes of the longest `subscribe` a client may need: every one of
+    /// `max_subscriptions` patterns at `max_channel_length` bytes, written
+    /// compactly (as `JSON.stringify` and serde_json do) and without
+    /// characters that need escaping:
+    /// `{"type":"subscribe","channels":["…","…"]}`.
+    pub fn largest_subscribe(&self) -> usize {
+        const OPEN: &str = r#"{"type":"subscribe","channels":["#;
+        const CLOSE: &str = "]}";
+        let quoted = self.max_channel_length.saturating_add(2);
+        let commas = self.max_subscriptions.saturating_sub(1);
+        self.max_subscriptions
+            .saturating_mul(quoted)
+            .saturating_add(commas)
+            .saturating_add(OPEN.len() + CLOSE.len())
+    }
+}
+
 /// What happens to a socket whose outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlowConsumerPolicy {
     /// Close it with 1008 (the default): the client reconnects and resyncs.
     Close,
-    /// Drop its oldest whole queued frames to make room; the client sees a gap in `seq`.
+    /// Drop its oldest whole queued frames to make room. The client is not
+    /// told: `seq` counts every channel, so its gaps do not show the loss.
     DropOldest,
 }
 
-/// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, or a number of seconds.
+/// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, a number of seconds,
+/// or `"0"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
@@ -260,7 +285,11 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_size: 512,
+            // Room for a subscribe to all 128 patterns of 255 bytes (33,057
+            // bytes, `largest_subscribe`), twice over for whitespace and
+            // escapes. Centrifugo's defaults are the same three numbers.
+            // 512 bytes cut a dashboard subscribing to 30 channels.
+            max_message_size: 64 * 1024,
             // gorilla's chat hub cuts at 256 messages, Centrifugo at 1 MB; one
             // stuck reader costs at most 256 KiB of queued frames here.
             max_queue_messages: 1024,
@@ -274,9 +303,12 @@ impl Default for Limits {
             listen_backlog: 4096,
             // Off by default: load balancers and NAT put many clients behind one address.
             max_connections_per_ip: 0,
-            // Clients send a handful of commands and a ping every 30 s.
+            // Clients send a handful of commands and a ping every 30 s. The
+            // burst lets a client that reconnects resubscribe every pattern
+            // it may hold one message at a time, plus auth and a ping or
+            // two, without hitting the limit.
             messages_per_second: 20,
-            message_burst: 50,
+            message_burst: 128 + 8,
             max_request_head: 8 * 1024,
             max_headers: 64,
             max_request_body: 1024 * 1024,
@@ -326,11 +358,6 @@ impl Config {
         }
     }
 
-    /// Whether WebSocket clients must present a token.
-    pub fn auth_required(&self) -> bool {
-        !self.auth.tokens.is_empty()
-    }
-
     /// Checks values that parse but cannot work; `Relay::new` calls it too.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -364,6 +391,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_message_size",
                 "must be at most 16 MiB",
+            ));
+        }
+        // A client may hold max_subscriptions patterns of max_channel_length
+        // bytes; the one message that subscribes them all must not be cut
+        // with 1009 for doing only what the other two limits allow.
+        let needed = l.largest_subscribe();
+        if l.max_message_size < needed {
+            return Err(ConfigError::invalid(
+                "limits.max_message_size",
+                format!(
+                    "is {} bytes, but subscribing to limits.max_subscriptions ({}) channels \
+                     of limits.max_channel_length ({}) bytes takes a {needed}-byte message: \
+                     set limits.max_message_size to at least {needed}, or lower the other two",
+                    l.max_message_size, l.max_subscriptions, l.max_channel_length
+                ),
             ));
         }
         let t = &self.timeouts;
@@ -418,7 +460,31 @@ impl Config {
     }
 }
 
-/// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, or a bare number of seconds.
+/// Resolves a listen address: an IP address and port, or a host name and
+/// port (`localhost:8080`), which becomes the first address it resolves to.
+/// The error says what was given and why it does not work.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    // An address needs no lookup; most configurations give one.
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = text.to_socket_addrs().map_err(|e| {
+        format!(
+            "{text:?} is not an address to listen on (write host:port, e.g. 127.0.0.1:8080): {e}"
+        )
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
+}
+
+/// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, `"0"`, or a bare
+/// number of seconds.
 mod duration_text {
     use std::time::Duration;
 
@@ -461,10 +527,16 @@ mod duration_text {
     }
 }
 
-/// Parses `"54s"`, `"500ms"`, `"2m"`, `"1h"` or `"1.5s"`.
+/// Parses `"54s"`, `"500ms"`, `"2m"`, `"1h"` or `"1.5s"`, and `"0"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let Some(split) = text.find(|c: char| !(c.is_ascii_digit() || c == '.')) else {
+        // Zero needs no unit, so `coalesce = "0"` turns coalescing off as
+        // documented. Any other bare number in quotes stays an error: "5"
+        // could mean seconds or milliseconds, and guessing wrong is silent.
+        let value: f64 = text.parse().ok()?;
+        return (value == 0.0).then_some(Duration::ZERO);
+    };
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().ok()?;
     let seconds = match unit.trim() {
@@ -487,7 +559,7 @@ mod tests {
         assert_eq!(c.timeouts.ping_interval, Duration::from_secs(54));
         assert_eq!(c.timeouts.pong_wait, Duration::from_secs(60));
         assert_eq!(c.timeouts.write_deadline, Duration::from_secs(10));
-        assert_eq!(c.limits.max_message_size, 512);
+        assert_eq!(c.limits.max_message_size, 64 * 1024);
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         c.validate().expect("defaults are valid");
     }
@@ -506,7 +578,7 @@ mod tests {
             [publish]
             tokens = ["pub"]
             [limits]
-            max_message_size = 1024
+            max_message_size = 100000
             slow_consumer = "drop_oldest"
             [timeouts]
             ping_interval = "5s"
@@ -524,7 +596,7 @@ mod tests {
         );
         assert!(c.auth.tokens[1].channels.is_none());
         assert_eq!(c.publish.tokens, vec!["pub"]);
-        assert_eq!(c.limits.max_message_size, 1024);
+        assert_eq!(c.limits.max_message_size, 100_000);
         assert_eq!(c.limits.slow_consumer, SlowConsumerPolicy::DropOldest);
         assert_eq!(c.timeouts.ping_interval, Duration::from_secs(5));
         assert_eq!(c.timeouts.pong_wait, Duration::from_secs(7));
@@ -551,6 +623,118 @@ mod tests {
         }
     }
 
+    /// The largest subscribe the limits allow, as a client would send it.
+    fn largest_subscribe_text(limits: &Limits) -> String {
+        // Distinct valid channels of exactly max_channel_length bytes.
+        let channels: Vec<String> = (0..limits.max_subscriptions)
+            .map(|i| {
+                let name = format!("widget-{i}.");
+                let pad = limits.max_channel_length - name.len();
+                format!("{name}{}", "s".repeat(pad))
+            })
+            .collect();
+        // A struct, so `type` comes first as clients write it; the length
+        // does not depend on the order anyway.
+        #[derive(serde::Serialize)]
+        struct Subscribe<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            channels: &'a [String],
+        }
+        serde_json::to_string(&Subscribe {
+            kind: "subscribe",
+            channels: &channels,
+        })
+        .expect("serializes")
+    }
+
+    #[test]
+    fn default_limits_fit_the_largest_subscribe() {
+        use crate::proto::command::{parse_command, Command};
+        let c = Config::default();
+        let text = largest_subscribe_text(&c.limits);
+        assert_eq!(text.len(), c.limits.largest_subscribe(), "the arithmetic");
+        assert!(
+            text.len() <= c.limits.max_message_size,
+            "a {}-byte subscribe over max_message_size {}",
+            text.len(),
+            c.limits.max_message_size
+        );
+        // The relay's own parser and channel rules accept every pattern.
+        let Ok(Command::Subscribe(channels)) = parse_command(&text) else {
+            panic!("not a subscribe: {}", &text[..80]);
+        };
+        assert_eq!(channels.len(), c.limits.max_subscriptions);
+        for channel in &channels {
+            assert_eq!(channel.len(), c.limits.max_channel_length);
+            validate_pattern(channel, &c.subject_limits()).expect("a valid pattern");
+        }
+        // A client resubscribing one pattern per message right after it
+        // connects, plus an auth and a ping, stays within the burst.
+        let resubscribe = c.limits.max_subscriptions + 2;
+        assert!(
+            c.limits.message_burst as usize >= resubscribe,
+            "burst {} < {resubscribe}",
+            c.limits.message_burst
+        );
+    }
+
+    #[test]
+    fn largest_subscribe_matches_serde_for_other_limits() {
+        for (subscriptions, length) in [(1, 40), (2, 17), (30, 32), (500, 20)] {
+            let limits = Limits {
+                max_subscriptions: subscriptions,
+                max_channel_length: length,
+                ..Limits::default()
+            };
+            let text = largest_subscribe_text(&limits);
+            assert_eq!(
+                text.len(),
+                limits.largest_subscribe(),
+                "{subscriptions} x {length}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_size_too_small_for_the_subscriptions_is_refused() {
+        // 4 x 100: 33 + 4 * 103 = 445 bytes.
+        let base = "[limits]\nmax_subscriptions = 4\nmax_channel_length = 100\n";
+        Config::from_toml_str(&format!("{base}max_message_size = 445"))
+            .expect("exactly the size needed");
+        let err = Config::from_toml_str(&format!("{base}max_message_size = 444"))
+            .expect_err("one byte short")
+            .to_string();
+        for part in [
+            "limits.max_message_size",
+            "limits.max_subscriptions",
+            "limits.max_channel_length",
+            "at least 445",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+        // The old default, with the other defaults, is refused.
+        let err = Config::from_toml_str("[limits]\nmax_message_size = 512")
+            .expect_err("512 is too small for 128 x 255")
+            .to_string();
+        assert!(err.contains("at least 33057"), "{err}");
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        let c = Config::from_toml_str("listen = \"localhost:9000\"").expect("localhost resolves");
+        assert!(c.listen.ip().is_loopback(), "{}", c.listen);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(
+            resolve_listen("[::1]:80"),
+            Ok(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 80)))
+        );
+        // No port: nothing to look up, and the error shows the value.
+        let err = resolve_listen("localhost").expect_err("no port");
+        assert!(err.contains("\"localhost\""), "{err}");
+        assert!(err.contains("host:port"), "{err}");
+    }
+
     #[test]
     fn debug_output_hides_tokens() {
         let c = Config::from_toml_str(
@@ -575,12 +759,49 @@ mod tests {
     }
 
     #[test]
+    fn zero_is_a_duration_for_every_key() {
+        // docs/configuration.md: "`0` turns coalescing off".
+        for zero in ["\"0\"", "0", "\"0s\"", "\"0ms\""] {
+            let c = Config::from_toml_str(&format!(
+                "[timeouts]\ncoalesce = {zero}\ncoalesce_max = {zero}\nclose_linger = {zero}"
+            ))
+            .unwrap_or_else(|e| panic!("coalesce = {zero}: {e}"));
+            assert_eq!(c.timeouts.coalesce, Duration::ZERO, "{zero}");
+            assert_eq!(c.timeouts.coalesce_max, Duration::ZERO, "{zero}");
+            assert_eq!(c.timeouts.close_linger, Duration::ZERO, "{zero}");
+        }
+        // Keys where zero cannot work still parse it, and then validation
+        // names the key, rather than the parser calling "0" no duration.
+        for key in [
+            "ping_interval",
+            "pong_wait",
+            "write_deadline",
+            "handshake",
+            "auth",
+        ] {
+            let err = Config::from_toml_str(&format!("[timeouts]\n{key} = \"0\""))
+                .expect_err(key)
+                .to_string();
+            assert_eq!(
+                err,
+                format!("`timeouts.{key}` must be greater than 0"),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn duration_text_forms() {
         assert_eq!(parse_duration("54s"), Some(Duration::from_secs(54)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0.0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0ms"), Some(Duration::ZERO));
         assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("."), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
     }

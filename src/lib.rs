@@ -25,3 +25,9 @@ pub use fanout::event::Event;
 pub use fanout::publisher::{PublishError, Publisher};
 pub use relay::{Relay, RelayHandle};
 pub use stats::StatsSnapshot;
+
+// The README's Rust examples are compiled by `cargo test` (doctests), so the
+// embedding guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -34,7 +34,7 @@ pub struct StatsSnapshot {
     /// Upgraded sockets open now.
     pub websockets: u64,
     pub accepted: u64,
-    /// Sockets refused at `limits.max_connections`.
+    /// Sockets refused at `limits.max_connections` or `limits.max_connections_per_ip`.
     pub rejected_connections: u64,
     pub events_published: u64,
     /// Frames queued to subscribers (one per event per subscriber).
@@ -154,7 +154,7 @@ impl StatsSnapshot {
             (
                 "tidings_rejected_connections_total",
                 "counter",
-                "Sockets refused at limits.max_connections.",
+                "Sockets refused at limits.max_connections or limits.max_connections_per_ip.",
                 self.rejected_connections,
             ),
             (

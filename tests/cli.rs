@@ -25,9 +25,14 @@ struct Proc {
 impl Proc {
     /// Starts the binary with `--listen 127.0.0.1:0` plus `args`.
     fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Proc::spawn_command(command)
+    }
+
+    /// Starts the binary as `command` says, with stdout and stderr captured.
+    fn spawn_command(mut command: Command) -> Proc {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -60,18 +65,22 @@ impl Proc {
     /// Starts the binary and waits for its startup line; returns the address.
     fn start(args: &[&str]) -> (Proc, SocketAddr) {
         let mut proc = Proc::spawn(args);
-        let line = match proc.stdout.recv_timeout(WAIT) {
+        let line = proc.startup_line();
+        (proc, parse_startup_line(&line))
+    }
+
+    /// The first stdout line; panics with stderr if none comes.
+    fn startup_line(&mut self) -> String {
+        match self.stdout.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(e) => {
-                let status = proc.wait_exit();
+                let status = self.wait_exit();
                 panic!(
                     "no startup line ({e}); exit {status:?}; stderr:\n{}",
-                    proc.stderr_text()
+                    self.stderr_text()
                 );
             }
-        };
-        let addr = parse_startup_line(&line);
-        (proc, addr)
+        }
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -132,28 +141,47 @@ impl Drop for Proc {
     }
 }
 
+/// The address in `tidings listening on ws://ADDR/ws`, which is the whole
+/// line without `--demo`. With it, a note follows after a space.
 fn parse_startup_line(line: &str) -> SocketAddr {
-    let addr = line
+    let addr = parse_any_startup_line(line);
+    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
+    addr
+}
+
+/// Like `parse_startup_line`, for any bound address.
+fn parse_any_startup_line(line: &str) -> SocketAddr {
+    let rest = line
         .strip_prefix(STARTUP_PREFIX)
-        .and_then(|rest| rest.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("startup line {line:?} does not start with {STARTUP_PREFIX}"));
+    let (url, note) = rest.split_once(' ').unwrap_or((rest, ""));
+    assert!(
+        note.is_empty() || note.starts_with("(demo: "),
+        "unexpected text after the URL: {line:?}"
+    );
+    let addr = url
+        .strip_suffix("/ws")
         .unwrap_or_else(|| panic!("startup line {line:?} is not `{STARTUP_PREFIX}ADDR/ws`"));
     let addr: SocketAddr = addr
         .parse()
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
-    assert_eq!(addr.ip().to_string(), "127.0.0.1", "{line}");
     assert_ne!(addr.port(), 0, "the line must show the bound port: {line}");
     addr
 }
 
-/// A config file in the temp dir, removed on drop.
-struct TempConfig(PathBuf);
+/// A file in the temp dir, removed on drop.
+struct TempFile(PathBuf);
 
-impl TempConfig {
-    fn new(name: &str, text: &str) -> TempConfig {
-        let path =
-            std::env::temp_dir().join(format!("tidings-it-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).expect("write temp config");
-        TempConfig(path)
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write temp file");
+        TempFile(path)
+    }
+
+    /// A TOML config file.
+    fn config(name: &str, text: &str) -> TempFile {
+        TempFile::new(&format!("{name}.toml"), text)
     }
 
     fn path(&self) -> &str {
@@ -161,7 +189,7 @@ impl TempConfig {
     }
 }
 
-impl Drop for TempConfig {
+impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
@@ -237,9 +265,10 @@ fn default_channel_flag_works_end_to_end() {
 
 #[test]
 fn config_file_is_applied() {
-    let config = TempConfig::new(
+    let config = TempFile::config(
         "good",
-        "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 2048\n",
+        "default_channels = [\"cluster.*\"]\n[limits]\nmax_message_size = 1024\n\
+         max_subscriptions = 8\nmax_channel_length = 64\n",
     );
     let (_proc, addr) = Proc::start(&["--config", config.path()]);
     let mut client = connect(addr);
@@ -248,10 +277,14 @@ fn config_file_is_applied() {
         .as_u64()
         .expect("seq");
     assert_eq!(event_seq(&client.next_json(), "cluster.added"), seq);
-    // 1000 bytes: over the default 512, under the configured 2048.
+    // 1000 bytes pass and 1100 do not: the configured 1024 applies, not
+    // the default (64 KiB).
     let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(980));
     client.send_text(&text);
     assert_eq!(client.next_json()["type"], "pong");
+    let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1080));
+    client.send_text(&text);
+    assert_eq!(client.expect_close(), Closed::Code(1009));
 }
 
 #[test]
@@ -275,7 +308,7 @@ fn bad_config_file_exits_nonzero_naming_the_key() {
         ),
     ];
     for (name, text, key) in cases {
-        let config = TempConfig::new(name, text);
+        let config = TempFile::config(name, text);
         let mut proc = Proc::spawn(&["--config", config.path()]);
         let status = proc.wait_exit();
         let stderr = proc.stderr_text();
@@ -350,7 +383,7 @@ fn unknown_flag_is_rejected() {
 #[test]
 fn flags_override_the_config_file() {
     // docs/configuration.md: --listen and --default-channel win over the file.
-    let config = TempConfig::new(
+    let config = TempFile::config(
         "override",
         "listen = \"127.0.0.1:1\"\ndefault_channels = [\"cluster.*\"]\n",
     );
@@ -365,4 +398,147 @@ fn flags_override_the_config_file() {
         .expect("seq");
     // The file's cluster.* was replaced, so job.progress comes first.
     assert_eq!(event_seq(&client.next_json(), "job.progress"), seq);
+}
+
+#[test]
+fn startup_line_says_wss_with_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("generate a certificate");
+    let cert = TempFile::new("tls-cert.pem", &certified.cert.pem());
+    let key = TempFile::new("tls-key.pem", &certified.signing_key.serialize_pem());
+    let config = TempFile::config(
+        "tls",
+        &format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert.path(), key.path()),
+    );
+    let mut proc = Proc::spawn(&["--config", config.path()]);
+    let line = proc.startup_line();
+    let addr = line
+        .strip_prefix("tidings listening on wss://")
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("startup line {line:?} should offer wss://ADDR/ws"));
+    let addr: SocketAddr = addr.parse().expect("an address in the startup line");
+    assert_ne!(addr.port(), 0, "{line}");
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command.args(["--listen", "localhost:0"]);
+    let mut proc = Proc::spawn_command(command);
+    let addr = parse_any_startup_line(&proc.startup_line());
+    // localhost may resolve to 127.0.0.1 or ::1 first, depending on the host.
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+    proc.signal(libc::SIGTERM);
+    assert!(proc.wait_exit().success());
+}
+
+#[test]
+fn config_file_listen_takes_a_host_name() {
+    let config = TempFile::config("hostname", "listen = \"localhost:0\"\n");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command.args(["--config", config.path()]);
+    let mut proc = Proc::spawn_command(command);
+    let addr = parse_any_startup_line(&proc.startup_line());
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+}
+
+#[test]
+fn listen_without_a_port_is_refused() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command.args(["--listen", "localhost"]);
+    let mut proc = Proc::spawn_command(command);
+    let status = proc.wait_exit();
+    let stderr = proc.stderr_text();
+    assert_eq!(status.code(), Some(2), "{status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains("host:port"), "{stderr}");
+    assert!(proc.rest_of_stdout().is_empty());
+}
+
+#[test]
+fn invalid_log_level_exits_2_listing_the_levels() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TIDINGS_LOG", "verbose");
+    let mut proc = Proc::spawn_command(command);
+    let status = proc.wait_exit();
+    let stderr = proc.stderr_text();
+    assert_eq!(status.code(), Some(2), "{status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains("TIDINGS_LOG"), "{stderr}");
+    assert!(stderr.contains("\"verbose\""), "{stderr}");
+    for level in ["off", "error", "warn", "info", "debug", "trace"] {
+        assert!(stderr.contains(level), "{level} not listed: {stderr}");
+    }
+    assert!(proc.rest_of_stdout().is_empty(), "started anyway");
+}
+
+#[test]
+fn valid_log_level_is_accepted() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .env("TIDINGS_LOG", "warn");
+    let mut proc = Proc::spawn_command(command);
+    let addr = parse_startup_line(&proc.startup_line());
+    assert_eq!(http_get(addr, "/healthz").status, 200);
+}
+
+#[test]
+fn demo_feeds_a_client_that_sends_nothing() {
+    let mut proc = Proc::spawn(&["--demo"]);
+    let line = proc.startup_line();
+    let addr = parse_startup_line(&line);
+    assert!(
+        line.ends_with(
+            " (demo: a client that sends nothing receives metrics.system, job.*, alert.*, cluster.*)"
+        ),
+        "{line}"
+    );
+    // No subscribe: the demo's channels are the defaults. metrics.system
+    // comes every second, job.* within one.
+    let mut client = connect(addr);
+    let mut missing = vec!["metrics.system", "job."];
+    let deadline = Instant::now() + WAIT;
+    while !missing.is_empty() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "no {missing:?} events within {WAIT:?}"
+        );
+        let event = client.next_json_within(remaining);
+        let kind = event["type"].as_str().unwrap_or_default().to_string();
+        missing.retain(|prefix| !kind.starts_with(prefix));
+    }
+}
+
+#[test]
+fn demo_keeps_configured_default_channels() {
+    let mut proc = Proc::spawn(&["--demo", "--default-channel", "alert.*"]);
+    let line = proc.startup_line();
+    assert!(
+        line.ends_with(" (demo: a client that sends nothing receives alert.*)"),
+        "{line}"
+    );
+    let addr = parse_startup_line(&line);
+    let mut client = connect(addr);
+    // An event on a channel the demo also uses, but outside alert.*: it
+    // must not arrive; the next event that does is ours.
+    let hidden = r#"{"channel":"metrics.system","data":{}}"#;
+    assert_eq!(http_publish(addr, hidden, "").status, 200);
+    let body = r#"{"channel":"alert.test","data":{}}"#;
+    let seq = http_publish(addr, body, "").json()["seq"]
+        .as_u64()
+        .expect("seq");
+    loop {
+        // The demo's own alerts may come first, never anything else.
+        let event = client.next_json();
+        let kind = event["type"].as_str().unwrap_or_default();
+        assert!(kind.starts_with("alert."), "outside alert.*: {event}");
+        if kind == "alert.test" {
+            assert_eq!(event_seq(&event, "alert.test"), seq);
+            break;
+        }
+    }
 }

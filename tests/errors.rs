@@ -155,10 +155,26 @@ fn oversized_single_subscribe_is_rejected_whole() {
 
 /// Opens a raw socket, sends `bytes`, and returns how the relay closed it.
 fn close_after(bytes: &[u8]) -> Closed {
-    let relay = TestRelay::start();
+    close_after_on(&TestRelay::start(), bytes)
+}
+
+fn close_after_on(relay: &TestRelay, bytes: &[u8]) -> Closed {
     let mut raw = Raw::upgrade(relay.addr);
     raw.send_lenient(bytes);
     raw.expect_close()
+}
+
+/// The message size limit in the size tests: small, so the frames stay
+/// readable. Subscriptions and channel length are lowered with it, or the
+/// relay would refuse the config (a full subscribe must fit).
+const SMALL_MESSAGE: usize = 512;
+
+fn small_message_relay() -> TestRelay {
+    TestRelay::with(|c| {
+        c.limits.max_message_size = SMALL_MESSAGE;
+        c.limits.max_subscriptions = 4;
+        c.limits.max_channel_length = 100;
+    })
 }
 
 #[test]
@@ -205,21 +221,24 @@ fn utf8_char_split_across_fragments_is_fine() {
 fn message_over_max_size_is_1009() {
     let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(600));
     assert_eq!(
-        close_after(&client_frame(OP_TEXT, text.as_bytes())),
+        close_after_on(
+            &small_message_relay(),
+            &client_frame(OP_TEXT, text.as_bytes())
+        ),
         Closed::Code(1009)
     );
 }
 
 #[test]
 fn message_at_max_size_is_accepted() {
-    let relay = TestRelay::start();
+    let relay = small_message_relay();
     let mut raw = Raw::upgrade(relay.addr);
     let head = r#"{"type":"ping","pad":""}"#;
     let text = format!(
         r#"{{"type":"ping","pad":"{}"}}"#,
-        "x".repeat(512 - head.len())
+        "x".repeat(SMALL_MESSAGE - head.len())
     );
-    assert_eq!(text.len(), 512);
+    assert_eq!(text.len(), SMALL_MESSAGE);
     raw.send_text(&text);
     assert_eq!(raw.next_json()["type"], "pong");
 }
@@ -231,7 +250,10 @@ fn fragmented_message_over_max_size_is_1009() {
     let mut bytes = frame(false, 0, OP_TEXT, &chunk, Some(MASK));
     bytes.extend(frame(false, 0, OP_CONT, &chunk, Some(MASK)));
     bytes.extend(frame(true, 0, OP_CONT, &chunk, Some(MASK)));
-    assert_eq!(close_after(&bytes), Closed::Code(1009));
+    assert_eq!(
+        close_after_on(&small_message_relay(), &bytes),
+        Closed::Code(1009)
+    );
 }
 
 #[test]
@@ -416,7 +438,7 @@ fn frames_fed_one_byte_at_a_time_still_work() {
 #[test]
 fn extended_16_bit_length_frame_is_parsed() {
     // 126..65535-byte payloads use the 16-bit length form.
-    let relay = TestRelay::with(|c| c.limits.max_message_size = 4096);
+    let relay = TestRelay::start();
     let mut raw = Raw::upgrade(relay.addr);
     let text = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(300));
     raw.send_text(&text);
@@ -523,15 +545,15 @@ fn unicode_segments_are_fine_but_whitespace_is_not() {
 
 #[test]
 fn fragmented_message_at_max_size_is_accepted() {
-    let relay = TestRelay::start();
+    let relay = small_message_relay();
     let mut raw = Raw::upgrade(relay.addr);
     let head = r#"{"type":"ping","pad":""}"#;
     let text = format!(
         r#"{{"type":"ping","pad":"{}"}}"#,
-        "x".repeat(512 - head.len())
+        "x".repeat(SMALL_MESSAGE - head.len())
     );
     let bytes = text.as_bytes();
-    assert_eq!(bytes.len(), 512);
+    assert_eq!(bytes.len(), SMALL_MESSAGE);
     raw.send(&frame(false, 0, OP_TEXT, &bytes[..200], Some(MASK)));
     raw.send(&frame(false, 0, OP_CONT, &bytes[200..400], Some(MASK)));
     raw.send(&frame(true, 0, OP_CONT, &bytes[400..], Some(MASK)));
@@ -576,7 +598,7 @@ fn auth_message_with_bad_fields_is_bad_request() {
 fn fragment_total_over_limit_is_1009_from_the_header() {
     // docs/security.md: decided from the frame header before the payload
     // arrives; the second fragment's payload is never sent.
-    let relay = TestRelay::start();
+    let relay = small_message_relay();
     let mut raw = Raw::upgrade(relay.addr);
     raw.send(&frame(false, 0, OP_TEXT, &[b'x'; 300], Some(MASK)));
     let mut header = vec![0x80, 0x80 | 126];

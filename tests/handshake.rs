@@ -125,6 +125,17 @@ fn post_on_ws_is_405_with_allow_get() {
 }
 
 #[test]
+fn get_on_publish_is_405_in_json_with_allow_post() {
+    let relay = TestRelay::start();
+    let response = http_get(relay.addr, "/api/publish");
+    assert_eq!(response.status, 405, "{}", response.head);
+    assert_eq!(response.header("Allow"), Some("POST"), "{}", response.head);
+    let body = response.json();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+#[test]
 fn unknown_path_is_404() {
     let relay = TestRelay::start();
     assert_eq!(http_get(relay.addr, "/nope").status, 404);
@@ -384,4 +395,19 @@ fn relay_new_binds_before_spawn() {
     let response = raw.read_response();
     assert_eq!(response.status, 101, "{}", response.head);
     assert!(shutdown_bounded(handle), "shutdown failed or hung");
+}
+
+#[test]
+fn repeated_websocket_key_is_400() {
+    // RFC 6455 11.3.1: the header "MUST NOT appear more than once".
+    let relay = TestRelay::start();
+    let (mut raw, response) = Raw::upgrade_with(
+        relay.addr,
+        "Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n",
+    );
+    assert_eq!(response.status, 400, "{}", response.head);
+    assert!(
+        raw.closed_within(WAIT),
+        "the socket stays open after the 400"
+    );
 }

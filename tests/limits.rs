@@ -89,3 +89,50 @@ fn a_patient_client_is_never_limited() {
         std::thread::sleep(Duration::from_millis(60));
     }
 }
+
+/// `count` distinct channels of exactly `length` bytes, dashboard style.
+fn widget_channels(count: usize, length: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let name = format!("dashboard.widget-{i:03}.");
+            format!("{name}{}", "s".repeat(length - name.len()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_largest_subscribe_the_defaults_allow_is_accepted() {
+    // Every pattern a client may hold, each as long as allowed, in one
+    // message: the other limits allow it, so max_message_size must too.
+    let relay = TestRelay::start();
+    let limits = tidings::Limits::default();
+    let channels = widget_channels(limits.max_subscriptions, limits.max_channel_length);
+    let mut client = connect(relay.addr);
+    let reply = client.request(&json!({"type": "subscribe", "channels": channels}));
+    assert_eq!(reply["type"], "subscribed", "{}", reply["data"]);
+    let p = relay.publish(&channels[limits.max_subscriptions - 1], json!({"ok": 1}));
+    assert_event(&client.next_json(), &p);
+}
+
+#[test]
+fn a_client_may_resubscribe_one_pattern_per_message_at_once() {
+    // A reconnecting dashboard sends every subscribe right away, without
+    // waiting for the replies, then a ping: nothing is rate limited.
+    let relay = TestRelay::start();
+    let limits = tidings::Limits::default();
+    let channels = widget_channels(limits.max_subscriptions, 40);
+    let mut client = connect(relay.addr);
+    for channel in &channels {
+        client.send_json(&json!({"type": "subscribe", "channels": [channel]}));
+    }
+    client.send_json(&json!({"type": "ping"}));
+    for channel in &channels {
+        let reply = client.next_json();
+        assert_eq!(
+            reply,
+            json!({"type": "subscribed", "channels": [channel]}),
+            "{reply}"
+        );
+    }
+    assert_eq!(client.next_json()["type"], "pong");
+}

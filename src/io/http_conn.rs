@@ -15,7 +15,8 @@ use crate::fanout::publisher::{validate_event, PublishError};
 use crate::fanout::sequencer::AppendError;
 use crate::proto::handshake::{check_upgrade, parse_head, upgrade_refusal, RequestHead};
 use crate::proto::http::{
-    bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
+    bearer_token, json_error, json_response, method_not_allowed, parse_publish_body, response,
+    route, Route, Status,
 };
 use crate::rate::TokenBucket;
 use crate::stats::Stats;
@@ -120,16 +121,7 @@ impl Reactor {
                 "no such endpoint; the WebSocket is at /ws",
                 keep_alive,
             ),
-            Route::MethodNotAllowed(allow) => {
-                let body = format!("{}\n", Status::MethodNotAllowed.reason());
-                response(
-                    Status::MethodNotAllowed,
-                    &[("Allow", allow)],
-                    "text/plain",
-                    body.as_bytes(),
-                    keep_alive,
-                )
-            }
+            Route::MethodNotAllowed(allow) => method_not_allowed(allow, keep_alive),
         };
         // A body on a request that takes none would be read as the next request.
         if head.content_length.unwrap_or(0) > 0 || head.chunked || !keep_alive {

@@ -26,7 +26,8 @@ pub enum Message {
     Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
-    /// The code (if the frame had one) and the reason text.
+    /// The code, if the frame had one. The reason text is checked to be
+    /// UTF-8 (RFC 6455 5.5.1) and then dropped: the relay only echoes the code.
     Close(Option<u16>),
 }
 
@@ -103,7 +104,7 @@ impl MessageReader {
             OpCode::Control(Control::Pong) => Ok(Some(Message::Pong)),
             OpCode::Control(Control::Close) => parse_close(payload).map(Some),
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
-                Err(CloseReason::Protocol("reserved opcode"))
+                unreachable!("bug: FrameHeader::parse refuses reserved opcodes (parse_header)")
             }
             OpCode::Data(Data::Continue) => {
                 let Some(buffer) = self.fragments.as_mut() else {
@@ -144,6 +145,10 @@ fn parse_header(input: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, Close
     match FrameHeader::parse(&mut cursor) {
         Ok(Some((header, len))) => Ok(Some((header, len, cursor.position() as usize))),
         Ok(None) => Ok(None),
+        // The one error tungstenite's header parser returns on a byte slice:
+        // an opcode of 3-7 or 0xB-0xF, refused once the whole header is in.
+        // "If an unknown opcode is received, the receiving endpoint MUST
+        // _Fail the WebSocket Connection_" (5.2). So `on_frame` never sees one.
         Err(_) => Err(CloseReason::Protocol("reserved opcode")),
     }
 }
@@ -203,7 +208,7 @@ fn is_valid_close_code(code: u16) -> bool {
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    // Whole words first: eight times fewer steps than byte by byte.
+    // Whole 4-byte words first: four times fewer steps than byte by byte.
     let word = u32::from_ne_bytes(mask);
     let mut chunks = payload.chunks_exact_mut(4);
     for chunk in &mut chunks {
@@ -386,6 +391,34 @@ mod tests {
         for (name, bytes, code) in cases {
             let err = read_all(&bytes, 512).expect_err(name);
             assert_eq!(err.code(), code, "{name}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn every_reserved_opcode_is_refused_by_the_header_parser() {
+        // `on_frame` has no reserved-opcode case of its own: it relies on
+        // tungstenite's FrameHeader::parse refusing them. If that changed,
+        // this fails (by the `unreachable!` in `on_frame`, or by a result
+        // other than 1002) before any client could find out.
+        for opcode in (0x3..=0x7).chain(0xB..=0xF) {
+            let frame = client_frame(0x80 | opcode, b"payload");
+            let err = read_all(&frame, 512).expect_err("reserved opcode accepted");
+            assert_eq!(
+                err,
+                CloseReason::Protocol("reserved opcode"),
+                "opcode {opcode:#x}"
+            );
+            // Refused once the header (with its mask) is in, before the payload.
+            let mut header_only = frame[..6].to_vec();
+            let err = MessageReader::default()
+                .read(&mut header_only, 512)
+                .expect_err("refused from the header");
+            assert_eq!(err.code(), 1002, "opcode {opcode:#x}");
+            // A partial header is incomplete, not yet an error.
+            assert_eq!(
+                MessageReader::default().read(&mut frame[..1].to_vec(), 512),
+                Ok(None)
+            );
         }
     }
 

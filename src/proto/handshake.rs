@@ -116,6 +116,12 @@ pub fn parse_head(
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            // "The |Sec-WebSocket-Key| header field MUST NOT appear more than
+            // once in an HTTP request" (RFC 6455 11.3.1): with two, which
+            // key the accept value answers would be a guess.
+            if head.ws_key.is_some() {
+                return Err(HeadError::Malformed);
+            }
             head.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.to_string());
@@ -264,6 +270,22 @@ mod tests {
             parse_head(b"\x00\x01garbage\r\n\r\n", 8192, 32),
             Err(HeadError::Malformed)
         );
+    }
+
+    #[test]
+    fn repeated_websocket_key_is_malformed() {
+        let twice = UPGRADE.replace(
+            "\r\n\r\n",
+            "\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        assert_eq!(
+            parse_head(twice.as_bytes(), 8192, 32),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(HeadError::Malformed.status(), Status::BadRequest);
+        // Once is fine, whatever the case of the name.
+        let once = UPGRADE.replace("Sec-WebSocket-Key", "sec-websocket-key");
+        assert!(check_upgrade(&parse(&once)).is_ok());
     }
 
     #[test]

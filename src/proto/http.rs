@@ -17,7 +17,6 @@ pub enum Status {
     PayloadTooLarge,
     UpgradeRequired,
     HeaderFieldsTooLarge,
-    NotImplemented,
     ServiceUnavailable,
 }
 
@@ -35,7 +34,6 @@ impl Status {
             Status::PayloadTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::HeaderFieldsTooLarge => 431,
-            Status::NotImplemented => 501,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -53,7 +51,6 @@ impl Status {
             Status::PayloadTooLarge => "Payload Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
-            Status::NotImplemented => "Not Implemented",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }
@@ -136,6 +133,28 @@ pub fn json_error(status: Status, code: &str, message: &str, keep_alive: bool) -
     json_response(status, &body, keep_alive)
 }
 
+/// The `405` for an API path asked with the wrong method (`Route::MethodNotAllowed`):
+/// the JSON error body every other API refusal has, so a client reads one
+/// shape, and the `Allow` header RFC 9110 15.5.6 requires ("The origin server
+/// MUST generate an Allow header field in a 405 response").
+pub fn method_not_allowed(allow: &str, keep_alive: bool) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": {
+            "code": "method_not_allowed",
+            "message": format!("this endpoint accepts {allow}"),
+        }
+    });
+    let mut text = body.to_string();
+    text.push('\n');
+    response(
+        Status::MethodNotAllowed,
+        &[("Allow", allow)],
+        "application/json",
+        text.as_bytes(),
+        keep_alive,
+    )
+}
+
 /// One event in a `POST /api/publish` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +235,32 @@ mod tests {
         .expect("ascii");
         assert!(busy.contains("Retry-After: 1\r\n"));
         assert!(busy.ends_with("{\"error\":{\"code\":\"ingest_full\",\"message\":\"m\"}}\n"));
+    }
+
+    #[test]
+    fn method_not_allowed_is_json_with_allow() {
+        let text = String::from_utf8(method_not_allowed("POST", true)).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(
+            head.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nAllow: POST\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("Connection: keep-alive"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let value: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(value["error"]["code"], "method_not_allowed");
+        assert_eq!(value["error"]["message"], "this endpoint accepts POST");
+        let closing = String::from_utf8(method_not_allowed("GET, HEAD", false)).expect("ascii");
+        assert!(closing.contains("\r\nAllow: GET, HEAD\r\n"), "{closing}");
+        assert!(closing.contains("\r\nConnection: close\r\n"), "{closing}");
     }
 
     #[test]

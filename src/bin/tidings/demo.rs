@@ -25,6 +25,10 @@ fn round(value: f64, places: i32) -> f64 {
     (value * scale).round() / scale
 }
 
+/// What the demo publishes to, as patterns: the default channels under
+/// `--demo` when none are configured.
+pub const CHANNELS: &[&str] = &["metrics.system", "job.*", "alert.*", "cluster.*"];
+
 pub fn start(publisher: Publisher) {
     let metrics = publisher.clone();
     spawn("demo-metrics", move || metrics_loop(metrics));

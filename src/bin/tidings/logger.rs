@@ -1,4 +1,5 @@
-//! A small stderr logger: `TIDINGS_LOG=debug|info|warn|error|off` (default info).
+//! A small stderr logger: `TIDINGS_LOG=off|error|warn|info|debug|trace`
+//! (default info). Any other value stops the relay at startup.
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -30,16 +31,60 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
-pub fn init() {
-    let level = match std::env::var("TIDINGS_LOG").as_deref() {
-        Ok("off") => LevelFilter::Off,
-        Ok("error") => LevelFilter::Error,
-        Ok("warn") => LevelFilter::Warn,
-        Ok("debug") => LevelFilter::Debug,
-        Ok("trace") => LevelFilter::Trace,
-        _ => LevelFilter::Info,
+/// The `TIDINGS_LOG` values, in the order of the levels.
+const LEVELS: [(&str, LevelFilter); 6] = [
+    ("off", LevelFilter::Off),
+    ("error", LevelFilter::Error),
+    ("warn", LevelFilter::Warn),
+    ("info", LevelFilter::Info),
+    ("debug", LevelFilter::Debug),
+    ("trace", LevelFilter::Trace),
+];
+
+/// The level `TIDINGS_LOG` asks for: info when unset or empty.
+fn level(value: Option<&std::ffi::OsStr>) -> Result<LevelFilter, String> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(LevelFilter::Info);
     };
+    let text = value.to_string_lossy();
+    LEVELS
+        .iter()
+        .find(|(name, _)| text.trim().eq_ignore_ascii_case(name))
+        .map(|(_, level)| *level)
+        .ok_or_else(|| {
+            let names: Vec<&str> = LEVELS.iter().map(|(name, _)| *name).collect();
+            format!(
+                "TIDINGS_LOG={text:?} is not a log level; use one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// Installs the logger at the level `TIDINGS_LOG` asks for.
+pub fn init() -> Result<(), String> {
+    let level = level(std::env::var_os("TIDINGS_LOG").as_deref())?;
     if log::set_logger(&StderrLogger).is_ok() {
         log::set_max_level(level);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_from_the_environment_value() {
+        assert_eq!(level(None), Ok(LevelFilter::Info));
+        assert_eq!(level(Some("".as_ref())), Ok(LevelFilter::Info));
+        assert_eq!(level(Some("warn".as_ref())), Ok(LevelFilter::Warn));
+        assert_eq!(level(Some("DEBUG".as_ref())), Ok(LevelFilter::Debug));
+        assert_eq!(level(Some("off".as_ref())), Ok(LevelFilter::Off));
+        let err = level(Some("verbose".as_ref())).expect_err("not a level");
+        assert!(err.contains("\"verbose\""), "{err}");
+        assert!(
+            err.contains("off, error, warn, info, debug, trace"),
+            "{err}"
+        );
     }
 }

@@ -12,17 +12,20 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use tidings::config::resolve_listen;
 use tidings::{Config, Relay};
 
 /// A high-density WebSocket event relay.
 ///
-/// Clients connect to ws://ADDR/ws and subscribe to channels; producers
-/// publish with POST /api/publish. See docs/protocol.md.
+/// Clients connect to ws://ADDR/ws (wss:// with [tls] in the config file)
+/// and subscribe to channels; producers publish with POST /api/publish. See
+/// docs/protocol.md.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on (WebSocket and HTTP API) [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on (WebSocket and HTTP API), host:port; a host name
+    /// is resolved to its first address [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR", value_parser = resolve_listen)]
     listen: Option<SocketAddr>,
     /// TOML configuration file (see docs/configuration.md)
     #[arg(long, value_name = "FILE")]
@@ -34,13 +37,19 @@ struct Args {
     /// replaces `default_channels` from the config file)
     #[arg(long = "default-channel", value_name = "PATTERN")]
     default_channels: Vec<String>,
-    /// Publish realistic sample events (metrics, jobs, alerts, clusters)
+    /// Publish realistic sample events (metrics, jobs, alerts, clusters);
+    /// without default channels, a client that sends nothing receives them
     #[arg(long)]
     demo: bool,
 }
 
 fn main() -> ExitCode {
-    logger::init();
+    // Exit 2, as for a bad flag: a typo in TIDINGS_LOG must not silently
+    // log at another level than asked.
+    if let Err(message) = logger::init() {
+        eprintln!("tidings: {message}");
+        return ExitCode::from(2);
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +74,18 @@ fn run(args: Args) -> Result<(), String> {
     if !args.default_channels.is_empty() {
         config.default_channels = args.default_channels.clone();
     }
+    // A first look with a client that sends nothing should show traffic.
+    if args.demo && config.default_channels.is_empty() {
+        config.default_channels = demo::CHANNELS.iter().map(|c| c.to_string()).collect();
+    }
+    let silent_client_note = args.demo.then(|| {
+        format!(
+            " (demo: a client that sends nothing receives {})",
+            config.default_channels.join(", ")
+        )
+    });
+    // With `[tls]` the port speaks only TLS: a client given ws:// would fail.
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let relay = Relay::new(config).map_err(|e| e.to_string())?;
     let publisher = relay.publisher();
     let addr = relay.local_addr();
@@ -74,11 +95,16 @@ fn run(args: Args) -> Result<(), String> {
         Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
     let handle = relay.spawn().map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "tidings listening on ws://{addr}/ws");
+    // The URL stays the first word after "on", for scripts that read it.
+    let note = silent_client_note.unwrap_or_default();
+    let _ = writeln!(stdout, "tidings listening on {scheme}://{addr}/ws{note}");
     let _ = stdout.flush();
     if args.demo {
         demo::start(publisher);
-        log::info!("demo producers publishing metrics.system, job.*, alert.* and cluster.* events");
+        log::info!(
+            "demo producers publishing {} events",
+            demo::CHANNELS.join(", ")
+        );
     }
     if let Some(signal) = signals.forever().next() {
         log::info!("received signal {signal}; closing every client with 1001");
