@@ -13,6 +13,7 @@ pub mod proto;
 pub mod rate;
 mod relay;
 pub mod route;
+pub mod session;
 pub mod stats;
 pub mod time;
 

@@ -284,13 +284,13 @@ pub fn encode_close(reason: &CloseReason) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A masked client frame with the given first byte and payload.
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![first];
         match payload.len() {
             n @ 0..=125 => out.push(0x80 | n as u8),

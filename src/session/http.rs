@@ -1,0 +1,346 @@
+//! A socket still speaking HTTP: the upgrade to WebSocket, and the HTTP API
+//! (publish, health, metrics) with keep-alive and pipelining.
+//!
+//! Each request head is parsed once; the session then moves through explicit
+//! states (head, body, an answer the reactor owes) and drops the request's
+//! bytes only once it is answered.
+
+use log::debug;
+
+use super::{millis, Millis, Now, SessionContext};
+use crate::fanout::event::EncodedEvent;
+use crate::proto::handshake::{parse_head, upgrade_refusal};
+use crate::proto::http::{json_error, response, Status};
+use crate::session::ws::{WsOutput, WsSession};
+use crate::stats::Stats;
+
+mod answers;
+
+/// What an [`HttpSession`] asks of the reactor, in order.
+#[derive(Debug)]
+pub enum HttpOutput {
+    /// Bytes to write; the socket stays on HTTP (keep-alive). Written at once
+    /// rather than after the turn's fan-out: a publisher waiting for its
+    /// answer can send its next events while subscribers are being flushed.
+    Send(Vec<u8>),
+    /// A final response: write it, then close the socket (lingering as for
+    /// any close). Nothing follows.
+    SendAndClose(Vec<u8>),
+    /// Drop the socket without a response: a kept-alive socket stayed idle
+    /// past its deadline. Nothing follows.
+    Drop,
+    /// The upgrade: write `response` (the 101) at once, not with the next
+    /// (possibly coalesced) pass, since a reconnect storm waits on it; then
+    /// switch the socket to `session` and apply `outputs` as any
+    /// `WsOutput`: the default subscriptions, and whatever the frames the
+    /// client sent right behind its request produced. Nothing follows.
+    Upgrade {
+        response: Vec<u8>,
+        session: WsSession,
+        outputs: Vec<WsOutput>,
+    },
+    /// A complete, valid `POST /api/publish`, every event checked (a bad one
+    /// publishes none) and encoded. The reactor fans them out in order and
+    /// calls [`HttpSession::publish_done`] or [`HttpSession::publish_refused`];
+    /// until then the session buffers input (bounded) and emits nothing.
+    Publish(Vec<EncodedEvent>),
+    /// `GET /metrics`: the reactor calls [`HttpSession::metrics_done`].
+    Metrics,
+}
+
+#[derive(Debug)]
+pub struct HttpSession {
+    /// Unanswered input: the current request, and any pipelined behind it.
+    buf: Vec<u8>,
+    /// The current request must be complete by then (slowloris guard).
+    deadline: Millis,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for a complete request head at the start of `buf`.
+    ReadingHead,
+    /// A publish head is parsed and checked; its body is arriving.
+    ReadingBody(Body),
+    /// The reactor owes the answer to the request at the start of `buf`.
+    AwaitingAnswer(Owed),
+    /// A final response, a drop or an upgrade went out.
+    Done,
+}
+
+#[derive(Debug)]
+struct Body {
+    head_len: usize,
+    body_len: usize,
+    keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a go-ahead.
+    expect_continue: bool,
+    /// `100 Continue` went out for this request.
+    continue_sent: bool,
+}
+
+#[derive(Debug)]
+struct Owed {
+    what: Owing,
+    /// Bytes of the request (head and body) at the start of `buf`.
+    len: usize,
+    /// For the response's `Connection` header.
+    keep_alive: bool,
+    /// Close after the answer.
+    close: bool,
+}
+
+#[derive(Debug)]
+enum Owing {
+    /// `{"seq":N}` when the body was one object, else `{"seqs":[...]}`.
+    Publish {
+        single: bool,
+    },
+    Metrics,
+}
+
+/// What handling one request head or body did.
+enum Step {
+    /// Answered, kept alive: the next request starts `consumed` bytes in.
+    Answered { consumed: usize },
+    /// Answered with a final response, or upgraded.
+    Finished,
+    /// The head could not be read; refused without counting a request.
+    Refused,
+    /// The state changed; look again at the same bytes.
+    Proceed,
+    /// More bytes are needed, or the reactor's answer.
+    Wait,
+}
+
+impl HttpSession {
+    /// A socket just accepted at `now`: its first request is due within
+    /// `timeouts.handshake`.
+    pub fn new(now: Millis, cx: &SessionContext) -> HttpSession {
+        HttpSession {
+            buf: Vec::new(),
+            deadline: now + millis(cx.config.timeouts.handshake),
+            state: State::ReadingHead,
+        }
+    }
+
+    /// When the current request must be complete (or an idle kept-alive
+    /// socket goes); the reactor re-arms its timer at this after each call.
+    pub fn deadline(&self) -> Millis {
+        self.deadline
+    }
+
+    /// Feeds bytes read from the socket and answers every complete request,
+    /// in order, until one needs more bytes or the reactor's answer.
+    pub fn handle_bytes(
+        &mut self,
+        data: &[u8],
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        if matches!(self.state, State::Done) {
+            return;
+        }
+        let limits = &cx.config.limits;
+        let max_buffered = limits.max_request_head + limits.max_request_body;
+        if self.buf.len() + data.len() > max_buffered {
+            return self.close(upgrade_refusal(Status::PayloadTooLarge), out);
+        }
+        self.buf.extend_from_slice(data);
+        self.advance(now, cx, out);
+    }
+
+    /// Answers the publish handed out as `Publish` with the `seq` each
+    /// event got, then goes on with requests already buffered behind it.
+    pub fn publish_done(
+        &mut self,
+        seqs: &[u64],
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        let Owing::Publish { single } = owed.what else {
+            return;
+        };
+        let body = match seqs {
+            [seq] if single => serde_json::json!({ "seq": seq }),
+            _ => serde_json::json!({ "seqs": seqs }),
+        };
+        let answer = crate::proto::http::json_response(Status::Ok, &body, owed.keep_alive);
+        self.answer_owed(answer, now, cx, out);
+    }
+
+    /// Refuses the publish handed out as `Publish`, keeping the socket as
+    /// the request asked. Today's one refusal: the relay is saturated,
+    /// `(Status::ServiceUnavailable, "ingest_full", "the relay is saturated;
+    /// retry shortly")`, which also carries `Retry-After`.
+    pub fn publish_refused(
+        &mut self,
+        status: Status,
+        code: &str,
+        message: &str,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        if !matches!(owed.what, Owing::Publish { .. }) {
+            return;
+        }
+        let answer = json_error(status, code, message, owed.keep_alive);
+        self.answer_owed(answer, now, cx, out);
+    }
+
+    /// Answers the `Metrics` request with the Prometheus text.
+    pub fn metrics_done(
+        &mut self,
+        text: &str,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        if !matches!(owed.what, Owing::Metrics) {
+            return;
+        }
+        let content_type = "text/plain; version=0.0.4";
+        let answer = response(
+            Status::Ok,
+            &[],
+            content_type,
+            text.as_bytes(),
+            owed.keep_alive,
+        );
+        self.answer_owed(answer, now, cx, out);
+    }
+
+    /// Due at [`HttpSession::deadline`]: a request still incomplete gets a
+    /// 408, an idle kept-alive socket is dropped. Returns when to look again;
+    /// `None` once done, and while the reactor owes an answer (the request
+    /// is complete, so it is not timed out; the reactor re-arms at
+    /// `deadline()` after answering).
+    pub fn handle_timeout(
+        &mut self,
+        now: Millis,
+        _cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) -> Option<Millis> {
+        match self.state {
+            State::Done | State::AwaitingAnswer(_) => None,
+            State::ReadingHead | State::ReadingBody(_) if now < self.deadline => {
+                Some(self.deadline)
+            }
+            State::ReadingHead | State::ReadingBody(_) => {
+                if self.buf.is_empty() {
+                    // An idle kept-alive connection: nothing to answer.
+                    self.state = State::Done;
+                    out.push(HttpOutput::Drop);
+                } else {
+                    debug!("request incomplete after timeouts.handshake");
+                    self.close(upgrade_refusal(Status::RequestTimeout), out);
+                }
+                None
+            }
+        }
+    }
+
+    /// Handles buffered requests until one waits or the socket is done.
+    fn advance(&mut self, now: Now, cx: &SessionContext, out: &mut Vec<HttpOutput>) {
+        loop {
+            let step = match &mut self.state {
+                State::ReadingHead => self.on_head(now, cx, out),
+                State::ReadingBody(body) => {
+                    if self.buf.len() < body.head_len + body.body_len {
+                        // curl sends `Expect: 100-continue` for bodies over
+                        // 1 KiB and waits a second for this before sending
+                        // the body anyway.
+                        if body.expect_continue && !body.continue_sent {
+                            body.continue_sent = true;
+                            out.push(HttpOutput::Send(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()));
+                        }
+                        Step::Wait
+                    } else {
+                        self.on_body(now, cx, out)
+                    }
+                }
+                State::AwaitingAnswer(_) | State::Done => Step::Wait,
+            };
+            match step {
+                Step::Proceed => {}
+                Step::Wait => return,
+                Step::Refused => {
+                    self.state = State::Done;
+                    return;
+                }
+                Step::Finished => {
+                    Stats::add(&cx.stats.http_requests, 1);
+                    self.state = State::Done;
+                    return;
+                }
+                Step::Answered { consumed } => {
+                    Stats::add(&cx.stats.http_requests, 1);
+                    self.next_request(consumed, now.millis, cx);
+                }
+            }
+        }
+    }
+
+    /// Writes the answer the reactor owed, then goes on with the requests
+    /// buffered behind it. Requests are counted once, when answered.
+    fn answer_owed(
+        &mut self,
+        answer: Vec<u8>,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        Stats::add(&cx.stats.http_requests, 1);
+        if owed.close {
+            return self.close(answer, out);
+        }
+        let consumed = owed.len;
+        out.push(HttpOutput::Send(answer));
+        self.next_request(consumed, now.millis, cx);
+        self.advance(now, cx, out);
+    }
+
+    fn next_request(&mut self, consumed: usize, now: Millis, cx: &SessionContext) {
+        self.buf.drain(..consumed);
+        self.state = State::ReadingHead;
+        // Each request gets a fresh deadline, which also bounds how long an
+        // idle kept-alive socket stays.
+        self.deadline = now + millis(cx.config.timeouts.handshake);
+    }
+
+    /// Sends a final response; the session is done.
+    fn close(&mut self, response: Vec<u8>, out: &mut Vec<HttpOutput>) {
+        self.state = State::Done;
+        self.buf = Vec::new();
+        out.push(HttpOutput::SendAndClose(response));
+    }
+
+    fn on_head(&mut self, now: Now, cx: &SessionContext, out: &mut Vec<HttpOutput>) -> Step {
+        let limits = &cx.config.limits;
+        match parse_head(&self.buf, limits.max_request_head, limits.max_headers) {
+            Ok(Some(head)) => self.answer_request(&head, now, cx, out),
+            Ok(None) => Step::Wait,
+            Err(e) => {
+                debug!("bad request head: {e:?}");
+                out.push(HttpOutput::SendAndClose(upgrade_refusal(e.status())));
+                Step::Refused
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! What each request gets: the upgrade, publish checks, and the small
+//! endpoints.
+
+use log::{debug, info};
+use serde_json::json;
+
+use super::{Body, HttpOutput, HttpSession, Owed, Owing, State, Step};
+use crate::auth::PublishAuth;
+use crate::config::Config;
+use crate::fanout::event::{EncodedEvent, Event};
+use crate::fanout::publisher::{validate_event, PublishError};
+use crate::proto::handshake::{check_upgrade, upgrade_refusal, RequestHead};
+use crate::proto::http::{
+    bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
+};
+use crate::session::ws::{Auth, WsSession};
+use crate::session::{millis, Now, SessionContext};
+use crate::stats::Stats;
+
+/// Why a publish body is refused: the answer's status, `code` and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BadBody {
+    code: &'static str,
+    message: String,
+}
+
+impl HttpSession {
+    /// Answers one parsed request head, or starts waiting for its body or
+    /// for the reactor.
+    pub(super) fn answer_request(
+        &mut self,
+        head: &RequestHead,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) -> Step {
+        let keep_alive = head.keep_alive;
+        let answer = match route(&head.method, &head.path) {
+            Route::WebSocket => return self.upgrade(head, now, cx, out),
+            // The conformance echo server upgrades on any path.
+            _ if cx.config.conformance_echo => return self.upgrade(head, now, cx, out),
+            Route::Publish => return self.on_publish(head, cx, out),
+            Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
+            Route::Metrics => {
+                self.state = State::AwaitingAnswer(Owed {
+                    what: Owing::Metrics,
+                    len: head.len,
+                    keep_alive,
+                    close: takes_no_body_but_has_one(head) || !keep_alive,
+                });
+                out.push(HttpOutput::Metrics);
+                return Step::Wait;
+            }
+            Route::NotFound => json_error(
+                Status::NotFound,
+                "not_found",
+                "no such endpoint; the WebSocket is at /ws",
+                keep_alive,
+            ),
+            Route::MethodNotAllowed(allow) => {
+                let body = format!("{}\n", Status::MethodNotAllowed.reason());
+                response(
+                    Status::MethodNotAllowed,
+                    &[("Allow", allow)],
+                    "text/plain",
+                    body.as_bytes(),
+                    keep_alive,
+                )
+            }
+        };
+        if takes_no_body_but_has_one(head) || !keep_alive {
+            out.push(HttpOutput::SendAndClose(answer));
+            return Step::Finished;
+        }
+        out.push(HttpOutput::Send(answer));
+        Step::Answered { consumed: head.len }
+    }
+
+    fn upgrade(
+        &mut self,
+        head: &RequestHead,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) -> Step {
+        let upgrade = match check_upgrade(head) {
+            Ok(upgrade) => upgrade,
+            Err(status) => {
+                debug!("upgrade refused with {}", status.code());
+                out.push(HttpOutput::SendAndClose(upgrade_refusal(status)));
+                return Step::Finished;
+            }
+        };
+        if !origin_allowed(cx.config, head.origin.as_deref()) {
+            info!("origin {:?} is not in allowed_origins", head.origin);
+            out.push(HttpOutput::SendAndClose(upgrade_refusal(Status::Forbidden)));
+            return Step::Finished;
+        }
+        let auth = if !cx.tokens.clients_required() {
+            Auth::NotRequired
+        } else if let Some(token) = &upgrade.bearer_token {
+            match cx.tokens.check_client(token) {
+                Some(id) => Auth::Authenticated(id),
+                None => {
+                    Stats::add(&cx.stats.auth_failures, 1);
+                    info!("bad bearer token in the upgrade");
+                    out.push(HttpOutput::SendAndClose(upgrade_refusal(
+                        Status::Unauthorized,
+                    )));
+                    return Step::Finished;
+                }
+            }
+        } else {
+            Auth::Pending {
+                deadline: now.millis + millis(cx.config.timeouts.auth),
+            }
+        };
+        // Frames the client sent right behind its request.
+        let mut early = self.buf.split_off(head.len);
+        let mut outputs = Vec::new();
+        let mut session = WsSession::new(auth, now.millis, cx, &mut outputs);
+        if !early.is_empty() {
+            session.handle_bytes(&mut early, now, cx, &mut outputs);
+        }
+        out.push(HttpOutput::Upgrade {
+            response: upgrade.response(),
+            session,
+            outputs,
+        });
+        Step::Finished
+    }
+
+    /// Checks a publish head; a good one moves on to its body.
+    fn on_publish(
+        &mut self,
+        head: &RequestHead,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) -> Step {
+        let bearer = head.authorization.as_deref().and_then(bearer_token);
+        let refusal = match cx.tokens.check_publisher(bearer) {
+            PublishAuth::Allowed => None,
+            PublishAuth::Missing => Some((
+                Status::Unauthorized,
+                "unauthorized",
+                "send Authorization: Bearer <publish token>",
+            )),
+            PublishAuth::Wrong => Some((
+                Status::Forbidden,
+                "forbidden",
+                "the publish token is not valid",
+            )),
+        };
+        if let Some((status, code, message)) = refusal {
+            Stats::add(&cx.stats.auth_failures, 1);
+            info!("publish refused: {message}");
+            out.push(HttpOutput::SendAndClose(json_error(
+                status, code, message, false,
+            )));
+            return Step::Finished;
+        }
+        let Some(length) = head.content_length.filter(|_| !head.chunked) else {
+            let answer = json_error(
+                Status::LengthRequired,
+                "length_required",
+                "send the body with a Content-Length",
+                false,
+            );
+            out.push(HttpOutput::SendAndClose(answer));
+            return Step::Finished;
+        };
+        let max = cx.config.limits.max_request_body;
+        if length > max {
+            let message = format!("the body is {length} bytes; limits.max_request_body is {max}");
+            let answer = json_error(Status::PayloadTooLarge, "too_large", &message, false);
+            out.push(HttpOutput::SendAndClose(answer));
+            return Step::Finished;
+        }
+        self.state = State::ReadingBody(Body {
+            head_len: head.len,
+            body_len: length,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            continue_sent: false,
+        });
+        Step::Proceed
+    }
+
+    /// The publish body has fully arrived: hand its events to the reactor,
+    /// or refuse it.
+    pub(super) fn on_body(
+        &mut self,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) -> Step {
+        let State::ReadingBody(body) = &self.state else {
+            return Step::Wait;
+        };
+        let (keep_alive, end) = (body.keep_alive, body.head_len + body.body_len);
+        match publish_events(&self.buf[body.head_len..end], now, cx) {
+            Ok((events, single)) => {
+                self.state = State::AwaitingAnswer(Owed {
+                    what: Owing::Publish { single },
+                    len: end,
+                    keep_alive,
+                    close: !keep_alive,
+                });
+                out.push(HttpOutput::Publish(events));
+                Step::Wait
+            }
+            Err(bad) => {
+                let answer = json_error(Status::BadRequest, bad.code, &bad.message, keep_alive);
+                if !keep_alive {
+                    out.push(HttpOutput::SendAndClose(answer));
+                    return Step::Finished;
+                }
+                out.push(HttpOutput::Send(answer));
+                Step::Answered { consumed: end }
+            }
+        }
+    }
+}
+
+/// A body on a request that takes none would be read as the next request.
+fn takes_no_body_but_has_one(head: &RequestHead) -> bool {
+    head.content_length.unwrap_or(0) > 0 || head.chunked
+}
+
+/// Cross-site WebSocket hijacking guard: a browser always sends `Origin`,
+/// and only listed origins may open a socket when a list is configured.
+fn origin_allowed(config: &Config, origin: Option<&str>) -> bool {
+    let allowed = &config.allowed_origins;
+    match origin {
+        Some(origin) if !allowed.is_empty() => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+        _ => true,
+    }
+}
+
+/// Validates every event first, so a bad one publishes none, then encodes
+/// them stamped with `now`. Also says whether the body was a single object.
+fn publish_events(
+    body: &[u8],
+    now: Now,
+    cx: &SessionContext,
+) -> Result<(Vec<EncodedEvent>, bool), BadBody> {
+    let items = parse_publish_body(body).map_err(|message| BadBody {
+        code: "bad_request",
+        message,
+    })?;
+    let single = items.len() == 1 && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let event = Event::from_raw(item.channel, item.event_type, item.data);
+        if let Err(e) = validate_event(&event, cx.subject_limits) {
+            let message = if single {
+                e.to_string()
+            } else {
+                format!("event {index}: {e}")
+            };
+            let code = match e {
+                PublishError::InvalidChannel(_) => "invalid_channel",
+                _ => "invalid_event",
+            };
+            return Err(BadBody { code, message });
+        }
+        events.push(event);
+    }
+    let events = events.into_iter().map(|e| e.encode(now.wall)).collect();
+    Ok((events, single))
+}

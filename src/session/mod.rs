@@ -1,0 +1,54 @@
+//! Per-socket protocol state as sans-I/O state machines: bytes and time go
+//! in through `handle_*`, decisions come out as outputs pushed to a caller's
+//! `Vec`. No socket, no clock: the reactor reads both and passes them in, so
+//! every rule here is tested byte for byte in virtual time.
+//!
+//! [`http::HttpSession`] reads requests until it answers, upgrades, or gives
+//! up; an upgrade hands over a [`ws::WsSession`], which turns frames into
+//! commands until it closes.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::route::SubjectLimits;
+use crate::stats::Stats;
+
+pub mod http;
+pub mod ws;
+
+#[cfg(test)]
+mod tests;
+
+pub use http::{HttpOutput, HttpSession};
+pub use ws::{Auth, WsOutput, WsSession};
+
+/// Milliseconds since the reactor started (the same clock as `io::timer`).
+pub type Millis = u64;
+
+/// A moment, passed in: sessions never read a clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// For deadlines, rates and timers.
+    pub millis: Millis,
+    /// For timestamps clients see (`pong`, published events).
+    pub wall: SystemTime,
+}
+
+/// What sessions read and never change; one per reactor.
+pub struct SessionContext<'a> {
+    pub config: &'a Config,
+    pub tokens: &'a Tokens,
+    /// `config.default_channels`, shared by every socket that holds them.
+    pub defaults: &'a Rc<[Box<str>]>,
+    pub subject_limits: &'a SubjectLimits,
+    /// Atomic counters; sessions count what they decide (auth failures,
+    /// answered HTTP requests), the reactor counts the rest.
+    pub stats: &'a Stats,
+}
+
+/// A configured timeout on the reactor's clock.
+fn millis(duration: Duration) -> Millis {
+    duration.as_millis() as Millis
+}

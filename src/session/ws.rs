@@ -1,0 +1,309 @@
+//! One WebSocket after its upgrade: frames to messages, messages to
+//! commands, commands to router changes and replies.
+//!
+//! Kept small: an idle, subscribed socket holds no read buffer and no timer
+//! object (invariant 7), only what it needs to answer its next message.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::{millis, Millis, Now, SessionContext};
+use crate::auth::TokenId;
+use crate::error::CloseReason;
+use crate::proto::command::{reply_error, CommandError, ErrorCode};
+use crate::proto::frames::{encode_binary, encode_ping, encode_pong, encode_text};
+use crate::proto::frames::{Message, MessageReader};
+use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
+use crate::rate::{self, TokenBucket};
+
+mod commands;
+
+/// What a [`WsSession`] asks of the reactor, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsOutput {
+    /// A reply or control frame for this socket. Replies go within the queue
+    /// limits (a client that sends commands but never reads is a slow
+    /// consumer like any other) and are written at once: they are not held
+    /// back by `timeouts.coalesce`.
+    Send(Bytes),
+    /// Add this socket under a pattern in the router.
+    Subscribe(Box<str>),
+    /// Remove this socket from a pattern in the router.
+    Unsubscribe(Box<str>),
+    /// Send a close frame with this reason and stop reading; nothing follows.
+    /// The router entries to remove are [`WsSession::patterns`].
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    NotRequired,
+    /// Auth is on and the client has until `deadline` to send `auth`.
+    Pending {
+        deadline: Millis,
+    },
+    Authenticated(TokenId),
+}
+
+impl Auth {
+    pub fn token(self) -> Option<TokenId> {
+        match self {
+            Auth::Authenticated(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The patterns a socket holds in the router.
+#[derive(Debug)]
+enum Subs {
+    None,
+    /// The configured defaults (shared), until the first `subscribe`.
+    Defaults(Rc<[Box<str>]>),
+    Own(Vec<Box<str>>),
+}
+
+impl Subs {
+    fn patterns(&self) -> &[Box<str>] {
+        match self {
+            Subs::None => &[],
+            Subs::Defaults(list) => list,
+            Subs::Own(list) => list,
+        }
+    }
+}
+
+/// Partial frame bytes and a fragmented message, only while there are any.
+#[derive(Debug)]
+struct Inbound {
+    reader: MessageReader,
+    leftover: Vec<u8>,
+}
+
+/// Open, with what the client proved so far; or closed, after which the
+/// session only answers [`WsSession::patterns`]. (An enum rather than a flag:
+/// it fits in `Auth`'s spare tag values and costs no byte per socket.)
+#[derive(Debug)]
+enum State {
+    Open(Auth),
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct WsSession {
+    state: State,
+    subs: Subs,
+    inbound: Option<Box<Inbound>>,
+    next_ping: Millis,
+    rate: TokenBucket,
+}
+
+impl WsSession {
+    /// A socket just upgraded, with `auth` as the HTTP session decided it.
+    /// Unless auth is pending, it holds the default channels its token
+    /// allows from the start: pushes a `Subscribe` for each.
+    pub fn new(auth: Auth, now: Millis, cx: &SessionContext, out: &mut Vec<WsOutput>) -> WsSession {
+        let timeouts = &cx.config.timeouts;
+        let mut session = WsSession {
+            state: State::Open(auth),
+            subs: Subs::None,
+            inbound: None,
+            next_ping: now + millis(timeouts.ping_interval),
+            rate: TokenBucket::full(cx.config.limits.message_burst, now),
+        };
+        if !matches!(auth, Auth::Pending { .. }) {
+            session.apply_defaults(cx, out);
+        }
+        session
+    }
+
+    /// When the reactor should first call [`WsSession::handle_timeout`] for
+    /// a session made at `now`: the first ping, the silence limit or the
+    /// auth deadline, whichever comes first.
+    pub fn first_timeout(&self, now: Millis, cx: &SessionContext) -> Millis {
+        let pong_wait = millis(cx.config.timeouts.pong_wait);
+        let first = self.next_ping.min(now + pong_wait);
+        match self.state {
+            State::Open(Auth::Pending { deadline }) => first.min(deadline),
+            _ => first,
+        }
+    }
+
+    /// Patterns currently held in the router, for teardown (also after
+    /// `Close`).
+    pub fn patterns(&self) -> &[Box<str>] {
+        self.subs.patterns()
+    }
+
+    /// Whether a `Close` went out; the session then ignores input.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Whether a partial frame or a fragmented message is held.
+    #[cfg(test)]
+    pub(crate) fn holds_input(&self) -> bool {
+        self.inbound.is_some()
+    }
+
+    /// Feeds bytes read from the socket (unmasked in place). Handles every
+    /// complete message and keeps an incomplete frame; stops after a
+    /// `Close`.
+    pub fn handle_bytes(
+        &mut self,
+        data: &mut [u8],
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        let max = cx.config.limits.max_message_size;
+        let mut inbound = self.inbound.take().map_or_else(
+            || Inbound {
+                reader: if cx.config.conformance_echo {
+                    MessageReader::accepting_binary()
+                } else {
+                    MessageReader::default()
+                },
+                leftover: Vec::new(),
+            },
+            |b| *b,
+        );
+        // Parse in place from the caller's read buffer unless earlier bytes wait.
+        let held = !inbound.leftover.is_empty();
+        if held {
+            inbound.leftover.extend_from_slice(data);
+        }
+        let buf: &mut [u8] = if held { &mut inbound.leftover } else { data };
+        let mut at = 0;
+        loop {
+            match inbound.reader.read(&mut buf[at..], max) {
+                Ok(None) => break,
+                Ok(Some((message, used))) => {
+                    at += used;
+                    if let Some(message) = message {
+                        self.on_message(message, now, cx, out);
+                        if self.is_closed() {
+                            return;
+                        }
+                    }
+                }
+                Err(reason) => {
+                    self.close(reason, out);
+                    return;
+                }
+            }
+        }
+        // Keep only an incomplete frame, which the reader bounded by the
+        // message size limit when it saw the frame's header.
+        inbound.leftover = buf[at..].to_vec();
+        if !inbound.leftover.is_empty() || inbound.reader.in_message() {
+            self.inbound = Some(Box::new(inbound));
+        }
+    }
+
+    /// The keepalive and auth-deadline check (`proto::keepalive`), due at
+    /// the time this or [`WsSession::first_timeout`] returned last.
+    /// `last_rx` is when any byte last arrived; `stalled_since`, since when
+    /// output has waited without a byte leaving.
+    ///
+    /// Pushes `Send(ping)` (a control frame the reactor queues regardless of
+    /// the queue limits, with the next flush pass) or `Close`. Returns when
+    /// to look again; `None` once closed.
+    pub fn handle_timeout(
+        &mut self,
+        now: Millis,
+        last_rx: Millis,
+        stalled_since: Option<Millis>,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) -> Option<Millis> {
+        let State::Open(auth) = self.state else {
+            return None;
+        };
+        let timeouts = &cx.config.timeouts;
+        let keepalive_timeouts = KeepaliveTimeouts {
+            ping_interval: millis(timeouts.ping_interval),
+            pong_wait: millis(timeouts.pong_wait),
+            write_deadline: millis(timeouts.write_deadline),
+        };
+        let clocks = SocketClocks {
+            last_rx,
+            next_ping: self.next_ping,
+            auth_deadline: match auth {
+                Auth::Pending { deadline } => Some(deadline),
+                _ => None,
+            },
+            stalled_since,
+        };
+        match keepalive::check(now, &clocks, &keepalive_timeouts) {
+            Verdict::Close(reason) => {
+                self.close(reason, out);
+                None
+            }
+            Verdict::Keep {
+                ping,
+                next_ping,
+                wake_at,
+            } => {
+                self.next_ping = next_ping;
+                if ping {
+                    out.push(WsOutput::Send(encode_ping()));
+                }
+                Some(wake_at)
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        message: Message,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let limits = &cx.config.limits;
+        let (per_second, burst) = (limits.messages_per_second, limits.message_burst);
+        // Pongs answer our pings; everything else the client chose to send.
+        if message != Message::Pong {
+            match self.rate.take(now.millis, per_second, burst) {
+                rate::Verdict::Allow => {}
+                rate::Verdict::Warn => {
+                    let error = CommandError::new(
+                        ErrorCode::RateLimited,
+                        format!("over {per_second} messages per second; this one was dropped"),
+                    );
+                    return reply(&reply_error(&error), out);
+                }
+                rate::Verdict::Exceeded => return self.close(CloseReason::RateLimited, out),
+            }
+        }
+        match message {
+            Message::Text(text) if cx.config.conformance_echo => {
+                out.push(WsOutput::Send(encode_text(text.as_bytes())));
+            }
+            Message::Binary(data) => out.push(WsOutput::Send(encode_binary(&data))),
+            Message::Text(text) => self.on_text(&text, now, cx, out),
+            Message::Ping(payload) => out.push(WsOutput::Send(encode_pong(&payload))),
+            Message::Pong => {}
+            Message::Close(code) => {
+                // "the endpoint MUST send a Close frame in response" (5.5.1).
+                self.close(CloseReason::Echo(code.unwrap_or(1000)), out);
+            }
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason, out: &mut Vec<WsOutput>) {
+        self.state = State::Closed;
+        self.inbound = None;
+        out.push(WsOutput::Close(reason));
+    }
+}
+
+/// A JSON reply as a text frame.
+fn reply(text: &str, out: &mut Vec<WsOutput>) {
+    out.push(WsOutput::Send(encode_text(text.as_bytes())));
+}

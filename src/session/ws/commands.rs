@@ -1,0 +1,178 @@
+//! A WebSocket's JSON commands: auth, subscribe, unsubscribe, ping.
+
+use std::rc::Rc;
+
+use log::info;
+
+use super::{reply, Auth, State, Subs, WsOutput, WsSession};
+use crate::auth::TokenId;
+use crate::error::CloseReason;
+use crate::proto::command::{
+    parse_command, reply_authenticated, reply_error, reply_pong, reply_subscribed,
+    reply_unsubscribed, Command, CommandError, ErrorCode,
+};
+use crate::route::validate_pattern;
+use crate::session::{Now, SessionContext};
+use crate::stats::Stats;
+use crate::time::rfc3339_millis_string;
+
+impl WsSession {
+    pub(super) fn on_text(
+        &mut self,
+        text: &str,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let result = match parse_command(text) {
+            Err(e) => Err(e),
+            Ok(Command::Ping) => Ok(reply_pong(&rfc3339_millis_string(now.wall))),
+            Ok(Command::Auth(token)) => return self.on_auth(&token, cx, out),
+            Ok(Command::Subscribe(channels)) => self
+                .subscribe(&channels, cx, out)
+                .map(|()| reply_subscribed(&channels)),
+            Ok(Command::Unsubscribe(channels)) => self
+                .unsubscribe(&channels, cx, out)
+                .map(|()| reply_unsubscribed(&channels)),
+        };
+        match result {
+            Ok(text) => reply(&text, out),
+            Err(error) => reply(&reply_error(&error), out),
+        }
+    }
+
+    fn on_auth(&mut self, token: &str, cx: &SessionContext, out: &mut Vec<WsOutput>) {
+        if !cx.tokens.clients_required() {
+            return reply(&reply_authenticated(), out);
+        }
+        let Some(id) = cx.tokens.check_client(token) else {
+            Stats::add(&cx.stats.auth_failures, 1);
+            info!("authentication failed");
+            return self.close(CloseReason::AuthFailed, out);
+        };
+        let was_pending = matches!(self.state, State::Open(Auth::Pending { .. }));
+        self.state = State::Open(Auth::Authenticated(id));
+        if was_pending {
+            self.apply_defaults(cx, out);
+        }
+        reply(&reply_authenticated(), out);
+    }
+
+    /// Subscribes a socket that has not chosen yet to the default channels
+    /// its token allows.
+    pub(super) fn apply_defaults(&mut self, cx: &SessionContext, out: &mut Vec<WsOutput>) {
+        let token = self.token();
+        let tokens = cx.tokens;
+        let defaults = if cx.defaults.iter().all(|p| tokens.allows(token, p)) {
+            Rc::clone(cx.defaults)
+        } else {
+            cx.defaults
+                .iter()
+                .filter(|p| tokens.allows(token, p))
+                .cloned()
+                .collect()
+        };
+        out.extend(defaults.iter().cloned().map(WsOutput::Subscribe));
+        self.subs = Subs::Defaults(defaults);
+    }
+
+    /// All or nothing: every pattern is checked before any is added.
+    fn subscribe(
+        &mut self,
+        channels: &[String],
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) -> Result<(), CommandError> {
+        let token = self.check_ready(channels, cx)?;
+        for pattern in channels {
+            if !cx.tokens.allows(token, pattern) {
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    format!("your token may not subscribe to {pattern:?}"),
+                ));
+            }
+        }
+        let max = cx.config.limits.max_subscriptions;
+        // The first subscribe replaces the defaults.
+        let own: &[Box<str>] = match &self.subs {
+            Subs::Own(list) => list,
+            _ => &[],
+        };
+        let mut added: Vec<&str> = Vec::new();
+        for pattern in channels {
+            if !own.iter().any(|p| **p == **pattern) && !added.contains(&pattern.as_str()) {
+                added.push(pattern);
+            }
+        }
+        if own.len() + added.len() > max {
+            return Err(CommandError::new(
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
+        }
+        let mut list = match std::mem::replace(&mut self.subs, Subs::None) {
+            Subs::Own(list) => list,
+            old => {
+                out.extend(old.patterns().iter().cloned().map(WsOutput::Unsubscribe));
+                Vec::new()
+            }
+        };
+        for pattern in added {
+            let pattern: Box<str> = pattern.into();
+            out.push(WsOutput::Subscribe(pattern.clone()));
+            list.push(pattern);
+        }
+        self.subs = Subs::Own(list);
+        Ok(())
+    }
+
+    fn unsubscribe(
+        &mut self,
+        channels: &[String],
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) -> Result<(), CommandError> {
+        self.check_ready(channels, cx)?;
+        let mut list = match std::mem::replace(&mut self.subs, Subs::None) {
+            Subs::Own(list) => list,
+            other => other.patterns().to_vec(),
+        };
+        list.retain(|held| {
+            let gone = channels.iter().any(|c| **c == **held);
+            if gone {
+                out.push(WsOutput::Unsubscribe(held.clone()));
+            }
+            !gone
+        });
+        self.subs = Subs::Own(list);
+        Ok(())
+    }
+
+    /// Checks that the socket may change subscriptions and every pattern is
+    /// valid; returns the socket's token.
+    fn check_ready(
+        &self,
+        channels: &[String],
+        cx: &SessionContext,
+    ) -> Result<Option<TokenId>, CommandError> {
+        for pattern in channels {
+            validate_pattern(pattern, cx.subject_limits).map_err(|e| {
+                CommandError::new(ErrorCode::InvalidChannel, format!("{pattern:?}: {e}"))
+            })?;
+        }
+        if let State::Open(Auth::Pending { .. }) = self.state {
+            return Err(CommandError::new(
+                ErrorCode::NotAuthenticated,
+                "send {\"type\":\"auth\",\"token\":\"...\"} first",
+            ));
+        }
+        Ok(self.token())
+    }
+
+    fn token(&self) -> Option<TokenId> {
+        match self.state {
+            State::Open(auth) => auth.token(),
+            State::Closed => None,
+        }
+    }
+}
