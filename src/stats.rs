@@ -24,6 +24,7 @@ pub struct Stats {
     pub writes: AtomicU64,
     pub write_interval_ms: AtomicU64,
     pub intake_pauses: AtomicU64,
+    pub queue_bytes_high_water: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -54,6 +55,10 @@ pub struct StatsSnapshot {
     /// Times the reactor stopped taking new events because a socket that is
     /// keeping up had a queue past half its limits (the relay was behind).
     pub intake_pauses: u64,
+    /// The most bytes one socket's queue held when it was flushed, since the
+    /// start (queues only grow between flushes, so this is their peak): the
+    /// check on the hard cap documented in docs/security.md.
+    pub queue_bytes_high_water: u64,
 }
 
 impl Stats {
@@ -126,13 +131,16 @@ impl StatsSnapshot {
         self.writes += get(&stats.writes);
         self.write_interval_ms = self.write_interval_ms.max(get(&stats.write_interval_ms));
         self.intake_pauses += get(&stats.intake_pauses);
+        self.queue_bytes_high_water = self
+            .queue_bytes_high_water
+            .max(get(&stats.queue_bytes_high_water));
     }
 }
 
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 15] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -216,6 +224,12 @@ impl StatsSnapshot {
                 "counter",
                 "Times new events waited because the relay was behind its readers.",
                 self.intake_pauses,
+            ),
+            (
+                "tidings_queue_bytes_high_water",
+                "gauge",
+                "Most bytes one socket's queue held when flushed, since the start.",
+                self.queue_bytes_high_water,
             ),
         ];
         let mut out = String::new();

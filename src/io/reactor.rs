@@ -109,6 +109,8 @@ pub(crate) struct Reactor {
     /// Client addresses of open sockets, kept only while
     /// `limits.max_connections_per_ip` is set.
     ip_of: HashMap<usize, IpAddr>,
+    /// The deepest queue flushed so far, in bytes (mirrored in the stats).
+    queue_bytes_high_water: u64,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -178,6 +180,7 @@ impl Reactor {
             intake_paused: false,
             held_publishes: Vec::new(),
             ip_of: HashMap::new(),
+            queue_bytes_high_water: 0,
             tls: parts.tls,
         }
     }
@@ -580,6 +583,11 @@ impl Reactor {
         let tls_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
         if conn.out.is_empty() && !tls_pending {
             return;
+        }
+        let queued = conn.out.bytes() as u64;
+        if queued > self.queue_bytes_high_water {
+            self.queue_bytes_high_water = queued;
+            Stats::set(&self.stats.queue_bytes_high_water, queued);
         }
         // A stalled reader's queue is deep because of the reader: it must
         // not shorten everyone's write interval.
