@@ -93,8 +93,8 @@ impl Readers {
         let mut left = events as usize;
         while left > 0 {
             let n = left.min(BATCH);
-            let batch: Vec<_> = (0..n).map(|_| encoded()).collect();
-            match self.sequencer.try_append(batch) {
+            let mut batch: Vec<_> = (0..n).map(|_| encoded()).collect();
+            match self.sequencer.try_append(&mut batch) {
                 Ok(_) => left -= n,
                 Err(AppendError::Full) => thread::yield_now(),
                 Err(e) => panic!("append: {e:?}"),

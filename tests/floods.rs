@@ -32,10 +32,11 @@ fn subscribe_unsubscribe_flood_within_the_rate_leaves_routing_intact() {
             }
         }
     }
-    client.send_json(&json!({"type": "subscribe", "channels": ["flood.final"]}));
+    // A subscription takes effect when its reply is sent: publish after it.
+    client.subscribe(&["flood.final"]);
     relay.publish("flood.7.x", json!(1));
     relay.publish("flood.final", json!(2));
-    // Replies to the flood come first; the one event must be flood.final.
+    // The one event must be flood.final.
     let deadline = Instant::now() + WAIT;
     loop {
         assert!(Instant::now() < deadline, "no event arrived");

@@ -84,7 +84,7 @@ impl Publisher {
         let encoded = self.prepare(event)?;
         self.shared
             .sequencer
-            .try_append(vec![encoded])
+            .try_append(&mut vec![encoded])
             .map_err(PublishError::from)
     }
 

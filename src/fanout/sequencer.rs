@@ -170,9 +170,10 @@ impl Sequencer {
     }
 
     /// Appends every event or none, without waiting; returns the first seq
-    /// (the others follow it). With `Full`, the caller is woken (through its
-    /// reactor's wakeup) once room frees up.
-    pub fn try_append(&self, events: Vec<EncodedEvent>) -> Result<u64, AppendError> {
+    /// (the others follow it). Takes the events on success and leaves them
+    /// on failure, for a retry. With `Full`, every reactor is woken once
+    /// room frees up.
+    pub fn try_append(&self, events: &mut Vec<EncodedEvent>) -> Result<u64, AppendError> {
         if events.len() > self.capacity {
             return Err(AppendError::TooMany {
                 count: events.len(),
@@ -188,7 +189,7 @@ impl Sequencer {
             return Err(AppendError::Full);
         }
         let first = log.next_seq;
-        for event in events {
+        for event in events.drain(..) {
             self.push(&mut log, event);
         }
         drop(log);
@@ -300,10 +301,10 @@ mod tests {
     #[test]
     fn every_reactor_reads_every_event_in_one_order() {
         let s = sequencer(3, 100);
-        assert_eq!(s.try_append(vec![event("a"), event("b")]), Ok(1));
+        assert_eq!(s.try_append(&mut vec![event("a"), event("b")]), Ok(1));
         assert_eq!(s.append_waiting(event("c")), Ok(3));
         assert_eq!(read_all(&s, 0), [1, 2, 3]);
-        assert_eq!(s.try_append(vec![event("d")]), Ok(4));
+        assert_eq!(s.try_append(&mut vec![event("d")]), Ok(4));
         assert_eq!(read_all(&s, 0), [4]);
         assert_eq!(read_all(&s, 1), [1, 2, 3, 4]);
         assert_eq!(read_all(&s, 2), [1, 2, 3, 4]);
@@ -314,7 +315,7 @@ mod tests {
     #[test]
     fn frames_carry_their_seq() {
         let s = sequencer(1, 10);
-        s.try_append(vec![event("job.1"), event("job.2")])
+        s.try_append(&mut vec![event("job.1"), event("job.2")])
             .expect("room");
         let mut out = VecDeque::new();
         s.read(0, 10, &mut out);
@@ -329,22 +330,22 @@ mod tests {
     fn the_slowest_reactor_bounds_the_log() {
         let s = sequencer(2, 3);
         assert_eq!(
-            s.try_append(vec![event("a"), event("b"), event("c")]),
+            s.try_append(&mut vec![event("a"), event("b"), event("c")]),
             Ok(1)
         );
         read_all(&s, 0);
-        assert_eq!(s.try_append(vec![event("d")]), Err(AppendError::Full));
+        assert_eq!(s.try_append(&mut vec![event("d")]), Err(AppendError::Full));
         assert!(s.is_full());
         let mut out = VecDeque::new();
         assert_eq!(s.read(1, 1, &mut out), 1);
-        assert_eq!(s.try_append(vec![event("d")]), Ok(4));
+        assert_eq!(s.try_append(&mut vec![event("d")]), Ok(4));
         assert_eq!(
-            s.try_append(vec![event("e"), event("f")]),
+            s.try_append(&mut vec![event("e"), event("f")]),
             Err(AppendError::Full),
             "all or nothing"
         );
         assert_eq!(
-            s.try_append((0..4).map(|_| event("x")).collect()),
+            s.try_append(&mut (0..4).map(|_| event("x")).collect()),
             Err(AppendError::TooMany {
                 count: 4,
                 capacity: 3
@@ -355,7 +356,7 @@ mod tests {
     #[test]
     fn a_waiting_publisher_goes_on_when_room_frees() {
         let s = Arc::new(sequencer(1, 1));
-        s.try_append(vec![event("a")]).expect("room");
+        s.try_append(&mut vec![event("a")]).expect("room");
         let waiting = {
             let s = Arc::clone(&s);
             std::thread::spawn(move || s.append_waiting(event("b")))
@@ -370,7 +371,7 @@ mod tests {
     #[test]
     fn close_releases_waiting_publishers() {
         let s = Arc::new(sequencer(1, 1));
-        s.try_append(vec![event("a")]).expect("room");
+        s.try_append(&mut vec![event("a")]).expect("room");
         let waiting = {
             let s = Arc::clone(&s);
             std::thread::spawn(move || s.append_waiting(event("b")))
@@ -378,6 +379,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         s.close();
         assert_eq!(waiting.join().expect("thread"), Err(AppendError::Closed));
-        assert_eq!(s.try_append(vec![event("c")]), Err(AppendError::Closed));
+        assert_eq!(
+            s.try_append(&mut vec![event("c")]),
+            Err(AppendError::Closed)
+        );
     }
 }

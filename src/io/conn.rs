@@ -1,15 +1,11 @@
 //! One socket's state. Kept small: an idle, subscribed WebSocket holds no
 //! read buffer, no queue allocation and no timer object (invariant 7).
 
-use std::rc::Rc;
-
 use mio::net::TcpStream;
 
 use super::timer::Millis;
-use crate::auth::TokenId;
 use crate::fanout::queue::OutQueue;
-use crate::proto::frames::MessageReader;
-use crate::rate::TokenBucket;
+use crate::session::{HttpSession, WsSession};
 
 pub(crate) struct Conn {
     pub socket: TcpStream,
@@ -34,71 +30,11 @@ pub(crate) const NOT_STALLED: Millis = Millis::MAX;
 
 pub(crate) enum Phase {
     /// Reading HTTP requests: the upgrade, or the HTTP API (kept alive).
-    Http(Box<HttpConn>),
-    WebSocket(WsConn),
+    Http(Box<HttpSession>),
+    WebSocket(WsSession),
     /// A close frame or final response is queued; the socket lingers until the
     /// peer closes or `timeouts.close_linger` passes.
     Closing(Closing),
-}
-
-pub(crate) struct HttpConn {
-    pub buf: Vec<u8>,
-    /// The current request must be complete by then (slowloris guard).
-    pub deadline: Millis,
-    /// `100 Continue` went out for the current request.
-    pub continue_sent: bool,
-}
-
-pub(crate) struct WsConn {
-    pub auth: Auth,
-    pub subs: Subs,
-    /// Partial frame bytes and a fragmented message, only while there are any.
-    pub inbound: Option<Box<Inbound>>,
-    pub next_ping: Millis,
-    pub rate: TokenBucket,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Auth {
-    NotRequired,
-    /// Auth is on and the client has until `deadline` to send `auth`.
-    Pending {
-        deadline: Millis,
-    },
-    Authenticated(TokenId),
-}
-
-impl Auth {
-    pub fn token(self) -> Option<TokenId> {
-        match self {
-            Auth::Authenticated(id) => Some(id),
-            _ => None,
-        }
-    }
-}
-
-/// The patterns a socket holds in the router.
-pub(crate) enum Subs {
-    None,
-    /// The configured defaults (shared), until the first `subscribe`.
-    Defaults(Rc<[Box<str>]>),
-    Own(Vec<Box<str>>),
-}
-
-impl Subs {
-    pub fn patterns(&self) -> &[Box<str>] {
-        match self {
-            Subs::None => &[],
-            Subs::Defaults(list) => list,
-            Subs::Own(list) => list,
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Inbound {
-    pub reader: MessageReader,
-    pub leftover: Vec<u8>,
 }
 
 pub(crate) struct Closing {
@@ -121,13 +57,6 @@ impl Conn {
             stalled_since: NOT_STALLED,
             timer_at: Millis::MAX,
             dirty: false,
-        }
-    }
-
-    pub fn ws_mut(&mut self) -> Option<&mut WsConn> {
-        match &mut self.phase {
-            Phase::WebSocket(ws) => Some(ws),
-            _ => None,
         }
     }
 }

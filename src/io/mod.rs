@@ -2,8 +2,7 @@
 
 pub(crate) mod admission;
 mod conn;
-mod http_conn;
+mod outputs;
 pub(crate) mod reactor;
-mod session;
 pub(crate) mod timer;
 pub(crate) mod tls;

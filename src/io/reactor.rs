@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
@@ -22,18 +22,20 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::admission::Admission;
-use super::conn::{Auth, Closing, Conn, HttpConn, Phase, Subs, NOT_STALLED};
+use super::conn::{Closing, Conn, Phase, NOT_STALLED};
+use super::outputs::session_cx;
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{CloseReason, Error};
 use crate::fanout::coalesce::Coalescer;
+use crate::fanout::event::EncodedEvent;
 use crate::fanout::queue::{Frame, Push, QueueLimits};
 use crate::fanout::sequencer::{Sequenced, Sequencer};
-use crate::proto::frames::{encode_close, encode_ping};
+use crate::proto::frames::encode_close;
 use crate::proto::http::Status;
-use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
 use crate::route::{SubjectLimits, SubscriptionTrie};
+use crate::session::HttpSession;
 use crate::stats::{Stats, StatsSet};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -78,6 +80,8 @@ pub(crate) struct Reactor {
     pub(super) queue_limits: QueueLimits,
     started: Instant,
     pub(super) now: Millis,
+    /// The wall clock at the same moment, for timestamps clients see.
+    pub(super) wall: SystemTime,
     next_id: u32,
     scratch: Vec<u8>,
     /// Sockets with output for the next flush pass.
@@ -102,16 +106,29 @@ pub(crate) struct Reactor {
     /// closing them as slow consumers. The log fills, and producers wait
     /// (see `fanout::sequencer`).
     pub(super) intake_paused: bool,
-    /// HTTP publish requests that found the log full: complete and
-    /// buffered, retried when the sequencer wakes this reactor with room
-    /// (the publisher waits for its answer, as with a slower server).
-    pub(super) held_publishes: Vec<usize>,
+    /// HTTP publish requests that found the log full, with their events,
+    /// retried when the sequencer wakes this reactor with room (the
+    /// publisher waits for its answer, as with a slower server).
+    pub(super) held: Vec<HeldPublish>,
+    /// Sockets with replies or responses to write this turn, before the
+    /// fan-out and whatever the write interval says.
+    urgent: Vec<usize>,
     /// Client addresses of open sockets, kept only while
     /// `limits.max_connections_per_ip` is set.
     ip_of: HashMap<usize, IpAddr>,
     /// The deepest queue flushed so far, in bytes (mirrored in the stats).
     queue_bytes_high_water: u64,
     tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A publish request waiting for room in the sequencer's log.
+pub(super) struct HeldPublish {
+    pub key: usize,
+    /// The socket's id, since the slab key may be reused.
+    pub id: u32,
+    pub events: Vec<EncodedEvent>,
+    /// When it is answered 503 if it is still held (`timeouts.publish_wait`).
+    pub deadline: Millis,
 }
 
 pub(crate) struct ReactorParts {
@@ -167,6 +184,7 @@ impl Reactor {
             config,
             started: Instant::now(),
             now: 0,
+            wall: SystemTime::now(),
             next_id: 0,
             scratch: vec![0; READ_BUFFER],
             dirty: Vec::new(),
@@ -178,7 +196,8 @@ impl Reactor {
             last_flush: 0,
             coalescer,
             intake_paused: false,
-            held_publishes: Vec::new(),
+            held: Vec::new(),
+            urgent: Vec::new(),
             ip_of: HashMap::new(),
             queue_bytes_high_water: 0,
             tls: parts.tls,
@@ -200,6 +219,7 @@ impl Reactor {
             self.poll_and_dispatch(&mut events, timeout)?;
             self.retry_reads();
             self.retry_held_publishes();
+            self.flush_urgent();
             self.take_events();
             self.expire_timers();
             self.flush_step();
@@ -234,6 +254,7 @@ impl Reactor {
             return Err(Error::Io(e));
         }
         self.now = after.as_millis() as Millis;
+        self.wall = SystemTime::now();
         for event in events.iter() {
             match event.token() {
                 LISTENER => self.accept_all(),
@@ -352,13 +373,14 @@ impl Reactor {
                 self.ip_of.insert(key, peer.ip());
             }
             self.next_id = self.next_id.wrapping_add(1);
-            let deadline = self.now + self.config.timeouts.handshake.as_millis() as Millis;
-            let http = HttpConn {
-                buf: Vec::new(),
-                deadline,
-                continue_sent: false,
-            };
-            let mut conn = Conn::new(socket, self.next_id, Phase::Http(Box::new(http)), self.now);
+            let session = HttpSession::new(self.now, &session_cx!(self));
+            let deadline = session.deadline();
+            let mut conn = Conn::new(
+                socket,
+                self.next_id,
+                Phase::Http(Box::new(session)),
+                self.now,
+            );
             conn.tls = tls;
             entry.insert(conn);
             Stats::add(&self.stats.accepted, 1);
@@ -400,14 +422,7 @@ impl Reactor {
                 }
             };
             conn.last_rx = self.now;
-            let open = match conn.phase {
-                Phase::Http(_) => self.on_http_bytes(key, &scratch[..n]),
-                Phase::WebSocket(_) => self.on_ws_bytes(key, &mut scratch[..n]),
-                // After our close frame, input is read only to see the peer's
-                // FIN; its content no longer matters (RFC 6455 1.4).
-                Phase::Closing(_) => true,
-            };
-            if !open {
+            if !self.on_bytes(key, &mut scratch[..n]) {
                 break;
             }
         }
@@ -420,14 +435,10 @@ impl Reactor {
         }
     }
 
-    /// Retries the publish requests that found the log full. Cheap when it
-    /// still is: one look under the sequencer's lock per request.
-    fn retry_held_publishes(&mut self) {
-        if self.held_publishes.is_empty() || self.sequencer.is_full() {
-            return;
-        }
-        for key in std::mem::take(&mut self.held_publishes) {
-            self.on_http_bytes(key, &[]);
+    /// Writes the replies and responses sessions produced this turn.
+    fn flush_urgent(&mut self) {
+        for key in std::mem::take(&mut self.urgent) {
+            self.flush(key);
         }
     }
 
@@ -564,6 +575,13 @@ impl Reactor {
         self.flushed = end;
     }
 
+    /// Marks a socket for a write this turn, ahead of the flush pass.
+    pub(super) fn flush_soon(&mut self, key: usize) {
+        if !self.urgent.contains(&key) {
+            self.urgent.push(key);
+        }
+    }
+
     /// Marks a socket for the end-of-turn flush.
     pub(super) fn mark_dirty(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
@@ -683,7 +701,7 @@ impl Reactor {
             );
         }
         if let Phase::WebSocket(ws) = old {
-            self.unsubscribe_all(key, &ws.subs);
+            self.unsubscribe_all(key, ws.patterns());
         }
         self.arm(key, self.now + linger);
         self.mark_dirty(key);
@@ -705,8 +723,8 @@ impl Reactor {
         }
     }
 
-    pub(super) fn unsubscribe_all(&mut self, key: usize, subs: &Subs) {
-        for pattern in subs.patterns() {
+    pub(super) fn unsubscribe_all(&mut self, key: usize, patterns: &[Box<str>]) {
+        for pattern in patterns {
             self.router.remove(pattern, key as u32);
         }
     }
@@ -720,7 +738,7 @@ impl Reactor {
         self.admission.release(self.ip_of.remove(&key));
         if let Phase::WebSocket(ws) = &conn.phase {
             Stats::sub(&self.stats.websockets, 1);
-            self.unsubscribe_all(key, &ws.subs);
+            self.unsubscribe_all(key, ws.patterns());
         }
         Stats::sub(&self.stats.connections, 1);
     }
@@ -763,37 +781,21 @@ impl Reactor {
 
     fn on_timer(&mut self, key: usize) {
         let now = self.now;
-        let timeouts = &self.config.timeouts;
-        let keepalive_timeouts = KeepaliveTimeouts {
-            ping_interval: timeouts.ping_interval.as_millis() as Millis,
-            pong_wait: timeouts.pong_wait.as_millis() as Millis,
-            write_deadline: timeouts.write_deadline.as_millis() as Millis,
-        };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         match &mut conn.phase {
-            Phase::Http(http) => {
-                if now < http.deadline {
-                    let at = http.deadline;
-                    self.arm(key, at);
-                } else if http.buf.is_empty() {
-                    // An idle kept-alive connection: nothing to answer.
-                    self.drop_conn(key);
-                } else if let Some(at) = self.held_publishes.iter().position(|&k| k == key) {
-                    self.held_publishes.swap_remove(at);
-                    debug!("socket {key}: publish held past timeouts.publish_wait");
-                    let answer = crate::proto::http::json_error(
-                        Status::ServiceUnavailable,
-                        "saturated",
-                        "the relay is limits.ingest_capacity events behind; retry shortly",
-                        false,
-                    );
-                    self.respond_and_close(key, answer);
-                } else {
-                    debug!("socket {key}: request incomplete after timeouts.handshake");
-                    let response = crate::proto::handshake::upgrade_refusal(Status::RequestTimeout);
-                    self.respond_and_close(key, response);
+            Phase::Http(_) => {
+                if self.expire_held_publish(key) {
+                    return;
+                }
+                let timed =
+                    self.http_call(key, |s, now, cx, out| s.handle_timeout(now.millis, cx, out));
+                if let Some((next, out)) = timed {
+                    self.apply_http(key, out);
+                    if let Some(at) = next {
+                        self.arm(key, at);
+                    }
                 }
             }
             Phase::Closing(closing) => {
@@ -804,31 +806,9 @@ impl Reactor {
                     self.arm(key, at);
                 }
             }
-            Phase::WebSocket(ws) => {
-                let clocks = SocketClocks {
-                    last_rx: conn.last_rx,
-                    next_ping: ws.next_ping,
-                    auth_deadline: match ws.auth {
-                        Auth::Pending { deadline } => Some(deadline),
-                        _ => None,
-                    },
-                    stalled_since: (conn.stalled_since != NOT_STALLED)
-                        .then_some(conn.stalled_since),
-                };
-                match keepalive::check(now, &clocks, &keepalive_timeouts) {
-                    Verdict::Close(reason) => self.close(key, reason),
-                    Verdict::Keep {
-                        ping,
-                        next_ping,
-                        wake_at,
-                    } => {
-                        ws.next_ping = next_ping;
-                        if ping {
-                            conn.out.push_unbounded(encode_ping());
-                            self.mark_dirty(key);
-                        }
-                        self.arm(key, wake_at);
-                    }
+            Phase::WebSocket(_) => {
+                if let Some(at) = self.ws_timeout(key) {
+                    self.arm(key, at);
                 }
             }
         }

@@ -11,7 +11,8 @@ use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, upgrade_refusal, RequestHead};
 use crate::proto::http::{
-    bearer_token, json_error, json_response, parse_publish_body, response, route, Route, Status,
+    bearer_token, json_error, json_response, method_not_allowed, parse_publish_body, route, Route,
+    Status,
 };
 use crate::session::ws::{Auth, WsSession};
 use crate::session::{millis, Now, SessionContext};
@@ -57,16 +58,7 @@ impl HttpSession {
                 "no such endpoint; the WebSocket is at /ws",
                 keep_alive,
             ),
-            Route::MethodNotAllowed(allow) => {
-                let body = format!("{}\n", Status::MethodNotAllowed.reason());
-                response(
-                    Status::MethodNotAllowed,
-                    &[("Allow", allow)],
-                    "text/plain",
-                    body.as_bytes(),
-                    keep_alive,
-                )
-            }
+            Route::MethodNotAllowed(allow) => method_not_allowed(allow, keep_alive),
         };
         if takes_no_body_but_has_one(head) || !keep_alive {
             out.push(HttpOutput::SendAndClose(answer));

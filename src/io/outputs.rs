@@ -1,0 +1,305 @@
+//! Carrying out what a session decided: queue its bytes, change the router,
+//! hand its events to the sequencer, close it. Sessions only decide
+//! (`crate::session`); this is the reactor doing what they asked, after the
+//! session call has returned, so nothing writes from inside command handling.
+
+use std::collections::VecDeque;
+
+use log::debug;
+
+use super::conn::Phase;
+use super::reactor::{HeldPublish, Reactor};
+use super::timer::Millis;
+use crate::error::CloseReason;
+use crate::fanout::event::EncodedEvent;
+use crate::fanout::queue::Push;
+use crate::fanout::sequencer::AppendError;
+use crate::proto::http::Status;
+use crate::session::{HttpOutput, HttpSession, Now, SessionContext, WsOutput, WsSession};
+use crate::stats::Stats;
+
+/// Where a WebSocket session's output came from: replies to what the client
+/// sent go within the queue limits; the relay's own pings do not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    Client,
+    Timer,
+}
+
+/// The context every session call gets, borrowed from the reactor's fields
+/// (a macro rather than a method, so the borrow stays on those fields and
+/// the slab can be borrowed mutably beside it).
+macro_rules! session_cx {
+    ($reactor:expr) => {
+        $crate::session::SessionContext {
+            config: &$reactor.config,
+            tokens: &$reactor.tokens,
+            defaults: &$reactor.defaults,
+            subject_limits: &$reactor.subject_limits,
+            stats: &$reactor.stats,
+        }
+    };
+}
+pub(super) use session_cx;
+
+impl Reactor {
+    fn now_for_sessions(&self) -> Now {
+        Now {
+            millis: self.now,
+            wall: self.wall,
+        }
+    }
+
+    /// Hands bytes read from a socket to its session and carries out what it
+    /// decided. Returns false once the socket stopped reading.
+    pub(super) fn on_bytes(&mut self, key: usize, data: &mut [u8]) -> bool {
+        let now = self.now_for_sessions();
+        let cx = session_cx!(self);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        match &mut conn.phase {
+            Phase::Http(session) => {
+                let mut out = Vec::new();
+                session.handle_bytes(data, now, &cx, &mut out);
+                self.apply_http(key, out);
+            }
+            Phase::WebSocket(session) => {
+                let mut out = Vec::new();
+                session.handle_bytes(data, now, &cx, &mut out);
+                self.apply_ws(key, out, Origin::Client);
+            }
+            // After our close frame, input is read only to see the peer's
+            // FIN; its content no longer matters (RFC 6455 1.4).
+            Phase::Closing(_) => return true,
+        }
+        matches!(
+            self.conns.get(key).map(|c| &c.phase),
+            Some(Phase::Http(_) | Phase::WebSocket(_))
+        )
+    }
+
+    /// Calls the socket's HTTP session, if it still has one.
+    pub(super) fn http_call<T>(
+        &mut self,
+        key: usize,
+        call: impl FnOnce(&mut HttpSession, Now, &SessionContext, &mut Vec<HttpOutput>) -> T,
+    ) -> Option<(T, Vec<HttpOutput>)> {
+        let now = self.now_for_sessions();
+        let cx = session_cx!(self);
+        let Some(Phase::Http(session)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
+            return None;
+        };
+        let mut out = Vec::new();
+        let result = call(session, now, &cx, &mut out);
+        Some((result, out))
+    }
+
+    /// Carries out an HTTP session's outputs in order; answers it owes
+    /// (publish, metrics) may produce more, which follow.
+    pub(super) fn apply_http(&mut self, key: usize, out: Vec<HttpOutput>) {
+        let mut queue = VecDeque::from(out);
+        while let Some(output) = queue.pop_front() {
+            match output {
+                HttpOutput::Send(bytes) => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.out.push_unbounded(bytes.into());
+                    }
+                    self.flush_soon(key);
+                }
+                HttpOutput::SendAndClose(bytes) => self.respond_and_close(key, bytes),
+                HttpOutput::Drop => self.drop_conn(key),
+                HttpOutput::Upgrade {
+                    response,
+                    session,
+                    outputs,
+                } => self.upgrade(key, response, session, outputs),
+                HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
+                HttpOutput::Metrics => {
+                    let text = self.all_stats.snapshot().prometheus();
+                    if let Some(((), more)) =
+                        self.http_call(key, |s, now, cx, out| s.metrics_done(&text, now, cx, out))
+                    {
+                        queue.extend(more);
+                    }
+                }
+            }
+        }
+        // Each request gets a fresh deadline; a held publish keeps its own.
+        if let Some(Phase::Http(session)) = self.conns.get(key).map(|c| &c.phase) {
+            let deadline = session.deadline();
+            if !self.held.iter().any(|h| h.key == key) {
+                self.arm(key, deadline);
+            }
+        }
+    }
+
+    fn upgrade(
+        &mut self,
+        key: usize,
+        response: Vec<u8>,
+        session: WsSession,
+        outputs: Vec<WsOutput>,
+    ) {
+        let now = self.now;
+        let first_timer = session.first_timeout(now, &session_cx!(self));
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.push_unbounded(response.into());
+        conn.phase = Phase::WebSocket(session);
+        conn.last_rx = now;
+        Stats::add(&self.stats.websockets, 1);
+        self.arm(key, first_timer);
+        // The 101 goes out this turn, not with the next (possibly
+        // coalesced) pass: a reconnect storm waits on it.
+        self.flush_soon(key);
+        self.apply_ws(key, outputs, Origin::Client);
+    }
+
+    /// Hands a publish request's events to the sequencer; the answer, or
+    /// nothing while the request is held because the log is full.
+    fn publish(&mut self, key: usize, mut events: Vec<EncodedEvent>) -> Vec<HttpOutput> {
+        let count = events.len() as u64;
+        let refusal = match self.sequencer.try_append(&mut events) {
+            Ok(first) => {
+                let seqs: Vec<u64> = (first..first + count).collect();
+                let done =
+                    self.http_call(key, |s, now, cx, out| s.publish_done(&seqs, now, cx, out));
+                return done.map(|((), out)| out).unwrap_or_default();
+            }
+            Err(AppendError::Full) => {
+                let deadline = self.now + self.config.timeouts.publish_wait.as_millis() as Millis;
+                let Some(conn) = self.conns.get(key) else {
+                    return Vec::new();
+                };
+                // Retried when the sequencer wakes this reactor with room
+                // (`retry_held_publishes`); answered 503 at the deadline.
+                self.held.push(HeldPublish {
+                    key,
+                    id: conn.id,
+                    events,
+                    deadline,
+                });
+                self.arm(key, deadline);
+                return Vec::new();
+            }
+            Err(AppendError::TooMany { count, capacity }) => (
+                Status::PayloadTooLarge,
+                "too_large",
+                format!("{count} events in one request; limits.ingest_capacity is {capacity}"),
+            ),
+            Err(AppendError::Closed) => (
+                Status::ServiceUnavailable,
+                "stopping",
+                "the relay is shutting down".to_string(),
+            ),
+        };
+        self.refuse_publish(key, refusal)
+    }
+
+    fn refuse_publish(
+        &mut self,
+        key: usize,
+        (status, code, message): (Status, &str, String),
+    ) -> Vec<HttpOutput> {
+        self.http_call(key, |s, now, cx, out| {
+            s.publish_refused(status, code, &message, now, cx, out)
+        })
+        .map(|((), out)| out)
+        .unwrap_or_default()
+    }
+
+    /// Retries the publish requests that found the log full, in the order
+    /// they arrived. Cheap when it still is: one look under the lock.
+    pub(super) fn retry_held_publishes(&mut self) {
+        if self.held.is_empty() || self.sequencer.is_full() {
+            return;
+        }
+        for held in std::mem::take(&mut self.held) {
+            // The socket may have gone, and its slot been reused, since.
+            if self.conns.get(held.key).map(|c| c.id) != Some(held.id) {
+                continue;
+            }
+            let out = self.publish(held.key, held.events);
+            self.apply_http(held.key, out);
+        }
+    }
+
+    /// A held publish past `timeouts.publish_wait`: 503 with `Retry-After`.
+    /// True if the socket had one due.
+    pub(super) fn expire_held_publish(&mut self, key: usize) -> bool {
+        let now = self.now;
+        let Some(at) = self.held.iter().position(|h| h.key == key) else {
+            return false;
+        };
+        if self.held[at].deadline > now {
+            let deadline = self.held[at].deadline;
+            self.arm(key, deadline);
+            return true;
+        }
+        self.held.swap_remove(at);
+        debug!("socket {key}: publish held past timeouts.publish_wait");
+        let refusal = (
+            Status::ServiceUnavailable,
+            "saturated",
+            "the relay is limits.ingest_capacity events behind; retry shortly".to_string(),
+        );
+        let out = self.refuse_publish(key, refusal);
+        self.apply_http(key, out);
+        true
+    }
+
+    /// Carries out a WebSocket session's outputs in order.
+    pub(super) fn apply_ws(&mut self, key: usize, out: Vec<WsOutput>, origin: Origin) {
+        let limits = self.queue_limits;
+        let mut overflow = false;
+        for output in out {
+            match output {
+                WsOutput::Send(frame) => {
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        continue;
+                    };
+                    if origin == Origin::Timer {
+                        conn.out.push_unbounded(frame);
+                        self.mark_dirty(key);
+                    } else if overflow || conn.out.push(&frame.into(), limits) == Push::Full {
+                        // A client that sends commands but never reads is a
+                        // slow consumer like any other. Router changes
+                        // still apply, so teardown finds them all.
+                        overflow = true;
+                    } else {
+                        self.flush_soon(key);
+                    }
+                }
+                WsOutput::Subscribe(pattern) => {
+                    self.router.insert(&pattern, key as u32);
+                }
+                WsOutput::Unsubscribe(pattern) => {
+                    self.router.remove(&pattern, key as u32);
+                }
+                WsOutput::Close(reason) => self.close(key, reason),
+            }
+        }
+        if overflow {
+            self.close(key, CloseReason::QueueOverflow);
+        }
+    }
+
+    /// Calls the socket's WebSocket session on its timer and carries out
+    /// what it decided; returns when to look again.
+    pub(super) fn ws_timeout(&mut self, key: usize) -> Option<Millis> {
+        let now = self.now;
+        let cx = session_cx!(self);
+        let conn = self.conns.get_mut(key)?;
+        let Phase::WebSocket(session) = &mut conn.phase else {
+            return None;
+        };
+        let stalled =
+            (conn.stalled_since != super::conn::NOT_STALLED).then_some(conn.stalled_since);
+        let mut out = Vec::new();
+        let next = session.handle_timeout(now, conn.last_rx, stalled, &cx, &mut out);
+        self.apply_ws(key, out, Origin::Timer);
+        next
+    }
+}
