@@ -106,6 +106,9 @@ pub(crate) struct Reactor {
     /// closing them as slow consumers. The log fills, and producers wait
     /// (see `fanout::sequencer`).
     pub(super) intake_paused: bool,
+    /// Flush passes started so far, and the one whose end lifts the pause.
+    passes: u64,
+    resume_after_pass: u64,
     /// HTTP publish requests that found the log full, with their events,
     /// retried when the sequencer wakes this reactor with room (the
     /// publisher waits for its answer, as with a slower server).
@@ -196,6 +199,8 @@ impl Reactor {
             last_flush: 0,
             coalescer,
             intake_paused: false,
+            passes: 0,
+            resume_after_pass: 0,
             held: Vec::new(),
             urgent: Vec::new(),
             ip_of: HashMap::new(),
@@ -524,6 +529,9 @@ impl Reactor {
         }
         if behind && !self.intake_paused {
             self.intake_paused = true;
+            // The sockets past half are on this pass or, if this pass
+            // already wrote them, on the next one: resume after that.
+            self.resume_after_pass = self.passes + 1;
             Stats::add(&self.stats.intake_pauses, 1);
         }
         Stats::add(&self.stats.deliveries, delivered);
@@ -560,9 +568,7 @@ impl Reactor {
             self.flushing.clear();
             std::mem::swap(&mut self.flushing, &mut self.dirty);
             self.flushed = 0;
-            // This pass writes what made intake pause; new events may come
-            // in again (between steps too, for the sockets later in it).
-            self.intake_paused = false;
+            self.passes += 1;
         }
         let end = (self.flushed + FLUSH_STEP).min(self.flushing.len());
         for at in self.flushed..end {
@@ -573,6 +579,13 @@ impl Reactor {
             }
         }
         self.flushed = end;
+        if end == self.flushing.len() && self.passes >= self.resume_after_pass {
+            // This pass wrote every socket that made intake pause. Resuming
+            // only now, not between steps, keeps sockets past half their
+            // limits from taking more events: a queue that keeps up holds at
+            // most half its limits plus one frame.
+            self.intake_paused = false;
+        }
     }
 
     /// Marks a socket for a write this turn, ahead of the flush pass.
