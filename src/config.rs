@@ -38,6 +38,8 @@ pub struct Config {
     pub publish: PublishConfig,
     /// Serve `wss://` (TLS) instead of plain `ws://` on `listen`.
     pub tls: Option<TlsConfig>,
+    /// Recent events and last values, kept for resume and snapshots.
+    pub history: HistoryConfig,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -214,6 +216,29 @@ pub struct Timeouts {
     pub coalesce_max: Duration,
 }
 
+/// The history ring and last values behind resume (`since`) and snapshots
+/// (`fanout::history`). Memory: at most `max_bytes` of frames in the ring,
+/// plus the last values of at most `max_channels` channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept for resume; 0 turns resume off (every `since` is "gone").
+    pub max_events: usize,
+    /// Bytes of frames kept for resume.
+    pub max_bytes: usize,
+    /// Events older than this leave the history.
+    #[serde(with = "duration_text")]
+    pub max_age: Duration,
+    /// Most events one resume replays; past it the client is told
+    /// `too_many` and reloads instead.
+    pub max_replay: usize,
+    /// Patterns of channels whose latest event is kept for snapshots, even
+    /// after it has left the ring.
+    pub last_value: Vec<String>,
+    /// Channels that keep a last value; further channels are not kept.
+    pub max_channels: usize,
+}
+
 /// PEM files for `wss://`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +302,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             publish: PublishConfig::default(),
             tls: None,
+            history: HistoryConfig::default(),
             conformance_echo: false,
         }
     }
@@ -314,6 +340,23 @@ impl Default for Limits {
             max_request_body: 1024 * 1024,
             ingest_capacity: 65_536,
             ingest_batch: 4096,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            // 10,000 events over 10 minutes covers a reconnect after a
+            // deploy or a laptop lid at a few events per second per channel;
+            // 16 MiB bounds it when events are large.
+            max_events: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_age: Duration::from_secs(600),
+            // Fits limits.max_queue_messages (1024): a replay is queued at once.
+            max_replay: 1000,
+            last_value: Vec::new(),
+            max_channels: 10_000,
         }
     }
 }
@@ -450,11 +493,57 @@ impl Config {
                 })?;
             }
         }
+        self.validate_history(&subject)?;
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",
                 "tokens must not be empty",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_history(&self, subject: &SubjectLimits) -> Result<(), ConfigError> {
+        let h = &self.history;
+        // max_events = 0 is the documented way to turn resume off, so the
+        // other limits must not be zero: they would turn it off silently.
+        let positive = [
+            ("history.max_bytes", h.max_bytes),
+            ("history.max_replay", h.max_replay),
+            ("history.max_channels", h.max_channels),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be greater than 0 (history.max_events = 0 turns resume off)",
+                ));
+            }
+        }
+        if h.max_age.is_zero() {
+            return Err(ConfigError::invalid(
+                "history.max_age",
+                "must be greater than 0 (history.max_events = 0 turns resume off)",
+            ));
+        }
+        // A resume queues its whole replay on the socket at once; more
+        // frames than the queue holds would cut the client it was meant to help.
+        if h.max_replay > self.limits.max_queue_messages {
+            return Err(ConfigError::invalid(
+                "history.max_replay",
+                format!(
+                    "is {}, more than limits.max_queue_messages ({}): a replay that large \
+                     would overflow the socket's queue",
+                    h.max_replay, self.limits.max_queue_messages
+                ),
+            ));
+        }
+        for pattern in &h.last_value {
+            validate_pattern(pattern, subject).map_err(|e| {
+                ConfigError::invalid("history.last_value", format!("{pattern:?}: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -613,6 +702,13 @@ mod tests {
             ("[timeouts]\nping_interval = \"70s\"", "timeouts.pong_wait"),
             ("default_channels = [\"a..b\"]", "default_channels"),
             ("[[auth.tokens]]\ntoken = \"\"", "auth.tokens[0].token"),
+            ("[history]\nmax_replay = 0", "history.max_replay"),
+            ("[history]\nmax_replay = 2000", "limits.max_queue_messages"),
+            ("[history]\nmax_bytes = 0", "history.max_bytes"),
+            ("[history]\nmax_age = 0", "history.max_age"),
+            ("[history]\nmax_channels = 0", "history.max_channels"),
+            ("[history]\nlast_value = [\"a.>.b\"]", "history.last_value"),
+            ("[history]\nmax_evnts = 1", "max_evnts"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml_str(text).expect_err(text).to_string();
@@ -788,6 +884,25 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn history_section() {
+        let c = Config::default();
+        assert_eq!(c.history.max_events, 10_000);
+        assert_eq!(c.history.max_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.history.max_age, Duration::from_secs(600));
+        assert!(c.history.last_value.is_empty());
+        let c = Config::from_toml_str(
+            "[history]\nmax_events = 0\nmax_age = \"30s\"\nmax_replay = 50\n\
+             last_value = [\"metrics.>\", \"cluster.*\"]\nmax_channels = 7",
+        )
+        .expect("history off is allowed");
+        assert_eq!(c.history.max_events, 0);
+        assert_eq!(c.history.max_age, Duration::from_secs(30));
+        assert_eq!(c.history.max_replay, 50);
+        assert_eq!(c.history.last_value, ["metrics.>", "cluster.*"]);
+        assert_eq!(c.history.max_channels, 7);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod coalesce;
 pub mod event;
+pub mod history;
 pub mod publisher;
 pub mod queue;
 pub mod sequencer;
