@@ -8,6 +8,7 @@
 #
 #   loadtest/compare.sh              the full comparison (several minutes)
 #   loadtest/compare.sh --quick      a short smoke: 200 connections, 3 s
+#   loadtest/compare.sh --publisher single:2   one event per POST over 2 connections
 #   loadtest/compare.sh --help       all flags and their environment variables
 #
 # Every run starts a fresh server pinned to CPU 0, runs tidings-swarm pinned to
@@ -43,6 +44,11 @@ Flags (environment variable in brackets; a flag wins over its variable):
   --duration SECS         measured window of a fanout run, default 15 [COMPARE_DURATION]
   --warmup SECS           publishing before the window, default 2 [COMPARE_WARMUP]
   --payload BYTES         bytes of each event's data, default 150 [COMPARE_PAYLOAD]
+  --publisher LIST        how the fanout runs publish, comma list, each run once per entry:
+                          batch     one connection, the events due in each POST (default)
+                          single:K  one event per POST over K kept-alive connections,
+                                    one request in flight on each
+                          recorded as compare.publisher and in the table's pub column [COMPARE_PUBLISHER]
   --port-base N           first port; each run takes the next one, default 18700 [COMPARE_PORT_BASE]
   --server-cpu N          CPU for the server, default 0           [COMPARE_SERVER_CPU]
   --swarm-cpu N           CPU for the swarm, default 1            [COMPARE_SWARM_CPU]
@@ -77,6 +83,7 @@ IDLE_HOLD=${COMPARE_IDLE_HOLD:-$d_hold}
 DURATION=${COMPARE_DURATION:-$d_dur}
 WARMUP=${COMPARE_WARMUP:-$d_warm}
 PAYLOAD=${COMPARE_PAYLOAD:-150}
+PUBLISHERS=${COMPARE_PUBLISHER:-batch}
 PORT_BASE=${COMPARE_PORT_BASE:-18700}
 SERVER_CPU=${COMPARE_SERVER_CPU:-0}
 SWARM_CPU=${COMPARE_SWARM_CPU:-1}
@@ -101,6 +108,7 @@ while [[ $# -gt 0 ]]; do
         --duration) need "$@"; DURATION=$2; shift ;;
         --warmup) need "$@"; WARMUP=$2; shift ;;
         --payload) need "$@"; PAYLOAD=$2; shift ;;
+        --publisher) need "$@"; PUBLISHERS=$2; shift ;;
         --port-base) need "$@"; PORT_BASE=$2; shift ;;
         --server-cpu) need "$@"; SERVER_CPU=$2; shift ;;
         --swarm-cpu) need "$@"; SWARM_CPU=$2; shift ;;
@@ -132,6 +140,9 @@ for s in ${SERVERS//,/ }; do
 done
 for s in ${SCENARIOS//,/ }; do
     [[ $s =~ ^(fanout-a|fanout-b|idle)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
+done
+for p in ${PUBLISHERS//,/ }; do
+    [[ $p =~ ^(batch|single:[1-9][0-9]*)$ ]] || { echo "compare.sh: publisher $p is not batch or single:K" >&2; exit 2; }
 done
 if [[ -n $RAISE_BACKLOG ]] && ! is_uint "$RAISE_BACKLOG"; then
     echo "compare.sh: --raise-backlog=$RAISE_BACKLOG is not a whole number" >&2; exit 2
@@ -341,8 +352,8 @@ start_server() { # name port
 
 # The one place the swarm command line is put together: adjust here if the
 # swarm's flags change. Fills SWARM_CMD and SWARM_TIMEOUT.
-swarm_cmd() { # mode port conns server_pid [rate]
-    local mode=$1 port=$2 conns=$3 pid=$4 rate=${5:-}
+swarm_cmd() { # mode port conns server_pid [rate publisher]
+    local mode=$1 port=$2 conns=$3 pid=$4 rate=${5:-} publisher=${6:-batch}
     SWARM_CMD=("$SWARM" "$mode"
         --url "ws://127.0.0.1:$port/ws"
         --connections "$conns"
@@ -353,6 +364,10 @@ swarm_cmd() { # mode port conns server_pid [rate]
         fanout)
             SWARM_CMD+=(--publish-url "http://127.0.0.1:$port/api/publish"
                 --rate "$rate" --duration "${DURATION}s" --warmup "${WARMUP}s" --payload "$PAYLOAD")
+            case $publisher in
+                batch) SWARM_CMD+=(--publish-mode batch) ;;
+                single:*) SWARM_CMD+=(--publish-mode single --publish-conns "${publisher#single:}") ;;
+            esac
             SWARM_TIMEOUT=$(python3 -c "print(int($connect_s + $WARMUP + $DURATION + 120))")
             ;;
         idle)
@@ -368,11 +383,11 @@ swarm_cmd() { # mode port conns server_pid [rate]
 }
 
 RUN=0
-run_one() { # scenario mode conns server [rate]
-    local scenario=$1 mode=$2 conns=$3 server=$4 rate=${5:-}
+run_one() { # scenario mode conns server [rate publisher]
+    local scenario=$1 mode=$2 conns=$3 server=$4 rate=${5:-} publisher=${6:-}
     local port=$((PORT_BASE + RUN))
     RUN=$((RUN + 1))
-    local label="$scenario $server conns=$conns${rate:+ rate=$rate/s}"
+    local label="$scenario $server conns=$conns${rate:+ rate=$rate/s}${publisher:+ publisher=$publisher}"
     local base="$LOGS/run$RUN-$scenario-$server"
     log "run $RUN: $label (port $port)"
     local drops0 drops1 rc=0 alive=true version
@@ -385,10 +400,10 @@ run_one() { # scenario mode conns server [rate]
     drops0=$(softnet_dropped)
     if ! start_server "$server" "$port"; then
         stop_servers
-        record "$scenario" "$server" "$conns" "$rate" "$version" 0 false 1 "$base" "server did not start"
+        record "$scenario" "$server" "$conns" "$rate" "$publisher" "$version" 0 false 1 "$base" "server did not start"
         return 0
     fi
-    swarm_cmd "$mode" "$port" "$conns" "$SERVER_PID" "$rate"
+    swarm_cmd "$mode" "$port" "$conns" "$SERVER_PID" "$rate" "$publisher"
     printf '%q ' taskset -c "$SWARM_CPU" "${SWARM_CMD[@]}" >"$base.cmd"
     # In the background and waited for, so a signal to this script runs its
     # trap at once (timeout passes TERM/INT on to the swarm).
@@ -408,16 +423,16 @@ run_one() { # scenario mode conns server [rate]
     [[ $alive == true ]] || log "  WARNING: $server died during the run (see $LOGS/$server-$port.log)"
     ((drops1 - drops0 == 0)) || log "  softnet drops during the run: $((drops1 - drops0))"
     sed 's/^/    /' "$base.err" >&2
-    record "$scenario" "$server" "$conns" "$rate" "$version" "$((drops1 - drops0))" "$alive" "$rc" "$base" "$err"
+    record "$scenario" "$server" "$conns" "$rate" "$publisher" "$version" "$((drops1 - drops0))" "$alive" "$rc" "$base" "$err"
     sleep 1 # let the closed sockets settle before the next server starts
 }
 
-record() { # scenario server conns rate version drops alive rc base err  -> one json line in $OUT
+record() { # scenario server conns rate publisher version drops alive rc base err  -> one json line in $OUT
     python3 - "$@" "$OUT" "$STAMP" "$SERVER_CPU" "$SWARM_CPU" "${BACKLOG_ORIG:+$RAISE_BACKLOG}" \
         "$BUSY_SERVER" "$BUSY_SWARM" "$LOADAVG" <<'PY'
 import json, sys
-(scenario, server, conns, rate, version, drops, alive, rc, base, err,
- out, stamp, server_cpu, swarm_cpu, backlog, busy_server, busy_swarm, loadavg) = sys.argv[1:19]
+(scenario, server, conns, rate, publisher, version, drops, alive, rc, base, err,
+ out, stamp, server_cpu, swarm_cpu, backlog, busy_server, busy_swarm, loadavg) = sys.argv[1:20]
 result = None
 try:
     for line in open(base + ".out", encoding="utf-8", errors="replace"):
@@ -437,6 +452,7 @@ rec = {
         "server_version": version,
         "connections": int(conns),
         "rate": float(rate) if rate else None,
+        "publisher": publisher or None,
         "softnet_dropped": int(drops),
         "server_alive_at_end": alive == "true",
         "swarm_exit": int(rc),
@@ -456,17 +472,21 @@ PY
 }
 
 # ---------------------------------------------------------------- the runs
-log "servers: $SERVERS; scenarios: $SCENARIOS; results: $OUT; logs: $LOGS"
+log "servers: $SERVERS; scenarios: $SCENARIOS; publishers: $PUBLISHERS; results: $OUT; logs: $LOGS"
 log "server on CPU $SERVER_CPU, swarm on CPU $SWARM_CPU; softnet drops so far: $(softnet_dropped)"
 for scenario in ${SCENARIOS//,/ }; do
     case $scenario in
         fanout-a)
-            for rate in ${A_RATES//,/ }; do
-                for s in ${SERVERS//,/ }; do run_one fanout-a fanout "$A_CONNS" "$s" "$rate"; done
+            for pub in ${PUBLISHERS//,/ }; do
+                for rate in ${A_RATES//,/ }; do
+                    for s in ${SERVERS//,/ }; do run_one fanout-a fanout "$A_CONNS" "$s" "$rate" "$pub"; done
+                done
             done ;;
         fanout-b)
-            for rate in ${B_RATES//,/ }; do
-                for s in ${SERVERS//,/ }; do run_one fanout-b fanout "$B_CONNS" "$s" "$rate"; done
+            for pub in ${PUBLISHERS//,/ }; do
+                for rate in ${B_RATES//,/ }; do
+                    for s in ${SERVERS//,/ }; do run_one fanout-b fanout "$B_CONNS" "$s" "$rate" "$pub"; done
+                done
             done ;;
         idle)
             for s in ${SERVERS//,/ }; do run_one idle idle "$IDLE_CONNS" "$s"; done ;;
@@ -496,13 +516,22 @@ def figures(r):
         "drops": c["softnet_dropped"],
         "lost": None,
         "bg": max((c.get("cpu_busy_before_pct") or {}).values(), default=None),
+        "pub": publisher(r),
+        "pub_pct": None,
     }
     pub = ph.get("publish")
     if pub:
         f["lost"] = pub.get("rejected", 0) + pub.get("unsent", 0)
+    if pub and pub.get("due"):
+        f["pub_pct"] = 100 * pub.get("accepted", 0) / pub["due"]
     if res.get("mode") == "idle":
         f["open"] = res.get("open_at_end")
     return f
+
+def publisher(r):
+    # What the swarm says it did wins over what compare.sh asked for.
+    res = r["result"] or {}
+    return res.get("publisher") or r["compare"].get("publisher") or "-"
 
 def num(v, fmt):
     return "-" if v is None else format(v, fmt)
@@ -516,23 +545,24 @@ notes = set()
 groups = {}
 for r in rows:
     c = r["compare"]
-    key = (c["scenario"], c["connections"], c["rate"])
+    key = (c["scenario"], c["connections"], c["rate"], c.get("publisher"))
     groups.setdefault(key, []).append(r)
 
-head = (f"{'scenario':<22} {'server':<8} {'ready':>6} {'deliv/s':>10} {'compl':>8} {'p50 ms':>8} "
+head = (f"{'scenario':<22} {'pub':<9} {'pub%':>6} {'server':<8} {'ready':>6} {'deliv/s':>10} {'compl':>8} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'cpu s/M':>8} {'cores':>6} {'RSS B/c':>8} {'lost':>5} {'drops':>6} {'bg%':>4}  "
         f"{'t/p deliv':>9} {'t/p p99':>8} {'t/p cpu':>8} {'t/p RSS':>8}")
 print()
 print("tidings vs peers (t/p = tidings value / peer value; deliv/s above 1 and p99, cpu, RSS below 1 favour tidings)")
 print(head)
 print("-" * len(head))
-for (scenario, conns, rate), rs in groups.items():
+for (scenario, conns, rate, _pub), rs in groups.items():
     name = f"{scenario} {conns}" + (f" @{rate:g}/s" if rate else "")
     base = next((figures(r) for r in rs if r["compare"]["server"] == "tidings" and r["result"]), None)
     for r in rs:
         c = r["compare"]
         f = figures(r)
-        line = (f"{name:<22} {c['server']:<8} {num(f['ready'], 'd'):>6} {num(f['deliv'], '.0f'):>10} "
+        line = (f"{name:<22} {f['pub']:<9} {num(f['pub_pct'], '.1f'):>6} {c['server']:<8} "
+                f"{num(f['ready'], 'd'):>6} {num(f['deliv'], '.0f'):>10} "
                 f"{num(f['compl'], '.5f'):>8} {num(f['p50'], '.2f'):>8} {num(f['p99'], '.2f'):>8} "
                 f"{num(f['cpu_m'], '.3f'):>8} {num(f['cores'], '.2f'):>6} {num(f['rss'], '.0f'):>8} "
                 f"{num(f['lost'], 'd'):>5} {f['drops']:>6} {num(f['bg'], 'd'):>4}")
@@ -554,7 +584,10 @@ for (scenario, conns, rate), rs in groups.items():
 print()
 for n in sorted(notes):
     print("note:", n)
-print("columns: ready = subscribed sockets; deliv/s = steady-window deliveries per second; compl = received/expected;")
+print("columns: pub = publisher (batch: the events due in each POST over one connection; single:K = one event")
+print("  per POST over K connections); pub% = events accepted / events the offered rate had due (below 100: the")
+print("  publisher could not keep the offered rate, e.g. K requests in flight at the server's answer time);")
+print("  ready = subscribed sockets; deliv/s = steady-window deliveries per second; compl = received/expected;")
 print("  cpu s/M = server CPU seconds per million deliveries; cores = server CPU s per wall s; RSS B/c = server RSS")
 print("  growth per idle connection; lost = events not accepted by the publish endpoint;")
 print("  drops = /proc/net/softnet_stat drops during the run (system-wide, connects included; see --raise-backlog);")

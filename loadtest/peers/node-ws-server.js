@@ -98,7 +98,7 @@ const server = http.createServer((req, res) => {
   if (path === "/ws") return reply(res, 400, { error: { code: "bad_request", message: "WebSocket upgrade required" } });
   reply(res, 404, { error: { code: "not_found", message: "not found" } });
 });
-// The swarm's publisher keeps one connection open for the whole run.
+// The swarm's publisher keeps its connections open for the whole run.
 server.keepAliveTimeout = 120_000;
 server.headersTimeout = 130_000;
 

@@ -1,5 +1,6 @@
 //! Command-line flags and the small parsers they need.
 
+use crate::publisher::PublishMode;
 use clap::{Args, Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -76,9 +77,17 @@ pub struct Publish {
     /// Bytes of each event's `data` object (timestamp plus padding).
     #[arg(long, default_value_t = 150)]
     pub payload: usize,
-    /// Most events in one POST.
+    /// Most events in one POST (batch mode).
     #[arg(long, default_value_t = 1000)]
     pub batch_max: usize,
+    /// How the events go out; neither mode pipelines (one request in flight
+    /// per connection).
+    #[arg(long, value_enum, default_value_t = PublishMode::Batch)]
+    pub publish_mode: PublishMode,
+    /// Keep-alive connections of --publish-mode single; the rate is paced
+    /// over all of them (batch mode uses one).
+    #[arg(long, default_value_t = 1)]
+    pub publish_conns: usize,
     /// Publishing before the measured window.
     #[arg(long, default_value = "2s", value_parser = parse_secs)]
     pub warmup: f64,
@@ -93,7 +102,8 @@ pub struct FanoutArgs {
     pub common: Common,
     #[command(flatten)]
     pub publish: Publish,
-    /// Events per second, or `max` (back-to-back POSTs of --batch-max events).
+    /// Events per second, or `max` (back-to-back POSTs: of --batch-max events,
+    /// or of one event on each of --publish-conns connections).
     #[arg(long, default_value = "10", value_parser = parse_rate)]
     pub rate: Rate,
     /// Write the latency CDF (from the merged histogram) to this SVG file.

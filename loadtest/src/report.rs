@@ -1,7 +1,7 @@
 //! Turning merged counts into the figures people read: a table on stderr
 //! and one `RESULT {json}` line on stdout.
 
-use crate::publisher::PubStats;
+use crate::publisher::{PubStats, PublishMode};
 use crate::stats::{hist_from_hex, ConnectReport, PhaseStats};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -196,16 +196,7 @@ pub fn connect_rows(t: &mut Table, c: &ConnectSummary) {
 
 pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
     let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    let rate = p
-        .rate_target
-        .map_or("max".to_string(), |r| format!("{r}/s"));
-    t.row(
-        "published",
-        format!(
-            "{} events ({:.1}/s, target {rate}), {} rejected, {} unsent",
-            p.events_published, p.events_per_s, p.publish.rejected, p.publish.unsent
-        ),
-    );
+    publish_rows(t, p);
     t.row(
         "deliveries/s",
         format!(
@@ -265,6 +256,52 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
             ),
         );
     }
+}
+
+/// The publisher's mode, and its offered against its achieved rate.
+fn publish_rows(t: &mut Table, p: &PhaseSummary) {
+    let u = &p.publish;
+    let conns = if u.connections == 1 {
+        "1 connection".to_string()
+    } else {
+        format!("{} connections", u.connections)
+    };
+    let how = match u.mode {
+        PublishMode::Batch => format!(
+            "batch: the events due in each POST (largest {})",
+            u.largest_batch
+        ),
+        PublishMode::Single => "single: one event per POST".to_string(),
+    };
+    t.row(
+        "publisher",
+        format!("{how}, {conns}, {} requests", u.requests),
+    );
+    let behind = u.max_behind_us as f64 / 1000.0;
+    t.row(
+        "publish rate",
+        match p.rate_target {
+            Some(r) => format!(
+                "offered {r:.1}/s, achieved {:.1}/s; {} of {} due events accepted ({:.1}%), \
+                 at most {behind:.2} ms behind schedule",
+                p.events_per_s,
+                u.accepted,
+                u.due,
+                100.0 * u.accepted as f64 / u.due.max(1) as f64
+            ),
+            None => format!(
+                "offered max (back to back), achieved {:.1}/s",
+                p.events_per_s
+            ),
+        },
+    );
+    t.row(
+        "published",
+        format!(
+            "{} events accepted, {} rejected, {} unsent",
+            p.events_published, u.rejected, u.unsent
+        ),
+    );
 }
 
 pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
@@ -378,5 +415,51 @@ mod tests {
         assert_eq!(p.latency.max_us, 1000);
         let json = serde_json::to_value(&p).unwrap_or_default();
         assert_eq!(json["latency"]["p99_us"], 990);
+    }
+
+    #[test]
+    fn table_shows_the_publisher_mode_and_offered_against_achieved() {
+        let publish = PubStats {
+            mode: PublishMode::Single,
+            connections: 2,
+            offered_per_s: Some(450.0),
+            due: 4_500,
+            accepted: 3_600,
+            requests: 3_600,
+            largest_batch: 1,
+            seconds: 10.0,
+            ..Default::default()
+        };
+        let p = phase_summary(&PhaseInput {
+            rate: Some(450.0),
+            publish: &publish,
+            stats: &PhaseStats::default(),
+            steady_seconds: 8.0,
+            wall_seconds: 10.0,
+            publisher_cpu_s: 0.1,
+            server_cpu_s: None,
+        });
+        let mut t = Table::new();
+        phase_rows(&mut t, &p);
+        let row = |k: &str| {
+            t.0.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            row("publisher"),
+            "single: one event per POST, 2 connections, 3600 requests"
+        );
+        let rate = row("publish rate");
+        assert!(
+            rate.starts_with(
+                "offered 450.0/s, achieved 360.0/s; 3600 of 4500 due events accepted (80.0%)"
+            ),
+            "{rate}"
+        );
+        let json = serde_json::to_value(&p).unwrap_or_default();
+        assert_eq!(json["publish"]["mode"], "single");
+        assert_eq!(json["publish"]["connections"], 2);
     }
 }

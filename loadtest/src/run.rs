@@ -5,7 +5,7 @@ use crate::cli::{
 };
 use crate::control::Cmd;
 use crate::fleet::Fleet;
-use crate::publisher::{self, PubCfg, PubStats};
+use crate::publisher::{self, PubCfg, PubStats, PublishMode};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
 use crate::stats::{ConnectReport, Window};
 use crate::storm::Backoff;
@@ -128,6 +128,22 @@ fn publish_cfg(
         .clone()
         .unwrap_or_else(|| format!("http://{}/api/publish", target.host));
     let t = parse_url(&url, "http")?;
+    match (p.publish_mode, p.publish_conns) {
+        (_, 0) => return Err("--publish-conns must be at least 1".into()),
+        (PublishMode::Batch, 2..) => {
+            return Err(
+                "--publish-conns above 1 needs --publish-mode single (batch uses one connection)"
+                    .into(),
+            )
+        }
+        (PublishMode::Single, k) if k > publisher::MAX_CONNS => {
+            return Err(format!(
+                "--publish-conns {k}: at most {}",
+                publisher::MAX_CONNS
+            ))
+        }
+        _ => {}
+    }
     Ok(PubCfg {
         target: t.addr,
         host: t.host,
@@ -136,6 +152,8 @@ fn publish_cfg(
         rate,
         payload: p.payload,
         batch_max: p.batch_max,
+        mode: p.publish_mode,
+        conns: p.publish_conns,
     })
 }
 
@@ -153,11 +171,11 @@ fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<Phase
         deadline_us: steady_end + drain + 30_000_000,
     };
     let server0 = c.server_pid.and_then(sys::proc_cpu_seconds);
-    let cpu0 = sys::cpu_seconds(Who::Thread);
     let wall0 = Instant::now();
     fleet.send(&Cmd::Go(window));
     let published = publisher::run(pc, start, steady_end);
-    let publisher_cpu_s = sys::cpu_seconds(Who::Thread) - cpu0;
+    // The publisher's own threads (K of them in single mode).
+    let publisher_cpu_s = published.cpu_s;
     fleet.send(&Cmd::End {
         published: published.accepted,
     });
@@ -176,6 +194,11 @@ fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<Phase
         publisher_cpu_s,
         server_cpu_s,
     }))
+}
+
+/// `batch` or `single:K`, as compare.sh's `--publisher` spells it.
+fn publisher_label(p: &Publish) -> String {
+    p.publish_mode.label(p.publish_conns)
 }
 
 fn header(mode: &str, c: &Common, fleet: &Fleet) -> serde_json::Value {
@@ -217,6 +240,7 @@ pub fn fanout(a: FanoutArgs) -> Result<(), String> {
     let (mut fleet, connected) = connect(c, &target)?;
     let result = phase(&mut fleet, c, &a.publish, pc);
     let mut head = header("fanout", c, &fleet);
+    head["publisher"] = json!(publisher_label(&a.publish));
     fleet.stop();
     let summary = result?;
     let cs = report::connect_summary(&connected);
@@ -240,6 +264,7 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
     if a.step.is_nan() || a.step <= 1.0 {
         return Err("--step must be above 1".into());
     }
+    publish_cfg(c, &a.publish, &target, Some(a.start_rate))?; // flag errors before connecting
     let (mut fleet, connected) = connect(c, &target)?;
     let mut steps: Vec<PhaseSummary> = Vec::new();
     let mut stopped = "max_steps".to_string();
@@ -289,6 +314,7 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
         rate *= a.step;
     }
     let mut head = header("sweep", c, &fleet);
+    head["publisher"] = json!(publisher_label(&a.publish));
     fleet.stop();
     let passing = |s: &&PhaseSummary| {
         s.completeness >= a.min_completeness
@@ -418,6 +444,8 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         publish_url: a.publish_url.clone(),
         payload: a.payload,
         batch_max: 1000,
+        publish_mode: PublishMode::Batch,
+        publish_conns: 1,
         warmup: 0.0,
         duration: 0.0,
     };

@@ -73,12 +73,13 @@ fn start_relay() -> (KillOnDrop, String) {
 }
 
 /// Runs a fanout of `connections` sockets split over `processes` worker
-/// processes (0: one process) and checks that every event arrived.
-fn fanout_is_complete(connections: u32, processes: u32) {
+/// processes (0: one process), with `extra` flags, checks that every event
+/// arrived, and returns the RESULT.
+fn fanout_is_complete(connections: u32, processes: u32, extra: &[&str]) -> serde_json::Value {
     let (_relay, url) = start_relay();
     let connections = connections.to_string();
     let processes = processes.to_string();
-    let v = swarm_result(&[
+    let mut args = vec![
         "fanout",
         "--url",
         &url,
@@ -94,7 +95,9 @@ fn fanout_is_complete(connections: u32, processes: u32) {
         "5s",
         "--processes",
         &processes,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let v = swarm_result(&args);
     let phase = &v["phase"];
     assert_eq!(v["connect"]["ready"].to_string(), connections, "{v}");
     let received = phase["received"].as_u64().unwrap_or(0);
@@ -106,16 +109,35 @@ fn fanout_is_complete(connections: u32, processes: u32) {
         phase["deliveries_per_s"].as_f64().unwrap_or(0.0) > 0.0,
         "{v}"
     );
+    v
 }
 
 #[test]
 fn fanout_200_subscribers_gets_everything() {
-    fanout_is_complete(200, 0);
+    let v = fanout_is_complete(200, 0, &[]);
+    assert_eq!(v["publisher"], "batch", "{v}");
+    assert_eq!(v["phase"]["publish"]["mode"], "batch", "{v}");
 }
 
 #[test]
 fn fanout_over_two_worker_processes_gets_everything() {
-    fanout_is_complete(300, 2);
+    fanout_is_complete(300, 2, &[]);
+}
+
+#[test]
+fn fanout_one_event_per_post_over_two_connections_gets_everything() {
+    let v = fanout_is_complete(
+        200,
+        0,
+        &["--publish-mode", "single", "--publish-conns", "2"],
+    );
+    let p = &v["phase"]["publish"];
+    assert_eq!(v["publisher"], "single:2", "{v}");
+    assert_eq!(p["mode"], "single", "{v}");
+    assert_eq!(p["connections"], 2, "{v}");
+    assert_eq!(p["largest_batch"], 1, "{v}");
+    assert_eq!(p["requests"], v["phase"]["events_published"], "{v}");
+    assert_eq!(p["offered_per_s"].as_f64(), Some(200.0), "{v}");
 }
 
 /// Runs the swarm with `args` and returns its RESULT JSON.
