@@ -94,15 +94,18 @@ impl OutQueue {
         Push::Queued
     }
 
-    /// Queues a shared frame past the limits (see `Reactor::fan_out`: for a
-    /// socket that is keeping up).
+    /// Queues a shared frame past the limits: for a socket that is keeping
+    /// up, whose queue the intake pause bounds instead (`Reactor::fan_out`:
+    /// at most half the limits plus one frame).
     pub fn push_past_limits(&mut self, frame: &Frame) {
         self.push_shared(Rc::clone(frame));
     }
 
-    /// Queues a frame whatever the limits: handshake responses, replies, pong
-    /// and close frames, which the relay makes at a rate the client controls
-    /// only through its own (rate-limited) messages.
+    /// Queues a frame whatever the limits: what the relay itself must say,
+    /// one at a time: HTTP responses (one per request, answered in order),
+    /// the 101, keepalive pings (one per interval), a close frame, a resync
+    /// notice after the backlog was dropped. Replies to client commands go
+    /// through `push`, within the limits.
     pub fn push_unbounded(&mut self, frame: Bytes) {
         self.push_shared(Rc::new(frame));
     }
@@ -455,16 +458,38 @@ mod tests {
     }
 
     #[test]
-    fn empty_queue_holds_no_buffer() {
+    fn a_notice_goes_where_the_gap_is_after_a_partly_written_frame() {
         let mut q = OutQueue::default();
-        q.push(&frame(1, 10), LIMITS);
+        for i in 0..3 {
+            q.push(&frame(i, 10), LIMITS);
+        }
         let mut sink = Sink {
             out: vec![],
-            per_call: 100,
-            total: 100,
+            per_call: 4,
+            total: 4,
             calls: 0,
         };
         q.flush_to(&mut sink).expect("flush");
-        assert_eq!(q.frames.capacity(), 0);
+        let (dropped, last) = q.drop_oldest_for(
+            10,
+            QueueLimits {
+                max_messages: 3,
+                ..LIMITS
+            },
+        );
+        assert_eq!(dropped, 1);
+        assert_eq!(last.as_deref().map(|f| f[0]), Some(1));
+        q.push_front_unsent(Bytes::from(vec![7; 3]));
+        assert_eq!(q.bytes(), 6 + 3 + 10);
+        sink.total = 1000;
+        sink.per_call = 1000;
+        q.flush_to(&mut sink).expect("flush");
+        let mut expected = vec![0; 10];
+        expected.extend([7; 3]);
+        expected.extend([2; 10]);
+        assert_eq!(
+            sink.out, expected,
+            "frame 0 finished, then the notice, then frame 2"
+        );
     }
 }
