@@ -259,6 +259,10 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
+    /// Also take a client token from `?token=` in the WebSocket URL, for
+    /// browsers behind proxies that strip subprotocols. Off by default: URLs
+    /// end up in proxy and access logs, and the token with them.
+    pub allow_query_token: bool,
 }
 
 #[derive(Clone, Deserialize)]

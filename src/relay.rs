@@ -56,6 +56,7 @@ impl Relay {
             .as_ref()
             .map(crate::io::tls::server_config)
             .transpose()?;
+        warn_unsendable_tokens(&config);
         let count = config.reactors.count();
         let listeners = bind_all(&config, count)?;
         let addr = listeners[0].local_addr()?;
@@ -157,6 +158,23 @@ impl Relay {
         let result = Reactor::new(first).run();
         drop(handle);
         result
+    }
+}
+
+/// RFC 6455 requires a subprotocol to be an HTTP token (RFC 7230 `tchar`),
+/// so browsers (and Python `websockets`) refuse to send a token with `/` or
+/// `=` in `Sec-WebSocket-Protocol`, as base64 makes. Say so at startup,
+/// without showing the token.
+fn warn_unsendable_tokens(config: &Config) {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    for (i, token) in config.auth.tokens.iter().enumerate() {
+        if !token.token.bytes().all(tchar) {
+            log::warn!(
+                "auth.tokens[{i}] has characters a browser cannot send as the Bearer \
+                 subprotocol (allowed: letters, digits and !#$%&'*+-.^_`|~); clients must \
+                 use the auth message or Authorization: Bearer, or pick such a token"
+            );
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub struct Stats {
     pub queue_bytes_high_water: AtomicU64,
     pub resyncs: AtomicU64,
     pub replayed: AtomicU64,
+    pub origin_refusals: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -66,6 +67,8 @@ pub struct StatsSnapshot {
     pub resyncs: u64,
     /// Events sent from the history: resume replays and snapshots.
     pub replayed: u64,
+    /// Upgrades refused (403) because their `Origin` is not allowed.
+    pub origin_refusals: u64,
 }
 
 impl Stats {
@@ -183,6 +186,7 @@ impl StatsSnapshot {
         self.intake_pauses += get(&stats.intake_pauses);
         self.resyncs += get(&stats.resyncs);
         self.replayed += get(&stats.replayed);
+        self.origin_refusals += get(&stats.origin_refusals);
         self.queue_bytes_high_water = self
             .queue_bytes_high_water
             .max(get(&stats.queue_bytes_high_water));
@@ -192,7 +196,7 @@ impl StatsSnapshot {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 17] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -288,6 +292,12 @@ impl StatsSnapshot {
                 "counter",
                 "Events sent from the history: resume replays and snapshots.",
                 self.replayed,
+            ),
+            (
+                "tidings_origin_refusals_total",
+                "counter",
+                "WebSocket upgrades refused (403) for an Origin not in allowed_origins.",
+                self.origin_refusals,
             ),
             (
                 "tidings_queue_bytes_high_water",

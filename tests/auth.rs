@@ -226,3 +226,60 @@ fn bearer_subprotocol_with_auth_off_still_selects_bearer() {
         response.head
     );
 }
+
+#[test]
+fn the_subprotocol_is_selected_exactly_as_offered() {
+    // Python `websockets` fails the connection when the selected protocol
+    // differs, even in case, from the one it offered.
+    let relay = auth_relay(|_| {});
+    let (_raw, response) = Raw::upgrade_with(
+        relay.addr,
+        &format!("Sec-WebSocket-Protocol: bearer, {ALL}\r\n"),
+    );
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Protocol"), Some("bearer"));
+}
+
+#[test]
+fn a_bearer_token_in_the_authorization_header_authenticates_the_upgrade() {
+    let relay = auth_relay(|_| {});
+    let (mut raw, response) =
+        Raw::upgrade_with(relay.addr, &format!("Authorization: Bearer {JOB_ONLY}\r\n"));
+    assert_eq!(response.status, 101, "{}", response.head);
+    assert_eq!(response.header("Sec-WebSocket-Protocol"), None);
+    // Authenticated with the job-only token: its scope applies.
+    raw.send_text(r#"{"type":"subscribe","channels":["job.*"]}"#);
+    assert_subscribed(&raw.next_json(), &["job.*"]);
+    raw.send_text(r#"{"type":"subscribe","channels":["alert.*"]}"#);
+    assert!(!error_message(&raw.next_json(), "forbidden").is_empty());
+    // A wrong one is refused before the upgrade.
+    let (_raw, refused) = Raw::upgrade_with(relay.addr, "Authorization: Bearer nope\r\n");
+    assert_eq!(refused.status, 401, "{}", refused.head);
+}
+
+#[test]
+fn a_query_token_counts_only_when_allowed() {
+    let path = format!("GET /ws?token={ALL} ");
+    let off = auth_relay(|_| {});
+    let mut raw = Raw::connect(off.addr);
+    raw.send(upgrade_request("").replace("GET /ws ", &path).as_bytes());
+    let response = raw.read_response();
+    assert_eq!(response.status, 101);
+    // Off by default: the socket still has to authenticate.
+    raw.send_text(r#"{"type":"subscribe","channels":["job.*"]}"#);
+    assert!(!error_message(&raw.next_json(), "not_authenticated").is_empty());
+
+    let on = auth_relay(|c| c.auth.allow_query_token = true);
+    let mut raw = Raw::connect(on.addr);
+    raw.send(upgrade_request("").replace("GET /ws ", &path).as_bytes());
+    assert_eq!(raw.read_response().status, 101);
+    raw.send_text(r#"{"type":"subscribe","channels":["alert.*"]}"#);
+    assert_subscribed(&raw.next_json(), &["alert.*"]);
+    let mut raw = Raw::connect(on.addr);
+    raw.send(
+        upgrade_request("")
+            .replace("GET /ws ", "GET /ws?token=nope ")
+            .as_bytes(),
+    );
+    assert_eq!(raw.read_response().status, 401);
+}

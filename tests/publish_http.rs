@@ -565,3 +565,30 @@ fn too_many_segments_is_400() {
     let body = json!({"channel": channel, "data": {}}).to_string();
     assert_eq!(http_publish(relay.addr, &body, "").status, 200);
 }
+
+#[test]
+fn an_event_cannot_wear_a_reply_type() {
+    // A channel named `error` would deliver {"type":"error",...}, which a
+    // client reads as the relay's own error reply.
+    let relay = TestRelay::start();
+    for body in [
+        r#"{"channel":"error","data":{}}"#,
+        r#"{"channel":"a.b","type":"subscribed","data":{}}"#,
+        r#"[{"channel":"a.b","data":1},{"channel":"pong","data":2}]"#,
+    ] {
+        let response = http_publish(relay.addr, body, "");
+        assert_eq!(response.status, 400, "{body}: {}", response.body_text());
+        let error = &response.json()["error"];
+        assert_eq!(error["code"], "reserved_type", "{body}: {error}");
+        assert!(error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reserved"));
+    }
+    let event = tidings::Event::new("resync", &1).expect("event");
+    assert!(matches!(
+        relay.publisher.publish(event),
+        Err(tidings::PublishError::ReservedType(_))
+    ));
+    assert_eq!(relay.stats().events_published, 0, "none was published");
+}

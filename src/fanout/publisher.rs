@@ -21,7 +21,24 @@ pub enum PublishError {
     InvalidType,
     /// The data did not serialize, or the text given as JSON is not JSON.
     Json(String),
+    /// The event's `type` (its channel, unless set) is one the relay's own
+    /// replies use: a client would take it for one.
+    ReservedType(String),
 }
+
+/// The `type`s of the relay's own messages. An event may not carry one
+/// (`{"type":"error"}` from a channel named `error` would read as an error
+/// reply); later message types join this list.
+pub const RESERVED_TYPES: &[&str] = &[
+    "subscribed",
+    "unsubscribed",
+    "pong",
+    "error",
+    "authenticated",
+    "resync",
+    "refresh_required",
+    "refreshed",
+];
 
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,6 +48,10 @@ impl fmt::Display for PublishError {
             PublishError::InvalidChannel(e) => write!(f, "invalid channel: {e}"),
             PublishError::InvalidType => f.write_str("invalid type: it must be 1 to 255 bytes"),
             PublishError::Json(e) => write!(f, "invalid JSON data: {e}"),
+            PublishError::ReservedType(t) => write!(
+                f,
+                "type {t:?} is reserved for the relay's own messages; set another type or use another channel"
+            ),
         }
     }
 }
@@ -116,8 +137,13 @@ impl From<AppendError> for PublishError {
 /// Checks what a subscriber relies on: a valid channel and a sane `type`.
 pub(crate) fn validate_event(event: &Event, limits: &SubjectLimits) -> Result<(), PublishError> {
     validate_channel(event.channel(), limits).map_err(PublishError::InvalidChannel)?;
-    match event.event_type() {
-        Some(t) if t.is_empty() || t.len() > 255 => Err(PublishError::InvalidType),
-        _ => Ok(()),
+    let wire_type = match event.event_type() {
+        Some(t) if t.is_empty() || t.len() > 255 => return Err(PublishError::InvalidType),
+        Some(t) => t,
+        None => event.channel(),
+    };
+    if RESERVED_TYPES.contains(&wire_type) {
+        return Err(PublishError::ReservedType(wire_type.to_string()));
     }
+    Ok(())
 }

@@ -741,28 +741,22 @@ impl Reactor {
             conn.out.discard_unsent();
         }
         conn.out.push_unbounded(encode_close(&reason));
-        let peer = conn.socket.peer_addr().ok();
+        let peer = peer_text(&conn.socket);
         Stats::sub(&self.stats.websockets, 1);
         if reason == CloseReason::AuthTimeout {
             Stats::add(&self.stats.auth_failures, 1);
         }
+        let code = reason.code();
         if reason.is_slow_consumer() {
             Stats::add(&self.stats.slow_consumer_closes, 1);
-            info!(
-                "closing {peer:?} (socket {key}): {reason} ({})",
-                reason.code()
-            );
+            info!("closing {peer} (socket {key}) with {code}: {reason}");
         } else if reason.is_protocol_error() {
             Stats::add(&self.stats.protocol_closes, 1);
-            info!(
-                "closing {peer:?} (socket {key}): {reason} ({})",
-                reason.code()
-            );
+            info!("closing {peer} (socket {key}) with {code}: {reason}");
+        } else if matches!(reason, CloseReason::AuthFailed | CloseReason::AuthTimeout) {
+            info!("closing {peer} (socket {key}) with {code}: {reason}");
         } else {
-            debug!(
-                "closing {peer:?} (socket {key}): {reason} ({})",
-                reason.code()
-            );
+            debug!("closing {peer} (socket {key}) with {code}: {reason}");
         }
         if let Phase::WebSocket(ws) = old {
             self.unsubscribe_all(key, ws.patterns());
@@ -776,6 +770,17 @@ impl Reactor {
         let linger = self.config.timeouts.close_linger.as_millis() as Millis;
         let until = self.now + linger;
         if let Some(conn) = self.conns.get_mut(key) {
+            // Refusals an operator looks for: auth and origin, with who.
+            match response.get(9..12) {
+                Some(b"401") | Some(b"403") => {
+                    let status = String::from_utf8_lossy(&response[9..12]).into_owned();
+                    info!(
+                        "refusing {} (socket {key}) with {status}",
+                        peer_text(&conn.socket)
+                    );
+                }
+                _ => {}
+            }
             conn.out.push_unbounded(response.into());
             conn.phase = Phase::Closing(Closing {
                 until,
@@ -927,4 +932,12 @@ fn drop_oldest(
         out.push_front_unsent(encode_text(notice.as_bytes()));
     }
     (count, kept)
+}
+
+/// The peer's address for a log line, or why there is none.
+fn peer_text(socket: &mio::net::TcpStream) -> String {
+    match socket.peer_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => "a peer already gone".to_string(),
+    }
 }

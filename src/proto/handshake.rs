@@ -147,9 +147,12 @@ fn has_token(value: &str, token: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
     accept_key: String,
-    /// The client offered the `Bearer` subprotocol, which must then be selected.
-    pub bearer_offered: bool,
-    /// The token that followed `Bearer` in the subprotocol list.
+    /// The `Bearer` subprotocol exactly as the client offered it (any case),
+    /// which must then be selected, spelled the same: clients compare the
+    /// selected protocol byte for byte with what they offered.
+    pub bearer_protocol: Option<String>,
+    /// The token that followed `Bearer` in the subprotocol list, or else the
+    /// one in `Authorization: Bearer` (non-browser clients send that).
     pub bearer_token: Option<String>,
 }
 
@@ -173,17 +176,25 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, Status> {
     if !is_valid_key(key) {
         return Err(Status::BadRequest);
     }
-    let bearer_offered = head
+    let bearer_protocol = head
         .ws_protocols
         .first()
-        .is_some_and(|p| p.eq_ignore_ascii_case("bearer"));
-    let bearer_token = bearer_offered
-        .then(|| head.ws_protocols.get(1).cloned())
-        .flatten()
-        .filter(|t| !t.is_empty());
+        .filter(|p| p.eq_ignore_ascii_case("bearer"))
+        .cloned();
+    let from_header = || {
+        head.authorization
+            .as_deref()
+            .and_then(crate::proto::http::bearer_token)
+            .map(str::to_string)
+    };
+    let bearer_token = bearer_protocol
+        .as_ref()
+        .and_then(|_| head.ws_protocols.get(1).cloned())
+        .filter(|t| !t.is_empty())
+        .or_else(from_header);
     Ok(Upgrade {
         accept_key: derive_accept_key(key.as_bytes()),
-        bearer_offered,
+        bearer_protocol,
         bearer_token,
     })
 }
@@ -199,16 +210,19 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 impl Upgrade {
-    /// The 101 response. Only `Bearer` is selected, never the token: clients
-    /// fail the connection when the server echoes a protocol they did not
-    /// list as a whole entry, and the token must not travel back.
+    /// The 101 response. Only `Bearer` is selected (as offered), never the
+    /// token: clients fail the connection when the server echoes a protocol
+    /// they did not list as a whole entry, and the token must not travel
+    /// back.
     pub fn response(&self) -> Vec<u8> {
         let mut out = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
             self.accept_key
         );
-        if self.bearer_offered {
-            out.push_str("Sec-WebSocket-Protocol: Bearer\r\n");
+        if let Some(protocol) = &self.bearer_protocol {
+            out.push_str("Sec-WebSocket-Protocol: ");
+            out.push_str(protocol);
+            out.push_str("\r\n");
         }
         out.push_str("\r\n");
         out.into_bytes()

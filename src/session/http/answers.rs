@@ -112,18 +112,26 @@ impl HttpSession {
             }
         };
         if !origin_allowed(cx.config, head.origin.as_deref()) {
-            info!("origin {:?} is not in allowed_origins", head.origin);
+            Stats::add(&cx.stats.origin_refusals, 1);
+            debug!(
+                "origin {} is not in allowed_origins",
+                head.origin.as_deref().unwrap_or_default()
+            );
             out.push(HttpOutput::SendAndClose(upgrade_refusal(Status::Forbidden)));
             return Step::Finished;
         }
         let auth = if !cx.tokens.clients_required() {
             Auth::NotRequired
-        } else if let Some(token) = &upgrade.bearer_token {
-            match cx.tokens.check_client(token) {
+        } else if let Some(token) = upgrade
+            .bearer_token
+            .clone()
+            .or_else(|| query_token(head, cx))
+        {
+            match cx.tokens.check_client(&token) {
                 Some(id) => Auth::Authenticated(id),
                 None => {
                     Stats::add(&cx.stats.auth_failures, 1);
-                    info!("bad bearer token in the upgrade");
+                    debug!("bad bearer token in the upgrade");
                     out.push(HttpOutput::SendAndClose(upgrade_refusal(
                         Status::Unauthorized,
                     )));
@@ -243,6 +251,17 @@ impl HttpSession {
 }
 
 /// A body on a request that takes none would be read as the next request.
+/// `?token=` on the WebSocket URL, when `auth.allow_query_token` is on.
+fn query_token(head: &RequestHead, cx: &SessionContext) -> Option<String> {
+    if !cx.config.auth.allow_query_token {
+        return None;
+    }
+    head.query
+        .as_deref()
+        .and_then(|q| query_param(q, "token"))
+        .filter(|t| !t.is_empty())
+}
+
 /// The browser client and the status page, served as they are in `client/`.
 const CLIENT: &str = include_str!("../../../client/tidings.js");
 const STATUS_PAGE: &str = include_str!("../../../client/status.html");
@@ -346,6 +365,7 @@ fn publish_events(
             };
             let code = match e {
                 PublishError::InvalidChannel(_) => "invalid_channel",
+                PublishError::ReservedType(_) => "reserved_type",
                 _ => "invalid_event",
             };
             return Err(BadBody { code, message });
