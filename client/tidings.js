@@ -1,0 +1,2 @@
+// The browser client: see README.md, "Connecting a dashboard".
+export class TidingsClient {}
