@@ -30,6 +30,10 @@ Scenarios (each against every server, back to back):
   fanout-a   --a-conns subscribers on one channel, one run per rate in --a-rates
   fanout-b   --b-conns subscribers on one channel, one run per rate in --b-rates
   idle       --idle-conns subscribed sockets held --idle-hold, reports server RSS/conn
+  resume     --resume-conns clients drop at once while --resume-rate events/s flow, and
+             come back with `since` (tidings-swarm storm --lead): missed, recovered,
+             replayed events/s, p99 catch-up, relay CPU. tidings only: the peers keep no
+             history, so they are skipped with a note
 
 Flags (environment variable in brackets; a flag wins over its variable):
   --quick                 smoke test: fanout-a and idle with 200 connections, 3 s
@@ -41,6 +45,9 @@ Flags (environment variable in brackets; a flag wins over its variable):
   --b-rates LIST          events/s, comma list, default 10        [COMPARE_B_RATES]
   --idle-conns N          default 19000                           [COMPARE_IDLE_CONNS]
   --idle-hold SECS        default 10                              [COMPARE_IDLE_HOLD]
+  --resume-conns N        default 10000                           [COMPARE_RESUME_CONNS]
+  --resume-rate R         events/s before, during and after the drop, default 100 [COMPARE_RESUME_RATE]
+  --resume-lead SECS      publishing before the drop, default 2   [COMPARE_RESUME_LEAD]
   --duration SECS         measured window of a fanout run, default 15 [COMPARE_DURATION]
   --warmup SECS           publishing before the window, default 2 [COMPARE_WARMUP]
   --payload BYTES         bytes of each event's data, default 150 [COMPARE_PAYLOAD]
@@ -68,9 +75,9 @@ EOF
 QUICK=0
 for a in "$@"; do [[ $a == --quick ]] && QUICK=1; done
 if ((QUICK)); then
-    d_scen=fanout-a,idle d_a_conns=200 d_b_conns=200 d_idle=200 d_hold=3 d_dur=3 d_warm=1
+    d_scen=fanout-a,idle d_a_conns=200 d_b_conns=200 d_idle=200 d_hold=3 d_dur=3 d_warm=1 d_resume=200
 else
-    d_scen=fanout-a,fanout-b,idle d_a_conns=1000 d_b_conns=10000 d_idle=19000 d_hold=10 d_dur=15 d_warm=2
+    d_scen=fanout-a,fanout-b,idle d_a_conns=1000 d_b_conns=10000 d_idle=19000 d_hold=10 d_dur=15 d_warm=2 d_resume=10000
 fi
 SERVERS=${COMPARE_SERVERS:-tidings,bun,ws,naive}
 SCENARIOS=${COMPARE_SCENARIOS:-$d_scen}
@@ -80,6 +87,9 @@ B_CONNS=${COMPARE_B_CONNS:-$d_b_conns}
 B_RATES=${COMPARE_B_RATES:-10}
 IDLE_CONNS=${COMPARE_IDLE_CONNS:-$d_idle}
 IDLE_HOLD=${COMPARE_IDLE_HOLD:-$d_hold}
+RESUME_CONNS=${COMPARE_RESUME_CONNS:-$d_resume}
+RESUME_RATE=${COMPARE_RESUME_RATE:-100}
+RESUME_LEAD=${COMPARE_RESUME_LEAD:-2}
 DURATION=${COMPARE_DURATION:-$d_dur}
 WARMUP=${COMPARE_WARMUP:-$d_warm}
 PAYLOAD=${COMPARE_PAYLOAD:-150}
@@ -105,6 +115,9 @@ while [[ $# -gt 0 ]]; do
         --b-rates) need "$@"; B_RATES=$2; shift ;;
         --idle-conns) need "$@"; IDLE_CONNS=$2; shift ;;
         --idle-hold) need "$@"; IDLE_HOLD=$2; shift ;;
+        --resume-conns) need "$@"; RESUME_CONNS=$2; shift ;;
+        --resume-rate) need "$@"; RESUME_RATE=$2; shift ;;
+        --resume-lead) need "$@"; RESUME_LEAD=$2; shift ;;
         --duration) need "$@"; DURATION=$2; shift ;;
         --warmup) need "$@"; WARMUP=$2; shift ;;
         --payload) need "$@"; PAYLOAD=$2; shift ;;
@@ -126,10 +139,10 @@ done
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]]; }
-for v in A_CONNS B_CONNS IDLE_CONNS PAYLOAD PORT_BASE SERVER_CPU SWARM_CPU PER_SOURCE; do
+for v in A_CONNS B_CONNS IDLE_CONNS RESUME_CONNS PAYLOAD PORT_BASE SERVER_CPU SWARM_CPU PER_SOURCE; do
     is_uint "${!v}" || { echo "compare.sh: $v=${!v} is not a whole number" >&2; exit 2; }
 done
-for v in IDLE_HOLD DURATION WARMUP; do
+for v in IDLE_HOLD DURATION WARMUP RESUME_RATE RESUME_LEAD; do
     is_num "${!v}" || { echo "compare.sh: $v=${!v} is not a number of seconds" >&2; exit 2; }
 done
 for r in ${A_RATES//,/ } ${B_RATES//,/ }; do
@@ -139,7 +152,7 @@ for s in ${SERVERS//,/ }; do
     [[ $s =~ ^(tidings|bun|ws|naive)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
 done
 for s in ${SCENARIOS//,/ }; do
-    [[ $s =~ ^(fanout-a|fanout-b|idle)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
+    [[ $s =~ ^(fanout-a|fanout-b|idle|resume)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
 done
 for p in ${PUBLISHERS//,/ }; do
     [[ $p =~ ^(batch|single:[1-9][0-9]*)$ ]] || { echo "compare.sh: publisher $p is not batch or single:K" >&2; exit 2; }
@@ -207,6 +220,7 @@ NOFILE=$(ulimit -n)
 log "open-file limit $NOFILE"
 need_fds=$IDLE_CONNS
 [[ $B_CONNS -gt $need_fds ]] && need_fds=$B_CONNS
+[[ ,$SCENARIOS, == *,resume,* && $RESUME_CONNS -gt $need_fds ]] && need_fds=$RESUME_CONNS
 if [[ $NOFILE != unlimited && $NOFILE -lt $((need_fds + 200)) ]]; then
     log "WARNING: ulimit -n $NOFILE is low for $need_fds connections; the servers may refuse some"
 fi
@@ -374,6 +388,14 @@ swarm_cmd() { # mode port conns server_pid [rate publisher]
             SWARM_CMD+=(--duration "${IDLE_HOLD}s")
             SWARM_TIMEOUT=$(python3 -c "print(int($connect_s + $IDLE_HOLD + 120))")
             ;;
+        storm)
+            # The resume scenario: events flow for the lead, every client
+            # drops, and comes back with `since` (the swarm's default).
+            SWARM_CMD+=(--publish-url "http://127.0.0.1:$port/api/publish"
+                --rate "$rate" --lead "${RESUME_LEAD}s" --payload "$PAYLOAD"
+                --deadline 60s --seed 1)
+            SWARM_TIMEOUT=$(python3 -c "print(int($connect_s + $RESUME_LEAD + 60 + 120))")
+            ;;
     esac
     if [[ -n $SWARM_EXTRA ]]; then
         local extra
@@ -490,6 +512,14 @@ for scenario in ${SCENARIOS//,/ }; do
             done ;;
         idle)
             for s in ${SERVERS//,/ }; do run_one idle idle "$IDLE_CONNS" "$s"; done ;;
+        resume)
+            for s in ${SERVERS//,/ }; do
+                if [[ $s == tidings ]]; then
+                    run_one resume storm "$RESUME_CONNS" "$s" "$RESUME_RATE"
+                else
+                    log "resume: skipping $s: it keeps no history, so there is nothing to resume (tidings only)"
+                fi
+            done ;;
     esac
 done
 
@@ -556,6 +586,8 @@ print("tidings vs peers (t/p = tidings value / peer value; deliv/s above 1 and p
 print(head)
 print("-" * len(head))
 for (scenario, conns, rate, _pub), rs in groups.items():
+    if scenario == "resume":
+        continue
     name = f"{scenario} {conns}" + (f" @{rate:g}/s" if rate else "")
     base = next((figures(r) for r in rs if r["compare"]["server"] == "tidings" and r["result"]), None)
     for r in rs:
@@ -581,6 +613,32 @@ for (scenario, conns, rate, _pub), rs in groups.items():
         elif not c.get("server_alive_at_end", True):
             line += "  (server died)"
         print(line)
+resume_rows = [r for r in rows if r["compare"]["scenario"] == "resume"]
+if resume_rows:
+    print()
+    print("resume after a mass drop (tidings only; the peers keep no history)")
+    rh = (f"{'clients':>8} {'rate/s':>7} {'back':>6} {'recov':>6} {'not rec':>8} {'resync':>7} {'missed':>7} "
+          f"{'dups':>5} {'replayed':>9} {'replay/s':>9} {'all up s':>9} {'p99 up s':>9} {'p99 own s':>9} {'srv cpu s':>9}")
+    print(rh)
+    print("-" * len(rh))
+    for r in resume_rows:
+        c, res = r["compare"], r["result"] or {}
+        st, rs = res.get("storm") or {}, res.get("resume") or {}
+        rp = rs.get("replies") or {}
+        print(f"{c['connections']:>8} {num(c['rate'], 'g'):>7} {num(st.get('back'), 'd'):>6} "
+              f"{num(rp.get('recovered'), 'd'):>6} {sum((rp.get('not_recovered') or {}).values()):>8} "
+              f"{sum((rp.get('resync') or {}).values()):>7} {num(rs.get('missed'), 'd'):>7} "
+              f"{num(rs.get('duplicates'), 'd'):>5} {num(rs.get('replayed'), 'd'):>9} "
+              f"{num(rs.get('replayed_per_s'), '.0f'):>9} {num(rs.get('all_caught_up_s'), '.3f'):>9} "
+              f"{num(rs.get('caught_up_p99_s'), '.3f'):>9} {num(rs.get('catchup_p99_s'), '.3f'):>9} "
+              f"{num(res.get('server_cpu_s'), '.2f'):>9}"
+              + (f"  ERROR: {c['error'][:120]}" if c.get("error") else ""))
+    print("columns: back = clients subscribed again; recov / not rec = subscribed replies with recovered true / false;")
+    print("  missed = published events a client never got although a later one arrived (0 while the history holds")
+    print("  the gap); replay/s = replayed events received / first-to-last replayed event; all up = drop to the last")
+    print("  client caught up; p99 up = 99% of clients caught up, after the drop; p99 own = each client's own reply")
+    print("  to caught up; srv cpu = relay CPU from the drop until all were caught up")
+
 print()
 for n in sorted(notes):
     print("note:", n)

@@ -168,6 +168,13 @@ pub struct StormArgs {
     /// Do not publish the final marker event (nor check it arrives).
     #[arg(long)]
     pub no_marker: bool,
+    /// Reconnect with a plain subscribe, not one with `since` (to compare).
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Publish at --rate this long before the drop too, so events are
+    /// flowing when the clients go (0: the publisher starts at the drop).
+    #[arg(long, default_value = "0s", value_parser = parse_secs)]
+    pub lead: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -295,10 +302,16 @@ pub fn parse_url(url: &str, scheme: &str) -> Result<Target, String> {
     })
 }
 
-/// A channel or pattern that can go into JSON without escaping.
+/// A channel or pattern that can go into JSON without escaping, and whose
+/// events the swarm does not take for replies (see `scan::reply_kind`).
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
         return Err(format!("{name:?} is not a usable channel or pattern"));
+    }
+    if crate::scan::reply_kind(format!(r#"{{"type":"{name}""#).as_bytes()).is_some() {
+        return Err(format!(
+            "{name:?} is the name of a relay reply: the swarm would not see its events"
+        ));
     }
     Ok(())
 }
@@ -342,5 +355,7 @@ mod tests {
         assert!(check_name("job.*").is_ok());
         assert!(check_name("a\"b").is_err());
         assert!(check_name("").is_err());
+        assert!(check_name("resync").is_err());
+        assert!(check_name("resync.x").is_ok());
     }
 }

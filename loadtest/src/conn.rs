@@ -3,7 +3,8 @@
 
 use crate::frame::{self, Item, Step};
 use crate::handshake::{self, Head};
-use crate::scan;
+use crate::resume::{self, Replies, Track};
+use crate::scan::{self, Reply};
 use crate::stats::{Arrival, PhaseAcc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,13 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// Payload bytes of a large frame still to be skipped.
     pub skip: u64,
+    /// Highest seq received on this connection (0: none).
     pub last_seq: u64,
+    /// The client's place in the event stream across its connections
+    /// (storm mode): kept when the connection is replaced.
+    pub track: Track,
+    /// The `since` seq this connection's subscribe carried, if it had one.
+    pub asked: Option<u64>,
     /// A close frame was received or sent: drop once `out` is written.
     pub closing: Option<String>,
     pub started_ms: u64,
@@ -48,6 +55,11 @@ pub struct Ctx<'a> {
     pub mask: [u8; 4],
     pub pings: &'a mut u64,
     pub fields: &'a mut scan::FieldScanner,
+    /// Keep `Conn::track` (storm mode); off, events cost nothing more.
+    pub track: bool,
+    /// Subscribe with `since` when the track has a position to resume from.
+    pub resume: bool,
+    pub replies: &'a mut Replies,
 }
 
 impl Conn {
@@ -58,6 +70,8 @@ impl Conn {
             out: request,
             skip: 0,
             last_seq: 0,
+            track: Track::default(),
+            asked: None,
             closing: None,
             started_ms,
         }
@@ -76,7 +90,20 @@ impl Conn {
                 Head::Invalid => return Fate::Close("bad_http_response".into()),
                 Head::Status { code: 101, len } => {
                     self.state = State::Subscribing;
-                    frame::encode_masked(&mut self.out, frame::OP_TEXT, cx.subscribe, cx.mask);
+                    let since = cx.resume.then(|| self.track.since()).flatten();
+                    match since {
+                        Some((epoch, seq)) => {
+                            let msg = resume::with_since(cx.subscribe, epoch, seq);
+                            frame::encode_masked(&mut self.out, frame::OP_TEXT, &msg, cx.mask);
+                            self.asked = Some(seq);
+                        }
+                        None => frame::encode_masked(
+                            &mut self.out,
+                            frame::OP_TEXT,
+                            cx.subscribe,
+                            cx.mask,
+                        ),
+                    }
                     return self.feed_frames(&data[len..], cx);
                 }
                 Head::Status { code, .. } => return Fate::Close(format!("http_{code}")),
@@ -120,13 +147,8 @@ impl Conn {
     fn on_item(&mut self, item: Item<'_>, cx: &mut Ctx<'_>) -> Fate {
         match item {
             Item::Text(p) => {
-                // The reply carries a `seq` too (its position): look for it
-                // first, before reading the text as an event.
-                if self.state == State::Subscribing
-                    && scan::find(p, b"\"type\":\"subscribed\"").is_some()
-                {
-                    self.state = State::Ready;
-                    return Fate::Keep;
+                if let Some(kind) = scan::reply_kind(p) {
+                    return self.on_reply(kind, p, cx);
                 }
                 let (seq, t) = cx.fields.fields(p);
                 if let Some(seq) = seq {
@@ -134,11 +156,8 @@ impl Conn {
                         acc.event(cx.at, self.last_seq, seq, t);
                     }
                     self.last_seq = self.last_seq.max(seq);
-                } else if self.state == State::Subscribing {
-                    if scan::find(p, b"\"subscribed\"").is_some() {
-                        self.state = State::Ready;
-                    } else if scan::find(p, b"\"error\"").is_some() {
-                        return Fate::Close("subscribe_error".into());
+                    if cx.track {
+                        self.track.event(seq, cx.at.read_us);
                     }
                 }
             }
@@ -156,6 +175,39 @@ impl Conn {
                 return Fate::Close(code.to_string());
             }
             Item::Pong | Item::Data => {}
+        }
+        Fate::Keep
+    }
+}
+
+impl Conn {
+    /// A message that is not an event (rare: parsed with serde).
+    fn on_reply(&mut self, kind: Reply, p: &[u8], cx: &mut Ctx<'_>) -> Fate {
+        let now = cx.at.read_us;
+        match kind {
+            Reply::Subscribed if self.state == State::Subscribing => {
+                self.state = State::Ready;
+                if cx.track {
+                    match resume::parse_subscribed(p) {
+                        Ok(r) => {
+                            let outcome = self.track.subscribed(&r, self.asked, now);
+                            cx.replies.count(&outcome);
+                        }
+                        Err(_) => cx.replies.unparsed += 1,
+                    }
+                }
+            }
+            Reply::Error if self.state == State::Subscribing => {
+                return Fate::Close("subscribe_error".into());
+            }
+            Reply::Resync if cx.track => match resume::parse_resync(p) {
+                Ok(r) => {
+                    *cx.replies.resync.entry(r.reason.clone()).or_insert(0) += 1;
+                    self.track.resync(&r, now);
+                }
+                Err(_) => cx.replies.unparsed += 1,
+            },
+            _ => {}
         }
         Fate::Keep
     }
@@ -216,6 +268,9 @@ mod tests {
             mask: [9, 8, 7, 6],
             pings,
             fields: &mut scan::FieldScanner::default(),
+            track: true,
+            resume: true,
+            replies: &mut Replies::default(),
         };
         c.feed(&all, &mut cx)
     }
@@ -248,6 +303,81 @@ mod tests {
             assert_eq!(&pong[..2], &[0x8A, 0x82]);
             assert_eq!(pong[6] ^ pong[2], b'h');
         }
+    }
+
+    #[test]
+    fn reconnect_resumes_with_since_and_counts_the_replay() {
+        let plain = br#"{"type":"subscribe","channels":["m.s"]}"#;
+        let mut replies = Replies::default();
+        let go = |c: &mut Conn, data: &[u8], resume: bool, replies: &mut Replies| {
+            let mut all = std::mem::take(&mut c.leftover);
+            all.extend_from_slice(data);
+            let mut cx = Ctx {
+                at: Arrival::read_at(5_000),
+                acc: None,
+                subscribe: plain,
+                mask: [0; 4],
+                pings: &mut 0,
+                fields: &mut scan::FieldScanner::default(),
+                track: true,
+                resume,
+                replies,
+            };
+            c.feed(&all, &mut cx)
+        };
+        let upgrade = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        // First connection: a plain subscribe, the reply's seq is where it starts.
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Handshake;
+        let mut stream = upgrade.to_vec();
+        stream.extend(text(
+            br#"{"type":"subscribed","channels":["m.s"],"epoch":"ep","seq":10}"#,
+        ));
+        for s in 11..=12 {
+            stream.extend(event(s, 1));
+        }
+        assert_eq!(go(&mut c, &stream, true, &mut replies), Fate::Keep);
+        assert_eq!(c.state, State::Ready, "a reply with a seq is not an event");
+        assert_eq!((c.track.last, c.asked), (12, None));
+        let first = String::from_utf8_lossy(&c.out[6..]).to_string();
+        assert_eq!(first, String::from_utf8_lossy(plain));
+        // The drop, then a new connection carrying the track over.
+        c.track.dropped(12);
+        let track = std::mem::take(&mut c.track);
+        let mut c = Conn::new(Vec::new(), 0);
+        c.track = track;
+        c.state = State::Handshake;
+        assert_eq!(go(&mut c, upgrade, true, &mut replies), Fate::Keep);
+        let sent: serde_json::Value = serde_json::from_slice(&c.out[6..]).unwrap_or_default();
+        assert_eq!(
+            sent["since"],
+            serde_json::json!({"epoch":"ep","seq":12}),
+            "{sent}"
+        );
+        assert_eq!(c.asked, Some(12));
+        let mut stream = text(
+            br#"{"type":"subscribed","channels":["m.s"],"epoch":"ep","seq":15,"recovered":true}"#,
+        );
+        for s in 13..=16 {
+            stream.extend(event(s, 1));
+        }
+        stream.extend(text(
+            br#"{"type":"resync","data":{"reason":"overflow","epoch":"ep","seq":20}}"#,
+        ));
+        assert_eq!(go(&mut c, &stream, true, &mut replies), Fate::Keep);
+        assert_eq!(
+            (c.track.replayed, c.track.last, c.track.caught_up_us),
+            (3, 20, Some(5_000))
+        );
+        assert!(c.track.holes == [(16, 21)], "{:?}", c.track.holes);
+        assert_eq!(replies.recovered, 1);
+        assert_eq!(replies.resync.get("overflow"), Some(&1));
+        // With resume off the same track subscribes plainly.
+        let mut c2 = Conn::new(Vec::new(), 0);
+        c2.track = c.track.clone();
+        c2.state = State::Handshake;
+        assert_eq!(go(&mut c2, upgrade, false, &mut replies), Fate::Keep);
+        assert_eq!((&c2.out[6..], c2.asked), (&plain[..], None));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod http;
 mod plot;
 mod publisher;
 mod report;
+mod resume;
 mod run;
 mod scan;
 mod stats;

@@ -63,6 +63,8 @@ pub struct PubCfg {
     pub mode: PublishMode,
     /// Connections of `single` mode (`batch` uses one).
     pub conns: usize,
+    /// Keep the seq of every accepted event (`PubStats::seqs`).
+    pub record_seqs: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,6 +101,10 @@ pub struct PubStats {
     /// CPU seconds of the publisher's threads.
     #[serde(default)]
     pub cpu_s: f64,
+    /// The seqs the relay gave the accepted events, with `record_seqs`
+    /// (not in the report: the storm's `missed` is counted against them).
+    #[serde(skip)]
+    pub seqs: Vec<u64>,
 }
 
 impl PubStats {
@@ -118,6 +124,7 @@ impl PubStats {
             *self.errors.entry(k).or_insert(0) += v;
         }
         self.cpu_s += o.cpu_s;
+        self.seqs.extend(o.seqs);
     }
 }
 
@@ -261,6 +268,10 @@ impl Client {
                 *self.stats.statuses.entry(status.to_string()).or_insert(0) += 1;
                 if status == 200 {
                     self.stats.accepted += n;
+                    if self.cfg.record_seqs {
+                        let body = self.rbuf.get(self.body.clone()).unwrap_or_default();
+                        self.stats.seqs.extend(crate::scan::seq_list(body));
+                    }
                 } else {
                     self.stats.rejected += n;
                 }
@@ -532,6 +543,7 @@ mod tests {
             batch_max: 1,
             mode: PublishMode::Batch,
             conns: 1,
+            record_seqs: false,
         };
         assert_eq!(publish_one(&cfg, r#"{"t":1,"marker":true}"#), Ok(42));
         let req = server.join().unwrap_or_default();
@@ -602,6 +614,7 @@ mod tests {
             batch_max: 1000,
             mode,
             conns,
+            record_seqs: true,
         }
     }
 
@@ -620,6 +633,7 @@ mod tests {
         assert_eq!(p.due, 99, "{p:?}");
         assert!(p.accepted <= 99 && p.accepted >= 95, "{p:?}");
         assert_eq!((p.requests, p.largest_batch), (p.accepted, 1), "{p:?}");
+        assert_eq!(p.seqs.len() as u64, p.accepted, "one seq kept per answer");
         assert_eq!((p.connections, p.connects), (2, 2), "{p:?}");
         assert_eq!(
             (p.mode, p.offered_per_s),

@@ -361,6 +361,94 @@ pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
     }
 }
 
+pub fn resume_rows(t: &mut Table, r: &crate::resume::ResumeSummary) {
+    let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.3} s"));
+    let rp = &r.replies;
+    let refused: u64 = rp.not_recovered.values().sum();
+    t.row(
+        "resume",
+        format!(
+            "{}: {} recovered, {} not recovered{}, {} plain subscribes, {} ignored",
+            if r.resume {
+                "on (since sent when the relay gave an epoch)"
+            } else {
+                "off (--no-resume)"
+            },
+            rp.recovered,
+            refused,
+            if refused > 0 {
+                format!(" ({})", map(&rp.not_recovered))
+            } else {
+                String::new()
+            },
+            rp.fresh,
+            rp.ignored,
+        ),
+    );
+    if !rp.resync.is_empty() || rp.unparsed > 0 {
+        t.row(
+            "resync",
+            format!("{} ({} replies unparsed)", map(&rp.resync), rp.unparsed),
+        );
+    }
+    t.row(
+        "missed",
+        format!(
+            "{} events by {} clients (of {} published, seq {} at the drop, up to seq {}); \
+             {} duplicates{}",
+            r.missed,
+            r.missed_clients,
+            r.published,
+            r.drop_seq,
+            r.end_seq,
+            r.duplicates,
+            if r.holes_untracked > 0 {
+                format!(
+                    "; {} clients with too many holes to list (a floor)",
+                    r.holes_untracked
+                )
+            } else {
+                String::new()
+            }
+        ),
+    );
+    if r.behind > 0 {
+        t.row(
+            "behind at the end",
+            format!("{} events by {} clients", r.behind, r.behind_clients),
+        );
+    }
+    t.row(
+        "replayed",
+        format!(
+            "{} events over {} ({})",
+            r.replayed,
+            secs(r.replay_window_s),
+            r.replayed_per_s
+                .map_or("-".to_string(), |v| format!("{v:.0} /s"))
+        ),
+    );
+    t.row(
+        "caught up",
+        format!(
+            "{} clients; all by {}; 50% {}, 99% {} after the drop",
+            r.caught_up,
+            secs(r.all_caught_up_s),
+            secs(r.caught_up_p50_s),
+            secs(r.caught_up_p99_s)
+        ),
+    );
+    t.row(
+        "catch-up per client",
+        format!(
+            "reply to caught up: p50 {}, p99 {}, max {}",
+            secs(r.catchup_p50_s),
+            secs(r.catchup_p99_s),
+            secs(r.catchup_max_s)
+        ),
+    );
+}
+
 fn map(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k}: {v}"))

@@ -7,6 +7,7 @@ use crate::control::Cmd;
 use crate::fleet::Fleet;
 use crate::publisher::{self, PubCfg, PubStats, PublishMode};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
+use crate::resume;
 use crate::stats::{ConnectReport, Window};
 use crate::storm::Backoff;
 use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
@@ -154,6 +155,7 @@ fn publish_cfg(
         batch_max: p.batch_max,
         mode: p.publish_mode,
         conns: p.publish_conns,
+        record_seqs: false,
     })
 }
 
@@ -449,7 +451,11 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         warmup: 0.0,
         duration: 0.0,
     };
-    let pc = publish_cfg(c, &publish, &target, (a.rate > 0.0).then_some(a.rate))?;
+    let mut pc = publish_cfg(c, &publish, &target, (a.rate > 0.0).then_some(a.rate))?;
+    pc.record_seqs = true;
+    if a.lead > 0.0 && a.rate <= 0.0 {
+        return Err("--lead needs a --rate to publish at".into());
+    }
     let sc = StormCfg {
         drop: a.drop_how,
         backoff: Backoff {
@@ -459,6 +465,8 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         deadline: Duration::from_secs_f64(a.deadline),
         seed: a.seed.unwrap_or_else(sys::unix_us),
         marker_wait: Duration::from_secs_f64(c.drain),
+        resume: !a.no_resume,
+        lead: Duration::from_secs_f64(a.lead),
     };
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -469,21 +477,32 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
             let _ = std::io::stderr().flush();
         }
     };
-    // The background publisher runs from the drop until everyone is back.
+    // The background publisher runs from the drop (or --lead before it)
+    // until everyone is back and caught up.
     let stop = Arc::new(AtomicBool::new(false));
     let publisher: std::cell::Cell<Option<std::thread::JoinHandle<PubStats>>> =
         std::cell::Cell::new(None);
+    let start_publisher = || {
+        if pc.rate.is_some() {
+            let (pc, stop) = (pc.clone(), Arc::clone(&stop));
+            let end = sys::unix_us() + ((a.lead + a.deadline) * 1e6) as u64;
+            publisher.set(Some(std::thread::spawn(move || {
+                publisher::run_until(pc, sys::unix_us(), end, &stop)
+            })));
+        }
+    };
+    let connected = || {
+        if a.lead > 0.0 {
+            start_publisher();
+        }
+    };
     let server0 = std::cell::Cell::new(None);
     let storm_t0 = std::cell::Cell::new(None);
     let dropped = || {
         storm_t0.set(Some(Instant::now()));
         server0.set(c.server_pid.and_then(sys::proc_cpu_seconds));
-        if pc.rate.is_some() {
-            let (pc, stop) = (pc.clone(), Arc::clone(&stop));
-            let end = sys::unix_us() + (a.deadline * 1e6) as u64;
-            publisher.set(Some(std::thread::spawn(move || {
-                publisher::run_until(pc, sys::unix_us(), end, &stop)
-            })));
+        if a.lead <= 0.0 {
+            start_publisher();
         }
     };
     let mut published: Option<PubStats> = None;
@@ -519,6 +538,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         &sc,
         &mut connect_progress,
         &mut StormHooks {
+            connected: &mut { connected },
             dropped: &mut { dropped },
             settled: &mut settled,
             progress: &mut progress,
@@ -527,21 +547,52 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     if tty {
         eprintln!();
     }
-    let (connected, summary, marker) = result?;
-    let cs = report::connect_summary(&connected);
+    let run = result?;
+    let (summary, marker) = (&run.summary, &run.marker);
+    let mut seqs = published
+        .as_ref()
+        .map(|p| p.seqs.clone())
+        .unwrap_or_default();
+    seqs.extend(marker.as_ref().map(|m| m.seq));
+    seqs.sort_unstable();
+    seqs.dedup();
+    let resume = resume::summarize(
+        run.tracks.iter().map(|(t, open)| (t, *open)),
+        resume::SummaryInput {
+            resume: sc.resume,
+            drop_unix_us: run.drop_unix_us,
+            drop_seq: run.drop_seq,
+            end_seq: marker
+                .as_ref()
+                .map(|m| m.seq)
+                .or(seqs.last().copied())
+                .unwrap_or(0),
+            published: &seqs,
+            replies: run.replies.clone(),
+        },
+    );
+    let cs = report::connect_summary(&run.connect);
     let mut t = Table::new();
     report::connect_rows(&mut t, &cs);
-    report::storm_rows(&mut t, &summary);
+    report::storm_rows(&mut t, summary);
     if let Some(p) = &published {
         t.row(
-            "published in storm",
+            "published",
             format!(
-                "{} events ({} rejected, {} unsent) at {} /s",
-                p.accepted, p.rejected, p.unsent, a.rate
+                "{} events ({} rejected, {} unsent) at {} /s{}",
+                p.accepted,
+                p.rejected,
+                p.unsent,
+                a.rate,
+                if a.lead > 0.0 {
+                    format!(", from {} s before the drop", a.lead)
+                } else {
+                    String::new()
+                }
             ),
         );
     }
-    match (&marker, &marker_error) {
+    match (marker, &marker_error) {
         (Some(m), _) => t.row(
             "final marker",
             format!(
@@ -552,6 +603,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         (None, Some(e)) => t.row("final marker", format!("not published: {e}")),
         (None, None) => {}
     }
+    report::resume_rows(&mut t, &resume);
     if let Some(s) = server_cpu.get() {
         t.row("server CPU", format!("{s:.2} s during the storm"));
     }
@@ -566,12 +618,15 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         "server_pid": c.server_pid,
         "unix_time_s": sys::unix_us() / 1_000_000,
         "seed": sc.seed,
+        "lead_s": a.lead,
+        "rate": a.rate,
     });
     head["connect"] = json!(cs);
     head["storm"] = json!(summary);
     head["marker"] = json!(marker);
     head["marker_error"] = json!(marker_error);
     head["publish"] = json!(published);
+    head["resume"] = json!(resume);
     head["server_cpu_s"] = json!(server_cpu.get());
     head["swarm_cpu_total_s"] = json!(total_cpu());
     head["seconds"] = json!(t0.elapsed().as_secs_f64());

@@ -128,6 +128,80 @@ impl FieldScanner {
     }
 }
 
+/// A relay message that is not an event. Replies can carry a `"seq":` of
+/// their own (`subscribed`, and `resync` inside its `data`), so an event is
+/// told from them by its `type` before its `seq` is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    Subscribed,
+    Unsubscribed,
+    Resync,
+    Error,
+    Pong,
+    Authenticated,
+}
+
+const TYPE_PREFIX: &[u8] = b"{\"type\":\"";
+
+/// Which reply `payload` is, or `None` for an event. The relay writes
+/// `{"type":"` first, so an event costs one 9-byte compare and one byte
+/// match (a channel that starts with another letter than the replies' is
+/// rejected there); other layouts fall back to a search. An event whose
+/// `type` is a reply's name (a channel called `resync`) is taken for the
+/// reply: the swarm's channels must not be named so.
+pub fn reply_kind(payload: &[u8]) -> Option<Reply> {
+    let name = match payload.strip_prefix(TYPE_PREFIX) {
+        Some(rest) => rest,
+        None => {
+            let key = &TYPE_PREFIX[1..];
+            &payload[find(payload, key)? + key.len()..]
+        }
+    };
+    let (kind, word): (Reply, &[u8]) = match name.first()? {
+        b's' => (Reply::Subscribed, b"subscribed\""),
+        b'u' => (Reply::Unsubscribed, b"unsubscribed\""),
+        b'r' => (Reply::Resync, b"resync\""),
+        b'e' => (Reply::Error, b"error\""),
+        b'p' => (Reply::Pong, b"pong\""),
+        b'a' => (Reply::Authenticated, b"authenticated\""),
+        _ => return None,
+    };
+    name.starts_with(word).then_some(kind)
+}
+
+/// The seqs of a publish answer: `{"seq":42}` or `{"seqs":[42,43]}`, in
+/// the order given; empty if there are none.
+pub fn seq_list(body: &[u8]) -> Vec<u64> {
+    const LIST: &[u8] = b"\"seqs\":";
+    let Some(i) = find(body, LIST) else {
+        return uint_after(body, SEQ)
+            .map(|(s, _)| vec![s])
+            .unwrap_or_default();
+    };
+    let mut out = Vec::new();
+    let mut at = i + LIST.len();
+    while body.get(at) == Some(&b' ') {
+        at += 1;
+    }
+    if body.get(at) != Some(&b'[') {
+        return out;
+    }
+    at += 1;
+    // Each turn consumes a number and a comma, or ends.
+    while let Some((v, end)) = digits_at(body, at) {
+        out.push(v);
+        at = end;
+        while body.get(at) == Some(&b' ') {
+            at += 1;
+        }
+        if body.get(at) != Some(&b',') {
+            break;
+        }
+        at += 1;
+    }
+    out
+}
+
 /// Whether `key` starts at `at` in `hay`.
 fn key_at(hay: &[u8], at: usize, key: &[u8]) -> bool {
     hay.get(at..at + key.len()) == Some(key)
@@ -226,6 +300,57 @@ mod tests {
             }
         }
         assert_eq!(scanner.fields(frames[2]), (Some(1000), Some(13)));
+    }
+
+    #[test]
+    fn replies_are_told_from_events() {
+        let table: [(&[u8], Option<Reply>); 10] = [
+            (
+                br#"{"type":"subscribed","channels":["a"],"epoch":"e1","seq":7}"#,
+                Some(Reply::Subscribed),
+            ),
+            (
+                br#"{"type":"resync","data":{"reason":"overflow","epoch":"e","seq":9}}"#,
+                Some(Reply::Resync),
+            ),
+            (
+                br#"{"type":"error","data":{"code":"x","message":"y"}}"#,
+                Some(Reply::Error),
+            ),
+            (
+                br#"{"type":"unsubscribed","channels":["a"]}"#,
+                Some(Reply::Unsubscribed),
+            ),
+            (br#"{"type":"pong","timestamp":"2024"}"#, Some(Reply::Pong)),
+            (br#"{"seq":3,"type":"subscribed"}"#, Some(Reply::Subscribed)),
+            (
+                br#"{"type":"metrics.system","timestamp":"2024","seq":42,"data":{}}"#,
+                None,
+            ),
+            // Channels that share a reply's first letter, or its whole name as a prefix.
+            (br#"{"type":"subscribed.x","seq":1,"data":{}}"#, None),
+            (br#"{"type":"stats","seq":1,"data":{}}"#, None),
+            (br#"{"type":"#, None),
+        ];
+        for (payload, want) in table {
+            assert_eq!(
+                reply_kind(payload),
+                want,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn publish_answers_give_their_seqs() {
+        assert_eq!(seq_list(br#"{"seq":42}"#), [42]);
+        assert_eq!(seq_list(br#"{"seqs":[42,43,44]}"#), [42, 43, 44]);
+        assert_eq!(seq_list(br#"{"seqs": [ 5, 6 ]}"#), [5, 6]);
+        assert_eq!(seq_list(br#"{"seqs":[]}"#), Vec::<u64>::new());
+        assert_eq!(seq_list(br#"{"error":{"code":"x"}}"#), Vec::<u64>::new());
+        // A cut-off answer keeps what it has.
+        assert_eq!(seq_list(br#"{"seqs":[1,2,3"#), [1, 2, 3]);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
 use crate::frame::{self, MAX_FRAME_LEFTOVER};
 use crate::handshake::{self, MAX_HEAD};
+use crate::resume::{Replies, Track};
 use crate::scan;
 use crate::stats::{Arrival, ConnectReport, PhaseAcc};
 use crate::storm::{self, Backoff, DropHow, MarkerSummary, StormBook, StormSummary};
@@ -82,6 +83,11 @@ pub struct Swarm {
     acc: Option<PhaseAcc>,
     /// Storm mode: the reconnect book and when the drop came.
     storm: Option<(StormBook, Instant)>,
+    /// Keep each client's `Track` (storm mode).
+    track: bool,
+    /// Reconnect with `since` (storm mode, unless turned off).
+    resume: bool,
+    replies: Replies,
 }
 
 impl Swarm {
@@ -107,6 +113,9 @@ impl Swarm {
             fields: scan::FieldScanner::default(),
             acc: None,
             storm: None,
+            track: false,
+            resume: false,
+            replies: Replies::default(),
             cfg,
         }
     }
@@ -186,7 +195,9 @@ impl Swarm {
             ((u128::from(self.random())) << 64 | u128::from(self.random())).to_ne_bytes(),
         );
         let request = handshake::request(&self.cfg.host, &self.cfg.path, &key);
+        let track = std::mem::take(&mut self.conns[i].track);
         self.conns[i] = Conn::new(request, 0);
+        self.conns[i].track = track;
         self.inflight += 1;
         let stream = open_socket(self.cfg.source(i), self.cfg.target).and_then(|mut s| {
             self.poll
@@ -314,6 +325,9 @@ impl Swarm {
                 mask,
                 pings: &mut self.pings,
                 fields: &mut self.fields,
+                track: self.track,
+                resume: self.resume,
+                replies: &mut self.replies,
             };
             let fate = c.feed(&self.buf[..l + n], &mut cx);
             let (upgraded, subscribed) = (
@@ -521,29 +535,71 @@ pub struct StormCfg {
     pub seed: u64,
     /// After everyone is back, wait at most this long for the marker.
     pub marker_wait: Duration,
+    /// Reconnect with `since` (the epoch of the last `subscribed`, the
+    /// client's last seq).
+    pub resume: bool,
+    /// Hold the subscribed clients this long (reading) before the drop.
+    pub lead: Duration,
 }
 
 /// What the driver does at the storm's turning points.
 pub struct StormHooks<'a> {
+    /// Everyone is connected; the lead (if any) starts now.
+    pub connected: &'a mut dyn FnMut(),
     /// Right after the drop (start a background publisher).
     pub dropped: &'a mut dyn FnMut(),
-    /// Once all are back or the deadline passed (stop the publisher,
-    /// publish a marker): the marker's seq, if there is one.
+    /// Once all are back and caught up, or the deadline passed (stop the
+    /// publisher, publish a marker): the marker's seq, if there is one.
     pub settled: &'a mut dyn FnMut(bool) -> Option<u64>,
     /// Every 100 ms: (back, clients, attempts started).
     pub progress: &'a mut dyn FnMut(u64, u64, u64),
 }
 
+/// What a storm leaves for the report.
+pub struct StormRun {
+    pub connect: ConnectReport,
+    pub summary: StormSummary,
+    pub marker: Option<MarkerSummary>,
+    /// Each member's track, and whether it was subscribed at the end.
+    pub tracks: Vec<(Track, bool)>,
+    /// Replies since the drop.
+    pub replies: Replies,
+    pub drop_unix_us: u64,
+    /// The newest seq any client had at the drop.
+    pub drop_seq: u64,
+}
+
+/// How often the storm loop checks whether every client has caught up.
+const CAUGHT_UP_CHECK: Duration = Duration::from_millis(10);
+
 impl Swarm {
+    /// Whether every member is subscribed and caught up.
+    fn all_caught_up(&self, book: &StormBook) -> bool {
+        self.conns.iter().zip(&book.slots).all(|(c, slot)| {
+            !slot.member || (c.state == State::Ready && c.track.caught_up_us.is_some())
+        })
+    }
+
     /// Drops every subscribed connection at once; each then reconnects
-    /// with backoff and resubscribes, until all are back or the deadline.
-    pub fn storm(
-        &mut self,
-        sc: &StormCfg,
-        hooks: &mut StormHooks<'_>,
-    ) -> (StormSummary, Option<MarkerSummary>) {
+    /// with backoff and resubscribes, until all are back and caught up, or
+    /// the deadline.
+    pub fn storm(&mut self, sc: &StormCfg, hooks: &mut StormHooks<'_>) -> StormRun {
+        (hooks.connected)();
+        let lead_end = Instant::now() + sc.lead;
+        // Bounded by the lead.
+        while Instant::now() < lead_end {
+            self.turn(Duration::from_millis(1));
+        }
         let deadline_us = sc.deadline.as_micros() as u64;
         let mut book = StormBook::new(self.conns.len(), sc.backoff, sc.seed, deadline_us);
+        let drop_seq = self
+            .conns
+            .iter()
+            .filter(|c| c.state == State::Ready && c.track.known)
+            .map(|c| c.track.last)
+            .max()
+            .unwrap_or(0);
+        let drop_unix_us = sys::unix_us();
         let t0 = Instant::now();
         for i in 0..self.conns.len() {
             if self.conns[i].state != State::Ready {
@@ -563,25 +619,40 @@ impl Swarm {
                 DropHow::Tcp | DropHow::Mixed => {}
             }
             self.close(i, "storm_drop".into());
+            self.conns[i].track.dropped(drop_seq);
             book.dropped(i);
         }
         let drop_seconds = t0.elapsed().as_secs_f64();
         self.closes.clear();
+        self.replies = Replies::default();
+        self.resume = sc.resume;
         let members = book.members;
         self.storm = Some((book, t0));
         (hooks.dropped)();
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
         let mut due = Vec::new();
         let mut last_tick = Instant::now();
+        let mut last_check = Instant::now();
         // Bounded by the deadline.
         loop {
             let now = t0.elapsed().as_micros() as u64;
             let Some((book, _)) = self.storm.as_mut() else {
                 break;
             };
-            if book.all_back() || now >= deadline_us {
+            if now >= deadline_us {
                 break;
             }
+            if book.all_back() && last_check.elapsed() >= CAUGHT_UP_CHECK {
+                last_check = Instant::now();
+                if let Some((b, _)) = &self.storm {
+                    if self.all_caught_up(b) {
+                        break;
+                    }
+                }
+            }
+            let Some((book, _)) = self.storm.as_mut() else {
+                break;
+            };
             book.take_due(now, &mut due);
             for &i in &due {
                 self.start(i);
@@ -636,7 +707,22 @@ impl Swarm {
                 wait_s: w0.elapsed().as_secs_f64(),
             }
         });
-        (summary, marker)
+        let tracks = self
+            .conns
+            .iter_mut()
+            .zip(&book.slots)
+            .filter(|(_, slot)| slot.member)
+            .map(|(c, _)| (std::mem::take(&mut c.track), c.state == State::Ready))
+            .collect();
+        StormRun {
+            connect: ConnectReport::default(),
+            summary,
+            marker,
+            tracks,
+            replies: std::mem::take(&mut self.replies),
+            drop_unix_us,
+            drop_seq,
+        }
     }
 }
 
@@ -646,9 +732,10 @@ pub fn run_storm(
     sc: &StormCfg,
     connect_progress: &mut dyn FnMut(u64, u64, u64),
     hooks: &mut StormHooks<'_>,
-) -> Result<(ConnectReport, StormSummary, Option<MarkerSummary>), String> {
+) -> Result<StormRun, String> {
     let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let mut swarm = Swarm::new(poll, cfg);
+    swarm.track = true;
     let report = swarm.connect_all(connect_progress);
     if report.ready == 0 {
         return Err(format!(
@@ -656,8 +743,9 @@ pub fn run_storm(
             report.failed
         ));
     }
-    let (summary, marker) = swarm.storm(sc, hooks);
-    Ok((report, summary, marker))
+    let mut run = swarm.storm(sc, hooks);
+    run.connect = report;
+    Ok(run)
 }
 
 /// Runs one member: connect, report, then serve commands.

@@ -193,6 +193,21 @@ fn storm_of_200_all_come_back_and_get_the_marker() {
     assert!(s["peak_accepts_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
     assert_eq!(v["marker"]["received"], 200, "{v}");
     assert_eq!(v["marker"]["missing"], 0, "{v}");
+    // Resume is on: a relay with history recovers every client and none
+    // misses an event; one without answers plain subscribes. Either way no
+    // duplicates, every reply understood, and everyone caught up.
+    let r = &v["resume"];
+    let replies = &r["replies"];
+    assert_eq!(r["resume"], true, "{v}");
+    assert_eq!(r["duplicates"], 0, "{v}");
+    assert_eq!(replies["unparsed"], 0, "{v}");
+    assert_eq!(r["caught_up"], 200, "{v}");
+    let answered =
+        replies["recovered"].as_u64().unwrap_or(0) + replies["fresh"].as_u64().unwrap_or(0);
+    assert!(answered >= 200, "{v}");
+    if replies["recovered"] == 200 {
+        assert_eq!(r["missed"], 0, "{v}");
+    }
 }
 
 #[test]
