@@ -58,6 +58,8 @@ Flags (environment variable in brackets; a flag wins over its variable):
                           recorded as compare.publisher and in the table's pub column [COMPARE_PUBLISHER]
   --port-base N           first port; each run takes the next one, default 18700 [COMPARE_PORT_BASE]
   --server-cpu N          CPU for the server, default 0           [COMPARE_SERVER_CPU]
+  --tidings-reactors N    tidings' reactors, default 1 (one core, like its peers)
+                          [COMPARE_TIDINGS_REACTORS]
   --swarm-cpu N           CPU for the swarm, default 1            [COMPARE_SWARM_CPU]
   --swarm-extra "ARGS"    extra flags appended to every swarm run [COMPARE_SWARM_EXTRA]
   --per-source N          swarm connections per source address (127.0.0.2, .3, ...),
@@ -96,6 +98,7 @@ PAYLOAD=${COMPARE_PAYLOAD:-150}
 PUBLISHERS=${COMPARE_PUBLISHER:-batch}
 PORT_BASE=${COMPARE_PORT_BASE:-18700}
 SERVER_CPU=${COMPARE_SERVER_CPU:-0}
+TIDINGS_REACTORS=${COMPARE_TIDINGS_REACTORS:-1}
 SWARM_CPU=${COMPARE_SWARM_CPU:-1}
 SWARM_EXTRA=${COMPARE_SWARM_EXTRA:-}
 PER_SOURCE=${COMPARE_PER_SOURCE:-5000}
@@ -124,6 +127,7 @@ while [[ $# -gt 0 ]]; do
         --publisher) need "$@"; PUBLISHERS=$2; shift ;;
         --port-base) need "$@"; PORT_BASE=$2; shift ;;
         --server-cpu) need "$@"; SERVER_CPU=$2; shift ;;
+        --tidings-reactors) need "$@"; TIDINGS_REACTORS=$2; shift ;;
         --swarm-cpu) need "$@"; SWARM_CPU=$2; shift ;;
         --swarm-extra) need "$@"; SWARM_EXTRA=$2; shift ;;
         --per-source) need "$@"; PER_SOURCE=$2; shift ;;
@@ -334,7 +338,7 @@ listening_pid() { # port -> pid of the process listening on 127.0.0.1:port (via 
 start_server() { # name port
     local name=$1 port=$2 i cmd
     case $name in
-        tidings) cmd=("$TIDINGS" --listen "127.0.0.1:$port") ;;
+        tidings) cmd=("$TIDINGS" --listen "127.0.0.1:$port" --reactors "$TIDINGS_REACTORS") ;;
         bun) cmd=("$BUN" "$PEERS/bun-server.js" "$port") ;;
         ws) cmd=(node "$PEERS/node-ws-server.js" "$port") ;;
         naive) cmd=(node "$PEERS/naive-server.js" "$port") ;;
