@@ -19,6 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tidings::config::HistoryConfig;
+use tidings::fanout::history::{new_epoch, History};
 use tidings::fanout::sequencer::{AppendError, Sequencer, Wakeup};
 use tidings::Event;
 
@@ -43,7 +45,10 @@ impl Readers {
             wakeups.push(Arc::new(Wakeup::new(waker)));
             polls.push(poll);
         }
-        let sequencer = Arc::new(Sequencer::new(65_536, wakeups, Arc::default()));
+        // The default history, as a relay has: its append is part of the
+        // serial cost.
+        let history = History::new(&HistoryConfig::default(), new_epoch());
+        let sequencer = Arc::new(Sequencer::new(65_536, wakeups, Arc::default(), history));
         let read: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..count)

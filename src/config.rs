@@ -169,9 +169,14 @@ impl Limits {
 pub enum SlowConsumerPolicy {
     /// Close it with 1008 (the default): the client reconnects and resyncs.
     Close,
-    /// Drop its oldest whole queued frames to make room. The client is not
-    /// told: `seq` counts every channel, so its gaps do not show the loss.
+    /// Drop its oldest whole queued frames to make room, and put a
+    /// `resync` notice (reason `"dropped"`, the last dropped `seq`) where
+    /// they were, so the loss is never silent.
     DropOldest,
+    /// Drop its whole backlog and queue one `resync` notice (reason
+    /// `"overflow"`); the connection stays open and the client resumes with
+    /// `since` or reloads.
+    Resync,
 }
 
 /// Every timeout. In TOML: `"54s"`, `"500ms"`, `"2m"`, a number of seconds,
@@ -528,18 +533,6 @@ impl Config {
                 "must be greater than 0 (history.max_events = 0 turns resume off)",
             ));
         }
-        // A resume queues its whole replay on the socket at once; more
-        // frames than the queue holds would cut the client it was meant to help.
-        if h.max_replay > self.limits.max_queue_messages {
-            return Err(ConfigError::invalid(
-                "history.max_replay",
-                format!(
-                    "is {}, more than limits.max_queue_messages ({}): a replay that large \
-                     would overflow the socket's queue",
-                    h.max_replay, self.limits.max_queue_messages
-                ),
-            ));
-        }
         for pattern in &h.last_value {
             validate_pattern(pattern, subject).map_err(|e| {
                 ConfigError::invalid("history.last_value", format!("{pattern:?}: {e}"))
@@ -703,7 +696,6 @@ mod tests {
             ("default_channels = [\"a..b\"]", "default_channels"),
             ("[[auth.tokens]]\ntoken = \"\"", "auth.tokens[0].token"),
             ("[history]\nmax_replay = 0", "history.max_replay"),
-            ("[history]\nmax_replay = 2000", "limits.max_queue_messages"),
             ("[history]\nmax_bytes = 0", "history.max_bytes"),
             ("[history]\nmax_age = 0", "history.max_age"),
             ("[history]\nmax_channels = 0", "history.max_channels"),
@@ -746,7 +738,7 @@ mod tests {
 
     #[test]
     fn default_limits_fit_the_largest_subscribe() {
-        use crate::proto::command::{parse_command, Command};
+        use crate::proto::command::{parse_command, Command, Subscribe};
         let c = Config::default();
         let text = largest_subscribe_text(&c.limits);
         assert_eq!(text.len(), c.limits.largest_subscribe(), "the arithmetic");
@@ -757,7 +749,7 @@ mod tests {
             c.limits.max_message_size
         );
         // The relay's own parser and channel rules accept every pattern.
-        let Ok(Command::Subscribe(channels)) = parse_command(&text) else {
+        let Ok(Command::Subscribe(Subscribe { channels, .. })) = parse_command(&text) else {
             panic!("not a subscribe: {}", &text[..80]);
         };
         assert_eq!(channels.len(), c.limits.max_subscriptions);

@@ -10,6 +10,7 @@ use mio::{Interest, Poll, Waker};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fanout::history::{new_epoch, History};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
 use crate::io::admission::Admission;
@@ -68,10 +69,12 @@ impl Relay {
             wakeups.push(Arc::new(Wakeup::new(Waker::new(poll.registry(), WAKER)?)));
             polls.push((poll, listener));
         }
+        let history = History::new(&config.history, new_epoch());
         let sequencer = Arc::new(Sequencer::new(
             config.limits.ingest_capacity,
             wakeups,
             Arc::clone(&stats.relay),
+            history,
         ));
         let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
         let admission = Arc::new(Admission::new(

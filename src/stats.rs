@@ -25,6 +25,8 @@ pub struct Stats {
     pub write_interval_ms: AtomicU64,
     pub intake_pauses: AtomicU64,
     pub queue_bytes_high_water: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub replayed: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -59,6 +61,11 @@ pub struct StatsSnapshot {
     /// start (queues only grow between flushes, so this is their peak): the
     /// check on the hard cap documented in docs/security.md.
     pub queue_bytes_high_water: u64,
+    /// `resync` notices queued: backlogs dropped under
+    /// `slow_consumer = "resync"` or frames dropped under `"drop_oldest"`.
+    pub resyncs: u64,
+    /// Events sent from the history: resume replays and snapshots.
+    pub replayed: u64,
 }
 
 impl Stats {
@@ -82,11 +89,53 @@ impl Stats {
 }
 
 /// Every `Stats` of one relay: one per reactor and one for what is counted
-/// once per relay (events, by the sequencer).
+/// once per relay (events, by the sequencer); and the subscribers of each
+/// pattern, over every reactor.
 #[derive(Debug, Clone)]
 pub(crate) struct StatsSet {
     pub relay: Arc<Stats>,
     pub reactors: Arc<[Arc<Stats>]>,
+    pub patterns: Arc<PatternCounts>,
+}
+
+/// Sockets subscribed to each pattern, for `/api/stats` (the status page's
+/// top channels). Touched once per subscribe or unsubscribe, never per
+/// event; bounded by the patterns the router holds.
+#[derive(Debug, Default)]
+pub(crate) struct PatternCounts {
+    counts: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+}
+
+impl PatternCounts {
+    pub fn add(&self, pattern: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(pattern) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(pattern.into(), 1);
+            }
+        }
+    }
+
+    pub fn remove(&self, pattern: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(pattern) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(pattern);
+            }
+        }
+    }
+
+    /// The `limit` patterns with the most subscribers, most first.
+    pub fn top(&self, limit: usize) -> Vec<(String, u64)> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(String, u64)> = counts.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+        drop(counts);
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all
+    }
 }
 
 impl StatsSet {
@@ -94,6 +143,7 @@ impl StatsSet {
         StatsSet {
             relay: Arc::default(),
             reactors: (0..reactors).map(|_| Arc::default()).collect(),
+            patterns: Arc::default(),
         }
     }
 
@@ -131,6 +181,8 @@ impl StatsSnapshot {
         self.writes += get(&stats.writes);
         self.write_interval_ms = self.write_interval_ms.max(get(&stats.write_interval_ms));
         self.intake_pauses += get(&stats.intake_pauses);
+        self.resyncs += get(&stats.resyncs);
+        self.replayed += get(&stats.replayed);
         self.queue_bytes_high_water = self
             .queue_bytes_high_water
             .max(get(&stats.queue_bytes_high_water));
@@ -140,7 +192,7 @@ impl StatsSnapshot {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 15] = [
+        let rows: [(&str, &str, &str, u64); 17] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -224,6 +276,18 @@ impl StatsSnapshot {
                 "counter",
                 "Times new events waited because the relay was behind its readers.",
                 self.intake_pauses,
+            ),
+            (
+                "tidings_resyncs_total",
+                "counter",
+                "Resync notices queued: backlogs dropped (resync policy) or frames dropped (drop_oldest).",
+                self.resyncs,
+            ),
+            (
+                "tidings_replayed_total",
+                "counter",
+                "Events sent from the history: resume replays and snapshots.",
+                self.replayed,
             ),
             (
                 "tidings_queue_bytes_high_water",

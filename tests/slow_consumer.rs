@@ -100,7 +100,7 @@ fn never_reading_client_is_closed_and_fast_reader_gets_everything() {
 }
 
 #[test]
-fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
+fn drop_oldest_keeps_the_slow_client_open_and_says_where_the_gap_is() {
     // A long write deadline so that only the queue policy is in play.
     let relay = TestRelay::with(|c| {
         small_queues(c, SlowConsumerPolicy::DropOldest, Duration::from_secs(600))
@@ -111,7 +111,9 @@ fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
 
     // Now drain the slow socket: whole frames only (the parser checks),
     // rising seqs and `i`, fewer than published, and the newest event last.
-    let (mut last_seq, mut last_i, mut count) = (0, None, 0u64);
+    // Where frames were dropped a `resync` notice names the last dropped
+    // seq: loss is never silent.
+    let (mut last_seq, mut last_i, mut count, mut notices) = (0, None, 0u64, 0);
     let deadline = Instant::now() + WAIT;
     while last_i != Some(EVENTS - 1) {
         assert!(
@@ -119,6 +121,14 @@ fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
             "slow client never got the last event (at i={last_i:?})"
         );
         let event = slow.next_json();
+        if event["type"] == "resync" {
+            assert_eq!(event["data"]["reason"], "dropped", "{event}");
+            let dropped = event["data"]["seq"].as_u64().expect("seq");
+            assert!(dropped > last_seq, "{event} after seq {last_seq}");
+            assert!(event["data"]["epoch"].is_string(), "{event}");
+            (last_seq, notices) = (dropped, notices + 1);
+            continue;
+        }
         let seq = event_seq(&event, "flood.x");
         let i = event["data"]["i"].as_u64().expect("data.i");
         assert!(seq > last_seq, "seq went from {last_seq} to {seq}");
@@ -130,6 +140,8 @@ fn drop_oldest_keeps_the_slow_client_open_with_a_gap() {
     }
     eprintln!("slow client received {count} of {EVENTS} events");
     assert!(count < EVENTS, "no frames were dropped ({count} received)");
+    assert!(notices > 0, "frames were dropped without a notice");
+    assert!(relay.stats().resyncs > 0);
     slow.send_text(r#"{"type":"ping"}"#);
     assert_eq!(slow.next_json()["type"], "pong");
 }

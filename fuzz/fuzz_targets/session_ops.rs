@@ -139,6 +139,7 @@ impl Harness<'_> {
                 WsOutput::Unsubscribe(pattern) => {
                     assert!(self.trie.remove(&pattern, ID), "{pattern} not held");
                 }
+                WsOutput::Subscribed(subscribed) => assert!(!subscribed.channels.is_empty()),
                 WsOutput::Close(_) => self.closed = true,
             }
         }

@@ -120,6 +120,14 @@ impl Conn {
     fn on_item(&mut self, item: Item<'_>, cx: &mut Ctx<'_>) -> Fate {
         match item {
             Item::Text(p) => {
+                // The reply carries a `seq` too (its position): look for it
+                // first, before reading the text as an event.
+                if self.state == State::Subscribing
+                    && scan::find(p, b"\"type\":\"subscribed\"").is_some()
+                {
+                    self.state = State::Ready;
+                    return Fate::Keep;
+                }
                 let (seq, t) = cx.fields.fields(p);
                 if let Some(seq) = seq {
                     if let Some(acc) = cx.acc.as_deref_mut() {

@@ -120,6 +120,33 @@ impl EncodedEvent {
     }
 }
 
+/// The `seq` of an event frame built by [`EncodedEvent::frame`]: the digits
+/// after the first `,"seq":`. Unambiguous, since `type` and `channel` come
+/// before it as JSON strings, in which a quote is always escaped.
+pub fn seq_of_frame(frame: &[u8]) -> Option<u64> {
+    const NEEDLE: &[u8] = b",\"seq\":";
+    let at = frame.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut value: u64 = 0;
+    let mut any = false;
+    for &d in digits {
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        any = true;
+    }
+    any.then_some(value)
+}
+
+/// The payload of a frame built by [`EncodedEvent::frame`]: the event's
+/// JSON as the WebSocket carries it.
+pub fn payload_of_frame(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 /// Decimal digits of `value`, without allocating.
 fn format_u64(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
@@ -185,6 +212,16 @@ mod tests {
             let value = payload(&frame);
             assert_eq!(value["seq"], seq);
         }
+    }
+
+    #[test]
+    fn seq_is_found_in_a_frame_whatever_the_names() {
+        let tricky = Event::from_json("a", "{\"seq\":1}")
+            .expect("json")
+            .with_type(",\"seq\":9");
+        let frame = tricky.encode(at()).frame(12345);
+        assert_eq!(seq_of_frame(&frame), Some(12345));
+        assert_eq!(seq_of_frame(b"{\"type\":\"pong\"}"), None);
     }
 
     #[test]

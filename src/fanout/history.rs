@@ -236,17 +236,19 @@ impl History {
         &self,
         epoch: &str,
         since: u64,
+        until: u64,
         patterns: &[P],
         allow: impl Fn(&str) -> bool,
     ) -> Replay {
         if epoch != &*self.epoch {
             return Replay::NotRecovered(Gap::Epoch);
         }
-        self.replay(since, patterns, allow)
+        self.replay(since, until, patterns, allow)
     }
 
-    /// Every held event with seq > `since` whose channel matches one of
-    /// `patterns` and passes `allow`, oldest first.
+    /// Every held event with `since` < seq <= `until` whose channel matches
+    /// one of `patterns` and passes `allow`, oldest first. (`until` is where
+    /// live delivery takes over: later events reach the client live.)
     ///
     /// `Gone` when an event after `since` is no longer held, when the
     /// history is off (`max_events = 0`), and when `since` is past the
@@ -256,6 +258,7 @@ impl History {
     pub fn replay<P: AsRef<str>>(
         &self,
         since: u64,
+        until: u64,
         patterns: &[P],
         allow: impl Fn(&str) -> bool,
     ) -> Replay {
@@ -267,6 +270,9 @@ impl History {
         let start = (since - held_after) as usize;
         let mut events = Vec::new();
         for held in self.ring.range(start..) {
+            if held.event.seq > until {
+                break;
+            }
             let channel = &*held.event.channel;
             if matches_any(patterns, channel) && allow(channel) {
                 if events.len() == self.max_replay {
@@ -279,15 +285,16 @@ impl History {
     }
 
     /// The last value of every kept channel matching one of `patterns` and
-    /// passing `allow`, in seq order, leaving out seq <= `after` (events a
-    /// replay already sent). At most `max_channels` events.
+    /// passing `allow`, in seq order, leaving out those whose seq `keep`
+    /// refuses (events a replay already sent, or that will come live). At
+    /// most `max_channels` events.
     pub fn snapshot<P: AsRef<str>>(
         &self,
         patterns: &[P],
-        after: u64,
+        keep: impl Fn(u64) -> bool,
         allow: impl Fn(&str) -> bool,
     ) -> Vec<Arc<Sequenced>> {
-        let wanted = |event: &Arc<Sequenced>| event.seq > after && allow(&event.channel);
+        let wanted = |event: &Arc<Sequenced>| keep(event.seq) && allow(&event.channel);
         let mut events: Vec<Arc<Sequenced>> = if patterns.iter().all(|p| is_literal(p.as_ref())) {
             // A lookup per channel rather than a scan of every kept channel.
             patterns

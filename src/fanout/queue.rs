@@ -116,9 +116,15 @@ impl OutQueue {
     }
 
     /// Drops whole unsent frames from the front until `incoming` more bytes
-    /// and one more frame fit. Returns how many frames were dropped.
-    pub fn drop_oldest_for(&mut self, incoming: usize, limits: QueueLimits) -> usize {
+    /// and one more frame fit. Returns how many frames were dropped, and the
+    /// last of them.
+    pub fn drop_oldest_for(
+        &mut self,
+        incoming: usize,
+        limits: QueueLimits,
+    ) -> (usize, Option<Frame>) {
         let mut dropped = 0;
+        let mut last = None;
         // A partly written front frame must finish, or the stream breaks.
         let keep = usize::from(self.front_sent > 0);
         while self.frames.len() > keep
@@ -131,20 +137,33 @@ impl OutQueue {
                 .expect("bug: index checked against len");
             self.bytes -= frame.len() as u32;
             dropped += 1;
+            last = Some(frame);
         }
-        dropped
+        (dropped, last)
+    }
+
+    /// Queues a frame ahead of every unsent one (after a partly written
+    /// front frame): the notice of what `drop_oldest_for` dropped goes where
+    /// the gap is. Like `push_unbounded`, whatever the limits.
+    pub fn push_front_unsent(&mut self, frame: Bytes) {
+        let at = usize::from(self.front_sent > 0).min(self.frames.len());
+        self.bytes = self.bytes.saturating_add(frame.len() as u32);
+        self.frames.insert(at, Rc::new(frame));
     }
 
     /// Drops every frame not yet started, keeping a partly written front frame
     /// so that what follows (a close frame) starts at a frame boundary.
-    pub fn discard_unsent(&mut self) {
+    /// Returns how many were dropped.
+    pub fn discard_unsent(&mut self) -> usize {
         let keep = usize::from(self.front_sent > 0);
+        let dropped = self.frames.len().saturating_sub(keep);
         self.frames.truncate(keep);
         self.bytes = self
             .frames
             .front()
             .map_or(0, |f| (f.len() - self.front_sent as usize) as u32);
         self.release_if_empty();
+        dropped
     }
 
     /// Writes as much as `sink` takes, many frames per call.
@@ -418,8 +437,9 @@ mod tests {
             calls: 0,
         };
         q.flush_to(&mut sink).expect("flush");
-        let dropped = q.drop_oldest_for(20, LIMITS);
+        let (dropped, last) = q.drop_oldest_for(20, LIMITS);
         assert_eq!(dropped, 1);
+        assert_eq!(last.as_deref().map(|f| f[0]), Some(1), "frame 1 went");
         assert_eq!(q.push(&frame(9, 20), LIMITS), Push::Queued);
         sink.total = 1000;
         sink.per_call = 1000;

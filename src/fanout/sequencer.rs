@@ -7,6 +7,11 @@
 //! it. Each reactor reads the log from its own cursor; an event leaves the
 //! log once every reactor has read it.
 //!
+//! The sequencer also appends each event to the history (`fanout::history`)
+//! under the same lock, so a reactor that answers a resume sees exactly the
+//! events it has fanned out: the hand-over from replay to live has no gap
+//! and no duplicate.
+//!
 //! This is also the one back-pressure path. The log holds at most
 //! `capacity` events not yet read by the slowest reactor; a reactor that is
 //! behind its sockets stops reading, so the log fills and every producer
@@ -16,10 +21,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::event::EncodedEvent;
+use super::history::{History, Replay};
 use crate::stats::Stats;
 
 /// An event with its place in the order: built once, shared by every reactor.
@@ -93,6 +100,8 @@ struct Log {
     /// full and waits for room.
     room_wanted: bool,
     closed: bool,
+    /// Recent events and last values, for resumes and snapshots.
+    history: History,
 }
 
 impl Log {
@@ -118,16 +127,27 @@ pub struct Sequencer {
     capacity: usize,
     /// Events are counted here, once, not by each reactor.
     stats: Arc<Stats>,
+    /// The history's epoch, readable without the lock.
+    epoch: Arc<str>,
+    /// The history's clock (age limits).
+    started: Instant,
 }
 
 impl Sequencer {
-    pub fn new(capacity: usize, wakeups: Vec<Arc<Wakeup>>, stats: Arc<Stats>) -> Sequencer {
+    pub fn new(
+        capacity: usize,
+        wakeups: Vec<Arc<Wakeup>>,
+        stats: Arc<Stats>,
+        history: History,
+    ) -> Sequencer {
+        let epoch: Arc<str> = history.epoch().into();
         let log = Log {
             next_seq: 1,
             events: VecDeque::new(),
             cursors: vec![1; wakeups.len()],
             room_wanted: false,
             closed: false,
+            history,
         };
         Sequencer {
             log: Mutex::new(log),
@@ -135,7 +155,62 @@ impl Sequencer {
             wakeups: wakeups.into(),
             capacity,
             stats,
+            epoch,
+            started: Instant::now(),
         }
+    }
+
+    /// This run's epoch: positions (`seq`) are meaningful within it.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The held events matching `patterns` (and `allow`) after `since` up to
+    /// `until`, for a resume from `epoch`; or why the gap cannot be filled.
+    pub fn resume(
+        &self,
+        epoch: &str,
+        since: u64,
+        until: u64,
+        patterns: &[String],
+        allow: impl Fn(&str) -> bool,
+    ) -> Replay {
+        self.lock()
+            .history
+            .resume(epoch, since, until, patterns, allow)
+    }
+
+    /// The last values of the channels matching `patterns`, in seq order,
+    /// those whose seq `keep` accepts.
+    pub fn snapshot(
+        &self,
+        patterns: &[String],
+        keep: impl Fn(u64) -> bool,
+        allow: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<Sequenced>> {
+        self.lock().history.snapshot(patterns, keep, allow)
+    }
+
+    /// The latest event of `channel`, if it keeps a last value.
+    pub fn last_value(&self, channel: &str) -> Option<Arc<Sequenced>> {
+        self.lock().history.last_value(channel).cloned()
+    }
+
+    /// Lets events older than `history.max_age` go, when nothing is
+    /// appended to do it.
+    pub fn expire_history(&self) {
+        let now = self.now_ms();
+        self.lock().history.expire(now);
+    }
+
+    /// Events and bytes the history holds.
+    pub fn history_size(&self) -> (usize, usize) {
+        let log = self.lock();
+        (log.history.len(), log.history.bytes())
     }
 
     /// Events the slowest reactor has not read yet.
@@ -201,11 +276,13 @@ impl Sequencer {
         let seq = log.next_seq;
         log.next_seq += 1;
         let frame = event.frame(seq);
-        log.events.push_back(Arc::new(Sequenced {
+        let sequenced = Arc::new(Sequenced {
             seq,
             channel: event.channel,
             frame,
-        }));
+        });
+        log.history.push(Arc::clone(&sequenced), self.now_ms());
+        log.events.push_back(sequenced);
         Stats::add(&self.stats.events_published, 1);
         seq
     }
@@ -283,7 +360,8 @@ mod tests {
                 Arc::new(Wakeup::new(waker))
             })
             .collect();
-        Sequencer::new(capacity, wakeups, Arc::default())
+        let history = History::new(&crate::config::HistoryConfig::default(), "test-epoch");
+        Sequencer::new(capacity, wakeups, Arc::default(), history)
     }
 
     fn event(channel: &str) -> EncodedEvent {

@@ -4,6 +4,7 @@
 //! session call has returned, so nothing writes from inside command handling.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use log::debug;
 
@@ -11,12 +12,21 @@ use super::conn::Phase;
 use super::reactor::{HeldPublish, Reactor};
 use super::timer::Millis;
 use crate::error::CloseReason;
+use crate::fanout::event::payload_of_frame;
 use crate::fanout::event::EncodedEvent;
+use crate::fanout::history::{Gap, Replay};
 use crate::fanout::queue::Push;
 use crate::fanout::sequencer::AppendError;
+use crate::proto::command::{reply_subscribed, Recovery};
+use crate::proto::frames::encode_text;
 use crate::proto::http::Status;
-use crate::session::{HttpOutput, HttpSession, Now, SessionContext, WsOutput, WsSession};
+use crate::session::{
+    HttpOutput, HttpSession, Now, Query, SessionContext, Subscribed, WsOutput, WsSession,
+};
 use crate::stats::Stats;
+
+/// Patterns `/api/stats` lists, most subscribers first.
+const TOP_CHANNELS: usize = 10;
 
 /// Where a WebSocket session's output came from: replies to what the client
 /// sent go within the queue limits; the relay's own pings do not.
@@ -115,6 +125,14 @@ impl Reactor {
                     outputs,
                 } => self.upgrade(key, response, session, outputs),
                 HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
+                HttpOutput::Query(query) => {
+                    let (status, body) = self.answer_query(query);
+                    if let Some(((), more)) = self.http_call(key, |s, now, cx, out| {
+                        s.query_done(status, &body, now, cx, out)
+                    }) {
+                        queue.extend(more);
+                    }
+                }
                 HttpOutput::Metrics => {
                     let text = self.all_stats.snapshot().prometheus();
                     if let Some(((), more)) =
@@ -272,11 +290,12 @@ impl Reactor {
                         self.flush_soon(key);
                     }
                 }
-                WsOutput::Subscribe(pattern) => {
-                    self.router.insert(&pattern, key as u32);
-                }
-                WsOutput::Unsubscribe(pattern) => {
-                    self.router.remove(&pattern, key as u32);
+                WsOutput::Subscribe(pattern) => self.route_add(key, &pattern),
+                WsOutput::Unsubscribe(pattern) => self.route_remove(key, &pattern),
+                WsOutput::Subscribed(subscribed) => {
+                    if !overflow && !self.answer_subscribe(key, *subscribed) {
+                        overflow = true;
+                    }
                 }
                 WsOutput::Close(reason) => self.close(key, reason),
             }
@@ -284,6 +303,154 @@ impl Reactor {
         if overflow {
             self.close(key, CloseReason::QueueOverflow);
         }
+    }
+
+    /// The JSON answer to a read of the relay's state.
+    fn answer_query(&self, query: Query) -> (Status, Vec<u8>) {
+        match query {
+            Query::Stats => {
+                let s = self.all_stats.snapshot();
+                let top: Vec<serde_json::Value> = self
+                    .all_stats
+                    .patterns
+                    .top(TOP_CHANNELS)
+                    .into_iter()
+                    .map(|(pattern, n)| serde_json::json!({"pattern": pattern, "subscribers": n}))
+                    .collect();
+                let (history_events, history_bytes) = self.sequencer.history_size();
+                let body = serde_json::json!({
+                    "epoch": &*self.epoch,
+                    "reactors": self.all_stats.reactors.len(),
+                    "connections": s.connections,
+                    "websockets": s.websockets,
+                    "events_published": s.events_published,
+                    "deliveries": s.deliveries,
+                    "slow_consumer_closes": s.slow_consumer_closes,
+                    "resyncs": s.resyncs,
+                    "dropped_frames": s.dropped_frames,
+                    "replayed": s.replayed,
+                    "history_events": history_events,
+                    "history_bytes": history_bytes,
+                    "top_channels": top,
+                });
+                (Status::Ok, body.to_string().into_bytes())
+            }
+            Query::Channel(channel) => match self.sequencer.last_value(&channel) {
+                Some(event) => (Status::Ok, payload_of_frame(&event.frame).to_vec()),
+                None => {
+                    let message = format!("no last value is kept for {channel:?}");
+                    let body =
+                        serde_json::json!({"error": {"code": "not_found", "message": message}});
+                    (Status::NotFound, body.to_string().into_bytes())
+                }
+            },
+            Query::Channels { pattern, token } => {
+                let tokens = &self.tokens;
+                let events = self.sequencer.snapshot(
+                    std::slice::from_ref(&pattern),
+                    |_| true,
+                    |channel| tokens.allows(token, channel),
+                );
+                let mut body = Vec::from(*b"[");
+                for (i, event) in events.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(payload_of_frame(&event.frame));
+                }
+                body.push(b']');
+                (Status::Ok, body)
+            }
+        }
+    }
+
+    /// Adds a socket to the router under `pattern`, counted for the stats.
+    pub(super) fn route_add(&mut self, key: usize, pattern: &str) {
+        if self.router.insert(pattern, key as u32) {
+            self.all_stats.patterns.add(pattern);
+        }
+    }
+
+    pub(super) fn route_remove(&mut self, key: usize, pattern: &str) {
+        if self.router.remove(pattern, key as u32) {
+            self.all_stats.patterns.remove(pattern);
+        }
+    }
+
+    /// Answers an accepted subscribe: the position it starts at, and for a
+    /// resume or a snapshot the events from the history, queued right
+    /// behind the reply. The session's router changes follow in the same
+    /// step, with no event fanned out in between: every later event comes
+    /// live, none twice. False when it did not fit in the queue.
+    fn answer_subscribe(&mut self, key: usize, subscribed: Subscribed) -> bool {
+        let Subscribed {
+            channels,
+            since,
+            snapshot,
+            token,
+        } = subscribed;
+        if let Some(since) = &since {
+            if *since.epoch == *self.epoch && since.seq > self.last_seq {
+                self.catch_up(since.seq);
+            }
+        }
+        let position = self.last_seq;
+        let tokens = &self.tokens;
+        let allow = |channel: &str| tokens.allows(token, channel);
+        let (mut recovery, mut events) = match &since {
+            None => (None, Vec::new()),
+            Some(since) => {
+                match self
+                    .sequencer
+                    .resume(&since.epoch, since.seq, position, &channels, allow)
+                {
+                    Replay::Recovered(events) => (Some(Recovery::Recovered), events),
+                    Replay::NotRecovered(gap) => {
+                        (Some(Recovery::NotRecovered(gap.reason())), Vec::new())
+                    }
+                }
+            }
+        };
+        if snapshot {
+            // Events a resume replayed are not sent twice, nor those that
+            // will come live.
+            let replayed_after = match (&since, recovery) {
+                (Some(since), Some(Recovery::Recovered)) => since.seq,
+                _ => u64::MAX,
+            };
+            let keep = |seq: u64| seq <= position && seq <= replayed_after;
+            events.extend(self.sequencer.snapshot(&channels, keep, allow));
+            events.sort_unstable_by_key(|e| e.seq);
+        }
+        let limits = self.queue_limits;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return true;
+        };
+        // A replay that cannot fit in the queue would only get the client
+        // cut as a slow consumer: tell it to reload instead.
+        let bytes: usize = events.iter().map(|e| e.frame.len()).sum();
+        let room = conn.out.len() + events.len() < limits.max_messages
+            && conn.out.bytes() + bytes + 256 <= limits.max_bytes;
+        if !room {
+            events.clear();
+            if recovery == Some(Recovery::Recovered) {
+                recovery = Some(Recovery::NotRecovered(Gap::TooMany.reason()));
+            }
+        }
+        let reply = reply_subscribed(&channels, &self.epoch, position, recovery);
+        // A replay counts against the queue limits like any other output.
+        let frames = std::iter::once(encode_text(reply.as_bytes()))
+            .chain(events.iter().map(|e| e.frame.clone()));
+        for frame in frames {
+            if conn.out.push(&Rc::new(frame), limits) == Push::Full {
+                return false;
+            }
+        }
+        if !events.is_empty() {
+            Stats::add(&self.stats.replayed, events.len() as u64);
+        }
+        self.flush_soon(key);
+        true
     }
 
     /// Calls the socket's WebSocket session on its timer and carries out

@@ -29,10 +29,13 @@ use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{CloseReason, Error};
 use crate::fanout::coalesce::Coalescer;
+use crate::fanout::event::seq_of_frame;
 use crate::fanout::event::EncodedEvent;
+use crate::fanout::queue::OutQueue;
 use crate::fanout::queue::{Frame, Push, QueueLimits};
 use crate::fanout::sequencer::{Sequenced, Sequencer};
-use crate::proto::frames::encode_close;
+use crate::proto::command::notice_resync;
+use crate::proto::frames::{encode_close, encode_text};
 use crate::proto::http::Status;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
@@ -106,6 +109,11 @@ pub(crate) struct Reactor {
     /// closing them as slow consumers. The log fills, and producers wait
     /// (see `fanout::sequencer`).
     pub(super) intake_paused: bool,
+    /// The seq of the last event fanned out here: where a subscription made
+    /// now starts (`subscribed` replies carry it).
+    pub(super) last_seq: u64,
+    /// The sequencer's epoch, for replies and notices.
+    pub(super) epoch: Arc<str>,
     /// Flush passes started so far, and the one whose end lifts the pause.
     passes: u64,
     resume_after_pass: u64,
@@ -165,6 +173,7 @@ impl Reactor {
             0,
         );
         let stats = Arc::clone(&parts.stats.reactors[parts.index]);
+        let epoch: Arc<str> = parts.sequencer.epoch().into();
         Stats::set(&stats.write_interval_ms, coalescer.interval());
         Reactor {
             index: parts.index,
@@ -199,6 +208,8 @@ impl Reactor {
             last_flush: 0,
             coalescer,
             intake_paused: false,
+            last_seq: 0,
+            epoch,
             passes: 0,
             resume_after_pass: 0,
             held: Vec::new(),
@@ -492,7 +503,9 @@ impl Reactor {
         let subscribers = self.router.matches(&event.channel);
         let limits = self.queue_limits;
         let policy = self.config.limits.slow_consumer;
-        let (mut delivered, mut dropped) = (0, 0);
+        let epoch: &str = &self.epoch;
+        let (mut delivered, mut dropped, mut resyncs) = (0, 0, 0);
+        self.last_seq = event.seq;
         let mut behind = false;
         for &key in subscribers.iter() {
             let key = key as usize;
@@ -509,14 +522,33 @@ impl Reactor {
             if conn.out.push(&frame, limits) == Push::Full {
                 if keeping_up {
                     conn.out.push_past_limits(&frame);
-                } else if policy == SlowConsumerPolicy::Close {
-                    self.deferred_closes.push((key, CloseReason::QueueOverflow));
-                    continue;
                 } else {
-                    dropped += conn.out.drop_oldest_for(frame.len(), limits);
-                    if conn.out.push(&frame, limits) == Push::Full {
-                        dropped += 1;
-                        continue;
+                    match policy {
+                        SlowConsumerPolicy::Close => {
+                            self.deferred_closes.push((key, CloseReason::QueueOverflow));
+                            continue;
+                        }
+                        SlowConsumerPolicy::DropOldest => {
+                            let (count, kept) = drop_oldest(&mut conn.out, &frame, limits, epoch);
+                            dropped += count;
+                            resyncs += 1;
+                            if !kept {
+                                continue;
+                            }
+                        }
+                        SlowConsumerPolicy::Resync => {
+                            // The backlog and this event go; the notice
+                            // names this event, the last one dropped.
+                            dropped += conn.out.discard_unsent() + 1;
+                            let notice = notice_resync("overflow", epoch, event.seq);
+                            conn.out.push_unbounded(encode_text(notice.as_bytes()));
+                            resyncs += 1;
+                            if !conn.dirty {
+                                conn.dirty = true;
+                                self.dirty.push(key);
+                            }
+                            continue;
+                        }
                     }
                 }
             }
@@ -537,6 +569,25 @@ impl Reactor {
         Stats::add(&self.stats.deliveries, delivered);
         if dropped > 0 {
             Stats::add(&self.stats.dropped_frames, dropped as u64);
+            Stats::add(&self.stats.resyncs, resyncs);
+        }
+    }
+
+    /// Fans out events from the log until this reactor has passed `seq`, or
+    /// the log has no more. For a client that resumes from a position
+    /// another reactor, further ahead, gave it: answered from here before
+    /// this reactor got there, it would get those events twice.
+    pub(super) fn catch_up(&mut self, seq: u64) {
+        while self.last_seq < seq {
+            if self.inbox.is_empty()
+                && self.sequencer.read(self.index, READ_CHUNK, &mut self.inbox) == 0
+            {
+                break;
+            }
+            let Some(event) = self.inbox.pop_front() else {
+                break;
+            };
+            self.fan_out(&event);
         }
     }
 
@@ -738,7 +789,7 @@ impl Reactor {
 
     pub(super) fn unsubscribe_all(&mut self, key: usize, patterns: &[Box<str>]) {
         for pattern in patterns {
-            self.router.remove(pattern, key as u32);
+            self.route_remove(key, pattern);
         }
     }
 
@@ -845,4 +896,35 @@ impl Reactor {
         let linger = self.config.timeouts.close_linger.as_millis() as Millis;
         self.stopping_until = Some(self.now + linger);
     }
+}
+
+/// `slow_consumer = "drop_oldest"` for one queue: drops its oldest frames to
+/// make room for `frame` and a notice, and puts the notice (`resync`,
+/// reason `"dropped"`, the last dropped seq) where they were. Returns the
+/// frames dropped and whether `frame` was queued.
+fn drop_oldest(
+    out: &mut OutQueue,
+    frame: &Frame,
+    limits: QueueLimits,
+    epoch: &str,
+) -> (usize, bool) {
+    // Room for the notice too: a message slot and its bytes.
+    const NOTICE_ROOM: usize = 128;
+    let room = QueueLimits {
+        max_messages: limits.max_messages.saturating_sub(1).max(1),
+        max_bytes: limits.max_bytes,
+    };
+    let (mut count, last) = out.drop_oldest_for(frame.len() + NOTICE_ROOM, room);
+    let kept = out.push(frame, limits) == Push::Queued;
+    let last_seq = if kept {
+        last.and_then(|f| seq_of_frame(&f))
+    } else {
+        count += 1;
+        seq_of_frame(frame)
+    };
+    if let Some(seq) = last_seq {
+        let notice = notice_resync("dropped", epoch, seq);
+        out.push_front_unsent(encode_text(notice.as_bytes()));
+    }
+    (count, kept)
 }

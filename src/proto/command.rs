@@ -5,10 +5,35 @@ use serde::{Deserialize, Serialize};
 /// A command a client sends in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Subscribe(Vec<String>),
+    Subscribe(Subscribe),
     Unsubscribe(Vec<String>),
     Ping,
     Auth(String),
+}
+
+/// `{"type":"subscribe","channels":[...],"since"?:{...},"snapshot"?:bool}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subscribe {
+    pub channels: Vec<String>,
+    /// Resume: the position the client last saw.
+    pub since: Option<Since>,
+    /// Send the last value of every matching channel kept as one.
+    pub snapshot: bool,
+}
+
+/// A position in the relay's event order: `{"epoch":"E","seq":N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: u64,
+}
+
+/// Whether a resume could be filled; `reason` when not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    Recovered,
+    NotRecovered(&'static str),
 }
 
 /// An error reply that keeps the socket open; `code` goes on the wire.
@@ -61,6 +86,8 @@ struct Fields {
     kind: Option<serde_json::Value>,
     channels: Option<serde_json::Value>,
     token: Option<serde_json::Value>,
+    since: Option<serde_json::Value>,
+    snapshot: Option<serde_json::Value>,
 }
 
 pub fn parse_command(text: &str) -> Result<Command, CommandError> {
@@ -85,7 +112,28 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         None => return Err(CommandError::new(ErrorCode::UnknownType, "missing `type`")),
     };
     match kind.as_str() {
-        "subscribe" => channels(fields.channels).map(Command::Subscribe),
+        "subscribe" => Ok(Command::Subscribe(Subscribe {
+            channels: channels(fields.channels)?,
+            since: match fields.since {
+                None | Some(serde_json::Value::Null) => None,
+                Some(value) => Some(serde_json::from_value(value).map_err(|e| {
+                    CommandError::new(
+                        ErrorCode::BadRequest,
+                        format!("`since` must be {{\"epoch\":\"...\",\"seq\":N}}: {e}"),
+                    )
+                })?),
+            },
+            snapshot: match fields.snapshot {
+                None => false,
+                Some(serde_json::Value::Bool(b)) => b,
+                Some(_) => {
+                    return Err(CommandError::new(
+                        ErrorCode::BadRequest,
+                        "`snapshot` must be true or false",
+                    ))
+                }
+            },
+        })),
         "unsubscribe" => channels(fields.channels).map(Command::Unsubscribe),
         "ping" => Ok(Command::Ping),
         "auth" => match fields.token {
@@ -156,10 +204,61 @@ fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).expect("bug: replies serialize infallibly")
 }
 
-pub fn reply_subscribed(channels: &[String]) -> String {
-    to_json(&ChannelsReply {
+#[derive(Serialize)]
+struct SubscribedReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channels: &'a [String],
+    epoch: &'a str,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// The reply to a subscribe: where the subscription starts (`epoch`, `seq`:
+/// the last event assigned before it took effect) and, for a resume,
+/// whether the gap was filled.
+pub fn reply_subscribed(
+    channels: &[String],
+    epoch: &str,
+    seq: u64,
+    recovery: Option<Recovery>,
+) -> String {
+    to_json(&SubscribedReply {
         kind: "subscribed",
         channels,
+        epoch,
+        seq,
+        recovered: recovery.map(|r| r == Recovery::Recovered),
+        reason: match recovery {
+            Some(Recovery::NotRecovered(reason)) => Some(reason),
+            _ => None,
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct ResyncReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    data: ResyncData<'a>,
+}
+
+#[derive(Serialize)]
+struct ResyncData<'a> {
+    reason: &'a str,
+    epoch: &'a str,
+    seq: u64,
+}
+
+/// Events were dropped for this client (`reason`: "overflow" or
+/// "dropped"); `seq` is the last dropped. The client resumes or reloads.
+pub fn notice_resync(reason: &str, epoch: &str, seq: u64) -> String {
+    to_json(&ResyncReply {
+        kind: "resync",
+        data: ResyncData { reason, epoch, seq },
     })
 }
 
@@ -201,7 +300,21 @@ mod tests {
         let table = [
             (
                 r#"{"type":"subscribe","channels":["job.*","a"]}"#,
-                Command::Subscribe(vec!["job.*".into(), "a".into()]),
+                Command::Subscribe(Subscribe {
+                    channels: vec!["job.*".into(), "a".into()],
+                    ..Subscribe::default()
+                }),
+            ),
+            (
+                r#"{"type":"subscribe","channels":["a"],"since":{"epoch":"e1","seq":7},"snapshot":true}"#,
+                Command::Subscribe(Subscribe {
+                    channels: vec!["a".into()],
+                    since: Some(Since {
+                        epoch: "e1".into(),
+                        seq: 7,
+                    }),
+                    snapshot: true,
+                }),
             ),
             (
                 r#"{"type":"unsubscribe","channels":["a"]}"#,
@@ -210,8 +323,11 @@ mod tests {
             (r#"{"type":"ping"}"#, Command::Ping),
             (r#"{"type":"auth","token":"t"}"#, Command::Auth("t".into())),
             (
-                r#" {"channels":["x"],"type":"subscribe","extra":1} "#,
-                Command::Subscribe(vec!["x".into()]),
+                r#" {"channels":["x"],"type":"subscribe","extra":1,"since":null} "#,
+                Command::Subscribe(Subscribe {
+                    channels: vec!["x".into()],
+                    ..Subscribe::default()
+                }),
             ),
         ];
         for (text, expected) in table {
@@ -242,6 +358,18 @@ mod tests {
                 ErrorCode::BadRequest,
             ),
             (r#"{"type":"auth"}"#, ErrorCode::BadRequest),
+            (
+                r#"{"type":"subscribe","channels":["a"],"since":{"seq":1}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"subscribe","channels":["a"],"since":{"epoch":"e","seq":-1}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"subscribe","channels":["a"],"snapshot":"yes"}"#,
+                ErrorCode::BadRequest,
+            ),
         ];
         for (text, code) in table {
             assert_eq!(parse_command(text).map_err(|e| e.code), Err(code), "{text}");
@@ -251,12 +379,28 @@ mod tests {
     #[test]
     fn replies() {
         assert_eq!(
-            reply_subscribed(&["a.*".into()]),
-            r#"{"type":"subscribed","channels":["a.*"]}"#
+            reply_subscribed(&["a.*".into()], "e1", 9, None),
+            r#"{"type":"subscribed","channels":["a.*"],"epoch":"e1","seq":9}"#
         );
-        let value: serde_json::Value =
-            serde_json::from_str(&reply_subscribed(&["a.*".into()])).expect("json");
-        assert_eq!(value, json!({"type":"subscribed","channels":["a.*"]}));
+        assert_eq!(
+            reply_subscribed(&["a".into()], "e1", 9, Some(Recovery::Recovered)),
+            r#"{"type":"subscribed","channels":["a"],"epoch":"e1","seq":9,"recovered":true}"#
+        );
+        let value: serde_json::Value = serde_json::from_str(&reply_subscribed(
+            &["a".into()],
+            "e1",
+            0,
+            Some(Recovery::NotRecovered("gone")),
+        ))
+        .expect("json");
+        assert_eq!(
+            value,
+            json!({"type":"subscribed","channels":["a"],"epoch":"e1","seq":0,"recovered":false,"reason":"gone"})
+        );
+        assert_eq!(
+            notice_resync("overflow", "e1", 12),
+            r#"{"type":"resync","data":{"reason":"overflow","epoch":"e1","seq":12}}"#
+        );
         let value: serde_json::Value =
             serde_json::from_str(&reply_error(&CommandError::new(ErrorCode::Forbidden, "no")))
                 .expect("json");

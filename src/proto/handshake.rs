@@ -11,6 +11,8 @@ pub struct RequestHead {
     pub method: String,
     /// The path without any query string.
     pub path: String,
+    /// What follows `?` in the request target, as sent (not decoded).
+    pub query: Option<String>,
     /// Bytes the head occupies, up to and including the blank line.
     pub len: usize,
     /// Whether the connection stays open after the response (HTTP/1.1 default).
@@ -73,6 +75,7 @@ pub fn parse_head(
     let mut head = RequestHead {
         method: request.method.unwrap_or("").to_string(),
         path: target.split('?').next().unwrap_or("/").to_string(),
+        query: target.split_once('?').map(|(_, q)| q.to_string()),
         len,
         keep_alive: version == 1,
         content_length: None,

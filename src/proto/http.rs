@@ -60,6 +60,14 @@ impl Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     WebSocket,
+    /// `/`: the status page.
+    StatusPage,
+    /// `/tidings.js`: the browser client.
+    Client,
+    /// `/api/stats`: the figures the status page shows, as JSON.
+    Stats,
+    /// `/api/channels/{channel}` (latest event) or `/api/channels?pattern=P`.
+    Channels,
     Publish,
     Health,
     Metrics,
@@ -74,10 +82,37 @@ pub fn route(method: &str, path: &str) -> Route {
         ("/api/publish", "POST") => Route::Publish,
         ("/api/publish", _) => Route::MethodNotAllowed("POST"),
         ("/healthz", "GET" | "HEAD") => Route::Health,
+        ("/", "GET" | "HEAD") => Route::StatusPage,
+        ("/tidings.js", "GET" | "HEAD") => Route::Client,
+        ("/api/stats", "GET" | "HEAD") => Route::Stats,
+        (p, "GET" | "HEAD") if p == "/api/channels" || p.starts_with("/api/channels/") => {
+            Route::Channels
+        }
+        ("/" | "/tidings.js" | "/api/stats", _) => Route::MethodNotAllowed("GET, HEAD"),
+        (p, _) if p == "/api/channels" || p.starts_with("/api/channels/") => {
+            Route::MethodNotAllowed("GET, HEAD")
+        }
         ("/metrics", "GET" | "HEAD") => Route::Metrics,
         ("/healthz" | "/metrics", _) => Route::MethodNotAllowed("GET, HEAD"),
         _ => Route::NotFound,
     }
+}
+
+/// A percent-encoded part of a URL, decoded; `None` if it is not UTF-8.
+pub fn url_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| url_decode(&value.replace('+', " ")))
 }
 
 /// A complete HTTP/1.1 response.
@@ -195,6 +230,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param("pattern=job.%3E&x=1", "pattern").as_deref(),
+            Some("job.>")
+        );
+        assert_eq!(
+            query_param("a=1&pattern=a.*", "pattern").as_deref(),
+            Some("a.*")
+        );
+        assert_eq!(query_param("patterns=a", "pattern"), None);
+        assert_eq!(query_param("pattern=%FF", "pattern"), None, "not UTF-8");
+    }
+
+    #[test]
     fn routes() {
         let table = [
             ("GET", "/ws", Route::WebSocket),
@@ -204,7 +253,18 @@ mod tests {
             ("GET", "/healthz", Route::Health),
             ("GET", "/metrics", Route::Metrics),
             ("DELETE", "/healthz", Route::MethodNotAllowed("GET, HEAD")),
-            ("GET", "/", Route::NotFound),
+            ("GET", "/", Route::StatusPage),
+            ("GET", "/tidings.js", Route::Client),
+            ("GET", "/api/stats", Route::Stats),
+            ("GET", "/api/channels", Route::Channels),
+            ("GET", "/api/channels/a.b", Route::Channels),
+            (
+                "POST",
+                "/api/channels/a.b",
+                Route::MethodNotAllowed("GET, HEAD"),
+            ),
+            ("POST", "/", Route::MethodNotAllowed("GET, HEAD")),
+            ("GET", "/api/channelsx", Route::NotFound),
             ("GET", "/wsx", Route::NotFound),
         ];
         for (method, path, expected) in table {

@@ -46,6 +46,23 @@ pub enum HttpOutput {
     Publish(Vec<EncodedEvent>),
     /// `GET /metrics`: the reactor calls [`HttpSession::metrics_done`].
     Metrics,
+    /// A read of the relay's state (`/api/stats`, `/api/channels`), auth
+    /// already checked: the reactor calls [`HttpSession::query_done`].
+    Query(Query),
+}
+
+/// What a state read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Stats,
+    /// The latest event of one channel.
+    Channel(String),
+    /// The latest events of the kept channels matching a pattern, within
+    /// the client token's scope.
+    Channels {
+        pattern: String,
+        token: Option<crate::auth::TokenId>,
+    },
 }
 
 #[derive(Debug)]
@@ -98,6 +115,7 @@ enum Owing {
         single: bool,
     },
     Metrics,
+    Query,
 }
 
 /// What handling one request head or body did.
@@ -220,6 +238,25 @@ impl HttpSession {
             text.as_bytes(),
             owed.keep_alive,
         );
+        self.answer_owed(answer, now, cx, out);
+    }
+
+    /// Answers the `Query` request with a JSON body (already serialized).
+    pub fn query_done(
+        &mut self,
+        status: Status,
+        json: &[u8],
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        if !matches!(owed.what, Owing::Query) {
+            return;
+        }
+        let answer = response(status, &[], "application/json", json, owed.keep_alive);
         self.answer_owed(answer, now, cx, out);
     }
 

@@ -21,8 +21,8 @@ pub mod ws;
 #[cfg(test)]
 mod tests;
 
-pub use http::{HttpOutput, HttpSession};
-pub use ws::{Auth, WsOutput, WsSession};
+pub use http::{HttpOutput, HttpSession, Query};
+pub use ws::{Auth, Subscribed, WsOutput, WsSession};
 
 /// Milliseconds since the reactor started (the same clock as `io::timer`).
 pub type Millis = u64;

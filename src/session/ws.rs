@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{millis, Millis, Now, SessionContext};
 use crate::auth::TokenId;
 use crate::error::CloseReason;
-use crate::proto::command::{reply_error, CommandError, ErrorCode};
+use crate::proto::command::{reply_error, CommandError, ErrorCode, Since};
 use crate::proto::frames::{encode_binary, encode_ping, encode_pong, encode_text};
 use crate::proto::frames::{Message, MessageReader};
 use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
@@ -31,9 +31,24 @@ pub enum WsOutput {
     Subscribe(Box<str>),
     /// Remove this socket from a pattern in the router.
     Unsubscribe(Box<str>),
+    /// A subscribe the session accepted. It comes before the router
+    /// changes it makes: the reactor answers it (the answer says where the
+    /// relay's order stands, and a resume or snapshot sends history), then
+    /// applies them, in one step with no event in between.
+    Subscribed(Box<Subscribed>),
     /// Send a close frame with this reason and stop reading; nothing follows.
     /// The router entries to remove are [`WsSession::patterns`].
     Close(CloseReason),
+}
+
+/// See [`WsOutput::Subscribed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub channels: Vec<String>,
+    pub since: Option<Since>,
+    pub snapshot: bool,
+    /// The connection's token, whose scope limits what history it gets.
+    pub token: Option<TokenId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -187,6 +187,20 @@ pub fn assert_event(v: &Value, p: &Published) -> u64 {
 // ---------------------------------------------------------------------------
 // JSON shapes
 
+/// Checks a `subscribed` reply for `channels` (a plain one: no resume
+/// fields) and returns its position.
+pub fn assert_subscribed(reply: &Value, channels: &[&str]) -> u64 {
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["channels"], json!(channels), "{reply}");
+    assert!(
+        reply["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "{reply}"
+    );
+    let fields = reply.as_object().map_or(0, |o| o.len());
+    assert_eq!(fields, 4, "unexpected fields: {reply}");
+    reply["seq"].as_u64().expect("subscribed carries seq")
+}
+
 /// Checks `YYYY-MM-DDTHH:MM:SS.mmmZ` without a regex crate.
 pub fn is_rfc3339_millis_utc(text: &str) -> bool {
     let b = text.as_bytes();
@@ -376,13 +390,10 @@ impl Client {
     }
 
     /// Subscribes and checks that the reply echoes the channels.
-    pub fn subscribe(&mut self, channels: &[&str]) {
+    /// Subscribes and checks the reply; returns its position (`seq`).
+    pub fn subscribe(&mut self, channels: &[&str]) -> u64 {
         let reply = self.request(&json!({"type": "subscribe", "channels": channels}));
-        assert_eq!(
-            reply,
-            json!({"type": "subscribed", "channels": channels}),
-            "subscribe reply"
-        );
+        assert_subscribed(&reply, channels)
     }
 
     pub fn unsubscribe(&mut self, channels: &[&str]) {

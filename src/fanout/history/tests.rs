@@ -53,9 +53,14 @@ fn evicts_by_count() {
     fill(&mut h, 1, 5, "a");
     assert_eq!((h.len(), h.bytes()), (3, 30));
     assert_eq!((h.oldest_seq(), h.newest_seq()), (Some(3), 5));
-    assert_eq!(replayed(h.replay(2, &[">"], all)), Ok(vec![3, 4, 5]));
     assert_eq!(
-        replayed(h.replay(1, &[">"], all)),
+        replayed(h.replay(2, u64::MAX, &[">"], all)),
+        Ok(vec![3, 4, 5])
+    );
+    // Live delivery takes over after `until`.
+    assert_eq!(replayed(h.replay(2, 4, &[">"], all)), Ok(vec![3, 4]));
+    assert_eq!(
+        replayed(h.replay(1, u64::MAX, &[">"], all)),
         Err(Gap::Gone),
         "seq 2 left"
     );
@@ -71,9 +76,9 @@ fn evicts_by_bytes() {
     // An event larger than the whole budget is not held at all...
     h.push(event(4, "a", 101), 0);
     assert_eq!((h.len(), h.bytes(), h.oldest_seq()), (0, 0, None));
-    assert_eq!(replayed(h.replay(3, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Err(Gap::Gone));
     // ...but a client that saw it has missed nothing.
-    assert_eq!(replayed(h.replay(4, &[">"], all)), Ok(vec![]));
+    assert_eq!(replayed(h.replay(4, u64::MAX, &[">"], all)), Ok(vec![]));
     h.push(event(5, "a", 100), 0);
     assert_eq!((h.len(), h.bytes()), (1, 100), "exactly max_bytes fits");
 }
@@ -91,8 +96,8 @@ fn evicts_by_age() {
     assert_eq!(h.oldest_seq(), Some(3));
     h.expire(5000);
     assert!(h.is_empty());
-    assert_eq!(replayed(h.replay(3, &[">"], all)), Ok(vec![]));
-    assert_eq!(replayed(h.replay(2, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Ok(vec![]));
+    assert_eq!(replayed(h.replay(2, u64::MAX, &[">"], all)), Err(Gap::Gone));
 }
 
 #[test]
@@ -111,17 +116,23 @@ fn times_out_of_order_are_kept_in_order() {
 fn since_at_or_beyond_the_newest() {
     let mut h = History::new(&config(10, 1000, 1000), "e");
     assert_eq!(
-        replayed(h.replay(0, &[">"], all)),
+        replayed(h.replay(0, u64::MAX, &[">"], all)),
         Ok(vec![]),
         "nothing yet"
     );
-    assert_eq!(replayed(h.replay(1, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(1, u64::MAX, &[">"], all)), Err(Gap::Gone));
     fill(&mut h, 1, 3, "a");
-    assert_eq!(replayed(h.replay(0, &[">"], all)), Ok(vec![1, 2, 3]));
-    assert_eq!(replayed(h.replay(3, &[">"], all)), Ok(vec![]));
+    assert_eq!(
+        replayed(h.replay(0, u64::MAX, &[">"], all)),
+        Ok(vec![1, 2, 3])
+    );
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Ok(vec![]));
     // A seq never assigned: the client's state is not ours.
-    assert_eq!(replayed(h.replay(4, &[">"], all)), Err(Gap::Gone));
-    assert_eq!(replayed(h.replay(u64::MAX, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(4, u64::MAX, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(
+        replayed(h.replay(u64::MAX, u64::MAX, &[">"], all)),
+        Err(Gap::Gone)
+    );
 }
 
 #[test]
@@ -130,16 +141,22 @@ fn only_matching_and_allowed_events_are_replayed() {
     for (seq, channel) in [(1, "job.a"), (2, "alert.x"), (3, "job.b"), (4, "job.a.b")] {
         h.push(event(seq, channel, 1), 0);
     }
-    assert_eq!(replayed(h.replay(0, &["job.*"], all)), Ok(vec![1, 3]));
     assert_eq!(
-        replayed(h.replay(0, &["job.*", "alert.>", "job.a"], all)),
+        replayed(h.replay(0, u64::MAX, &["job.*"], all)),
+        Ok(vec![1, 3])
+    );
+    assert_eq!(
+        replayed(h.replay(0, u64::MAX, &["job.*", "alert.>", "job.a"], all)),
         Ok(vec![1, 2, 3]),
         "once each, however many patterns match"
     );
     let not_b = |channel: &str| channel != "job.b";
-    assert_eq!(replayed(h.replay(0, &["job.>"], not_b)), Ok(vec![1, 4]));
+    assert_eq!(
+        replayed(h.replay(0, u64::MAX, &["job.>"], not_b)),
+        Ok(vec![1, 4])
+    );
     let none: [&str; 0] = [];
-    assert_eq!(replayed(h.replay(0, &none, all)), Ok(vec![]));
+    assert_eq!(replayed(h.replay(0, u64::MAX, &none, all)), Ok(vec![]));
 }
 
 #[test]
@@ -154,15 +171,24 @@ fn too_many_counts_only_what_would_be_sent() {
     for (seq, channel) in [(1, "a"), (2, "b"), (3, "a"), (4, "c")] {
         h.push(event(seq, channel, 1), 0);
     }
-    assert_eq!(replayed(h.replay(0, &[">"], all)), Err(Gap::TooMany));
-    assert_eq!(replayed(h.replay(1, &["a", "b"], all)), Ok(vec![2, 3]));
     assert_eq!(
-        replayed(h.replay(0, &["a"], all)),
+        replayed(h.replay(0, u64::MAX, &[">"], all)),
+        Err(Gap::TooMany)
+    );
+    assert_eq!(
+        replayed(h.replay(1, u64::MAX, &["a", "b"], all)),
+        Ok(vec![2, 3])
+    );
+    assert_eq!(
+        replayed(h.replay(0, u64::MAX, &["a"], all)),
         Ok(vec![1, 3]),
         "exactly max"
     );
     let not_b = |channel: &str| channel != "b";
-    assert_eq!(replayed(h.replay(0, &["a", "b"], not_b)), Ok(vec![1, 3]));
+    assert_eq!(
+        replayed(h.replay(0, u64::MAX, &["a", "b"], not_b)),
+        Ok(vec![1, 3])
+    );
 }
 
 #[test]
@@ -177,9 +203,12 @@ fn history_off_answers_gone_but_keeps_last_values() {
     fill(&mut h, 1, 3, "a");
     assert_eq!((h.len(), h.bytes(), h.newest_seq()), (0, 0, 3));
     for since in [0, 2, 3] {
-        assert_eq!(replayed(h.replay(since, &[">"], all)), Err(Gap::Gone));
+        assert_eq!(
+            replayed(h.replay(since, u64::MAX, &[">"], all)),
+            Err(Gap::Gone)
+        );
     }
-    assert_eq!(seqs(&h.snapshot(&["a"], 0, all)), [3]);
+    assert_eq!(seqs(&h.snapshot(&["a"], |seq| seq > 0, all)), [3]);
 }
 
 #[test]
@@ -187,9 +216,18 @@ fn resume_checks_the_epoch_first() {
     let mut h = History::new(&config(10, 1000, 1000), "run-1");
     fill(&mut h, 1, 2, "a");
     assert_eq!(h.epoch(), "run-1");
-    assert_eq!(replayed(h.resume("run-1", 1, &["a"], all)), Ok(vec![2]));
-    assert_eq!(replayed(h.resume("run-0", 1, &["a"], all)), Err(Gap::Epoch));
-    assert_eq!(replayed(h.resume("run-0", 9, &["a"], all)), Err(Gap::Epoch));
+    assert_eq!(
+        replayed(h.resume("run-1", 1, u64::MAX, &["a"], all)),
+        Ok(vec![2])
+    );
+    assert_eq!(
+        replayed(h.resume("run-0", 1, u64::MAX, &["a"], all)),
+        Err(Gap::Epoch)
+    );
+    assert_eq!(
+        replayed(h.resume("run-0", 9, u64::MAX, &["a"], all)),
+        Err(Gap::Epoch)
+    );
     let reasons = [Gap::Epoch, Gap::Gone, Gap::TooMany].map(Gap::reason);
     assert_eq!(reasons, ["epoch", "gone", "too_many"]);
 }
@@ -200,8 +238,8 @@ fn a_jump_in_seq_restarts_the_ring() {
     fill(&mut h, 1, 2, "a");
     h.push(event(5, "a", 10), 0);
     assert_eq!((h.len(), h.bytes(), h.oldest_seq()), (1, 10, Some(5)));
-    assert_eq!(replayed(h.replay(2, &[">"], all)), Err(Gap::Gone));
-    assert_eq!(replayed(h.replay(4, &[">"], all)), Ok(vec![5]));
+    assert_eq!(replayed(h.replay(2, u64::MAX, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(4, u64::MAX, &[">"], all)), Ok(vec![5]));
 }
 
 fn last_values(patterns: &[&str], max_channels: usize) -> History {
@@ -229,23 +267,29 @@ fn snapshots_hold_the_latest_of_each_kept_channel() {
     }
     assert_eq!(h.len(), 1, "the ring holds one event...");
     assert_eq!(
-        seqs(&h.snapshot(&[">"], 0, all)),
+        seqs(&h.snapshot(&[">"], |seq| seq > 0, all)),
         [2, 4, 5],
         "...last values more"
     );
-    assert_eq!(seqs(&h.snapshot(&["metrics.*"], 0, all)), [4]);
-    assert_eq!(seqs(&h.snapshot(&["metrics.>", "*.cpu"], 0, all)), [4, 5]);
+    assert_eq!(seqs(&h.snapshot(&["metrics.*"], |seq| seq > 0, all)), [4]);
     assert_eq!(
-        seqs(&h.snapshot(&[">"], 4, all)),
+        seqs(&h.snapshot(&["metrics.>", "*.cpu"], |seq| seq > 0, all)),
+        [4, 5]
+    );
+    assert_eq!(
+        seqs(&h.snapshot(&[">"], |seq| seq > 4, all)),
         [5],
         "after a replay up to 4"
     );
     let not_cluster = |channel: &str| !channel.starts_with("cluster.");
-    assert_eq!(seqs(&h.snapshot(&[">"], 0, not_cluster)), [4, 5]);
+    assert_eq!(
+        seqs(&h.snapshot(&[">"], |seq| seq > 0, not_cluster)),
+        [4, 5]
+    );
     // Literal patterns are looked up, duplicates and all.
     let literals = ["metrics.cpu", "cluster.a", "metrics.cpu", "job.x"];
-    assert_eq!(seqs(&h.snapshot(&literals, 0, all)), [2, 4]);
-    assert_eq!(seqs(&h.snapshot(&literals, 2, all)), [4]);
+    assert_eq!(seqs(&h.snapshot(&literals, |seq| seq > 0, all)), [2, 4]);
+    assert_eq!(seqs(&h.snapshot(&literals, |seq| seq > 2, all)), [4]);
     assert_eq!(h.last_value("metrics.cpu").map(|e| e.seq), Some(4));
     assert!(h.last_value("job.x").is_none(), "not a last_value channel");
     assert!(
@@ -272,7 +316,7 @@ fn a_full_set_of_last_values_refuses_new_channels() {
     );
     assert_eq!(h.last_values_refused(), 2, "counted per event");
     assert_eq!((h.last_value_count(), h.last_value_bytes()), (2, 25));
-    assert_eq!(seqs(&h.snapshot(&[">"], 0, all)), [2, 4]);
+    assert_eq!(seqs(&h.snapshot(&[">"], |seq| seq > 0, all)), [2, 4]);
 }
 
 #[test]
@@ -491,7 +535,7 @@ proptest! {
                     let deny = deny.map(|c| CHANNELS[c]);
                     let allow = |channel: &str| Some(channel) != deny;
                     prop_assert_eq!(
-                        replayed(h.replay(since, &patterns, allow)),
+                        replayed(h.replay(since, u64::MAX, &patterns, allow)),
                         m.replay(since, &patterns, deny),
                         "since {}", since
                     );
@@ -502,7 +546,7 @@ proptest! {
                     let deny = deny.map(|c| CHANNELS[c]);
                     let allow = |channel: &str| Some(channel) != deny;
                     prop_assert_eq!(
-                        seqs(&h.snapshot(&patterns, after, allow)),
+                        seqs(&h.snapshot(&patterns, |seq| seq > after, allow)),
                         m.snapshot(&patterns, after, deny)
                     );
                 }

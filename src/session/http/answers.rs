@@ -4,16 +4,17 @@
 use log::{debug, info};
 use serde_json::json;
 
-use super::{Body, HttpOutput, HttpSession, Owed, Owing, State, Step};
+use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step};
 use crate::auth::PublishAuth;
 use crate::config::Config;
 use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, upgrade_refusal, RequestHead};
 use crate::proto::http::{
-    bearer_token, json_error, json_response, method_not_allowed, parse_publish_body, route, Route,
-    Status,
+    bearer_token, json_error, json_response, method_not_allowed, parse_publish_body, query_param,
+    response, route, url_decode, Route, Status,
 };
+use crate::route::{validate_channel, validate_pattern};
 use crate::session::ws::{Auth, WsSession};
 use crate::session::{millis, Now, SessionContext};
 use crate::stats::Stats;
@@ -52,6 +53,33 @@ impl HttpSession {
                 out.push(HttpOutput::Metrics);
                 return Step::Wait;
             }
+            Route::StatusPage => response(
+                Status::Ok,
+                &[],
+                "text/html; charset=utf-8",
+                STATUS_PAGE.as_bytes(),
+                keep_alive,
+            ),
+            Route::Client => response(
+                Status::Ok,
+                &[],
+                "text/javascript; charset=utf-8",
+                CLIENT.as_bytes(),
+                keep_alive,
+            ),
+            Route::Stats | Route::Channels => match state_query(head, cx) {
+                Ok(query) => {
+                    self.state = State::AwaitingAnswer(Owed {
+                        what: Owing::Query,
+                        len: head.len,
+                        keep_alive,
+                        close: takes_no_body_but_has_one(head) || !keep_alive,
+                    });
+                    out.push(HttpOutput::Query(query));
+                    return Step::Wait;
+                }
+                Err((status, code, message)) => json_error(status, code, &message, keep_alive),
+            },
             Route::NotFound => json_error(
                 Status::NotFound,
                 "not_found",
@@ -215,6 +243,70 @@ impl HttpSession {
 }
 
 /// A body on a request that takes none would be read as the next request.
+/// The browser client and the status page, served as they are in `client/`.
+const CLIENT: &str = include_str!("../../../client/tidings.js");
+const STATUS_PAGE: &str = include_str!("../../../client/status.html");
+
+/// Reads of the relay's state need a client token when client tokens are
+/// configured, and see only what its scope allows.
+fn state_query(
+    head: &RequestHead,
+    cx: &SessionContext,
+) -> Result<Query, (Status, &'static str, String)> {
+    let token = if cx.tokens.clients_required() {
+        let bearer = head.authorization.as_deref().and_then(bearer_token);
+        match bearer.and_then(|b| cx.tokens.check_client(b)) {
+            Some(id) => Some(id),
+            None => {
+                Stats::add(&cx.stats.auth_failures, 1);
+                return Err((
+                    Status::Unauthorized,
+                    "unauthorized",
+                    "send Authorization: Bearer <client token>".into(),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let invalid =
+        |e: crate::route::SubjectError| (Status::BadRequest, "invalid_channel", e.to_string());
+    let forbidden = |what: &str| {
+        (
+            Status::Forbidden,
+            "forbidden",
+            format!("your token may not read {what:?}"),
+        )
+    };
+    if head.path == "/api/stats" {
+        return Ok(Query::Stats);
+    }
+    if let Some(encoded) = head.path.strip_prefix("/api/channels/") {
+        let channel = url_decode(encoded).unwrap_or_default();
+        validate_channel(&channel, cx.subject_limits).map_err(invalid)?;
+        if !cx.tokens.allows(token, &channel) {
+            return Err(forbidden(&channel));
+        }
+        return Ok(Query::Channel(channel));
+    }
+    let Some(pattern) = head
+        .query
+        .as_deref()
+        .and_then(|q| query_param(q, "pattern"))
+    else {
+        return Err((
+            Status::BadRequest,
+            "bad_request",
+            "use /api/channels/{channel} or /api/channels?pattern=P".into(),
+        ));
+    };
+    validate_pattern(&pattern, cx.subject_limits).map_err(invalid)?;
+    if !cx.tokens.allows(token, &pattern) {
+        return Err(forbidden(&pattern));
+    }
+    Ok(Query::Channels { pattern, token })
+}
+
 fn takes_no_body_but_has_one(head: &RequestHead) -> bool {
     head.content_length.unwrap_or(0) > 0 || head.chunked
 }

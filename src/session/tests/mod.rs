@@ -212,6 +212,11 @@ impl<'f> Client<'f> {
                 WsOutput::Unsubscribe(pattern) => {
                     assert!(self.router.remove(&*pattern), "{pattern} was not held");
                 }
+                // The reactor answers with the position; here the channels
+                // are what the session decided.
+                WsOutput::Subscribed(subscribed) => got.push(json(
+                    serde_json::json!({"type": "subscribed", "channels": subscribed.channels}),
+                )),
                 WsOutput::Close(reason) => got.push(Got::Close(reason)),
             }
         }

@@ -4,12 +4,12 @@ use std::rc::Rc;
 
 use log::info;
 
-use super::{reply, Auth, State, Subs, WsOutput, WsSession};
+use super::{reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
 use crate::auth::TokenId;
 use crate::error::CloseReason;
 use crate::proto::command::{
-    parse_command, reply_authenticated, reply_error, reply_pong, reply_subscribed,
-    reply_unsubscribed, Command, CommandError, ErrorCode,
+    parse_command, reply_authenticated, reply_error, reply_pong, reply_unsubscribed, Command,
+    CommandError, ErrorCode, Subscribe,
 };
 use crate::route::validate_pattern;
 use crate::session::{Now, SessionContext};
@@ -28,9 +28,11 @@ impl WsSession {
             Err(e) => Err(e),
             Ok(Command::Ping) => Ok(reply_pong(&rfc3339_millis_string(now.wall))),
             Ok(Command::Auth(token)) => return self.on_auth(&token, cx, out),
-            Ok(Command::Subscribe(channels)) => self
-                .subscribe(&channels, cx, out)
-                .map(|()| reply_subscribed(&channels)),
+            // The reactor answers an accepted subscribe (`Subscribed`).
+            Ok(Command::Subscribe(subscribe)) => match self.subscribe(subscribe, cx, out) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
             Ok(Command::Unsubscribe(channels)) => self
                 .unsubscribe(&channels, cx, out)
                 .map(|()| reply_unsubscribed(&channels)),
@@ -79,10 +81,11 @@ impl WsSession {
     /// All or nothing: every pattern is checked before any is added.
     fn subscribe(
         &mut self,
-        channels: &[String],
+        subscribe: Subscribe,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) -> Result<(), CommandError> {
+        let channels = &subscribe.channels;
         let token = self.check_ready(channels, cx)?;
         for pattern in channels {
             if !cx.tokens.allows(token, pattern) {
@@ -110,6 +113,13 @@ impl WsSession {
                 format!("a connection may hold at most {max} subscriptions"),
             ));
         }
+        let added: Vec<Box<str>> = added.into_iter().map(Box::from).collect();
+        out.push(WsOutput::Subscribed(Box::new(Subscribed {
+            channels: subscribe.channels,
+            since: subscribe.since,
+            snapshot: subscribe.snapshot,
+            token,
+        })));
         let mut list = match std::mem::replace(&mut self.subs, Subs::None) {
             Subs::Own(list) => list,
             old => {
@@ -118,7 +128,6 @@ impl WsSession {
             }
         };
         for pattern in added {
-            let pattern: Box<str> = pattern.into();
             out.push(WsOutput::Subscribe(pattern.clone()));
             list.push(pattern);
         }

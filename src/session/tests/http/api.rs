@@ -115,3 +115,70 @@ fn an_idle_socket_is_dropped_at_the_deadline() {
     assert_eq!(next, None);
     assert_eq!(statuses(&replies), ["drop"]);
 }
+
+#[test]
+fn state_reads_are_handed_to_the_reactor_and_the_pages_are_served() {
+    let fx = Fixture::new(|_| {});
+    let mut peer = Peer::new(&fx);
+    let requests = "GET /api/stats HTTP/1.1\r\n\r\n\
+                    GET /api/channels/metrics.cpu HTTP/1.1\r\n\r\n\
+                    GET /api/channels?pattern=metrics.%3E HTTP/1.1\r\n\r\n\
+                    GET /api/channels HTTP/1.1\r\n\r\n\
+                    GET /api/channels/a..b HTTP/1.1\r\n\r\n\
+                    GET /tidings.js HTTP/1.1\r\n\r\n\
+                    GET / HTTP/1.1\r\n\r\n";
+    let replies = peer.send(requests, 1);
+    assert_eq!(
+        statuses(&replies),
+        [
+            "QStats",
+            "K200",
+            "QChannel(\"metrics.cpu\")",
+            "K200",
+            "QChannels { pattern: \"metrics.>\", token: None }",
+            "K200",
+            "K400",
+            "K400",
+            "K200",
+            "K200",
+        ]
+    );
+    let Reply::Keep(script) = &replies[8] else {
+        panic!("{replies:?}")
+    };
+    assert!(script.contains("Content-Type: text/javascript"), "{script}");
+    assert!(script.contains("TidingsClient"), "the client is served");
+    let Reply::Keep(page) = &replies[9] else {
+        panic!("{replies:?}")
+    };
+    assert!(page.contains("Content-Type: text/html"), "{page}");
+}
+
+#[test]
+fn state_reads_need_a_client_token_and_stay_in_its_scope() {
+    let fx = Fixture::new(with_tokens);
+    let mut peer = Peer::new(&fx);
+    let replies = peer.send("GET /api/stats HTTP/1.1\r\n\r\n", 1);
+    assert_eq!(statuses(&replies), ["K401"]);
+    let scoped =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nAuthorization: Bearer scoped\r\n\r\n");
+    let replies = peer.send(
+        scoped("/api/channels/public.a")
+            + &scoped("/api/channels/private.a")
+            + &scoped("/api/channels?pattern=%3E")
+            + &scoped("/api/channels?pattern=public.*"),
+        2,
+    );
+    assert_eq!(
+        statuses(&replies)[..],
+        [
+            "QChannel(\"public.a\")",
+            "K200",
+            "K403",
+            "K403",
+            "QChannels { pattern: \"public.*\", token: Some(1) }",
+            "K200",
+        ]
+    );
+    assert_eq!(fx.stat(|s| &s.auth_failures), 1);
+}

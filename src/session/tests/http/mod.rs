@@ -7,7 +7,7 @@ use serde_json::json;
 use super::*;
 use crate::proto::handshake::tests::UPGRADE;
 use crate::proto::http::Status;
-use crate::session::{HttpOutput, HttpSession};
+use crate::session::{HttpOutput, HttpSession, Query};
 
 mod api;
 mod publish;
@@ -30,6 +30,8 @@ enum Reply {
     Published(Vec<String>),
     /// `Metrics`, answered with `METRICS`.
     Metrics,
+    /// `Query`, answered with `{}`.
+    Query(Query),
 }
 
 const METRICS: &str = "tidings_connections 3\n";
@@ -120,6 +122,13 @@ impl<'f> Peer<'f> {
                         .metrics_done(METRICS, at(millis), &self.fx.cx(), &mut out);
                     replies.extend(self.play(out, millis));
                 }
+                HttpOutput::Query(query) => {
+                    replies.push(Reply::Query(query));
+                    let mut out = Vec::new();
+                    self.session
+                        .query_done(Status::Ok, b"{}", at(millis), &self.fx.cx(), &mut out);
+                    replies.extend(self.play(out, millis));
+                }
             }
         }
         replies
@@ -157,6 +166,7 @@ fn statuses(replies: &[Reply]) -> Vec<String> {
             Reply::Upgrade { response, .. } => format!("U{}", status(response)),
             Reply::Published(channels) => format!("P{}", channels.join(",")),
             Reply::Metrics => "metrics".into(),
+            Reply::Query(query) => format!("Q{query:?}"),
         })
         .collect()
 }
