@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { clientPage, launchBrowser, waitFor } from './harness.mjs';
+import { clientScript, launchBrowser, waitFor } from './harness.mjs';
 
 const ORIGIN = 'http://tidings.test';
 const WS_URL = 'ws://tidings.test/ws';
@@ -54,7 +54,8 @@ async function open({ channels = ['job.*'], options = '{}', subscribe = '{}' } =
   await page.route(`${ORIGIN}/tidings.js`, (route) => route.fulfill({ path: CLIENT_FILE, contentType: 'text/javascript' }));
   await page.route(`${ORIGIN}/test.html`, (route) => route.fulfill({
     contentType: 'text/html',
-    body: clientPage(WS_URL, { channels, options, subscribe }),
+    body: `<!doctype html><title>tidings.js test</title><script type="module">
+${clientScript(WS_URL, { channels, options, subscribe })}</script>`,
   }));
   await page.goto(`${ORIGIN}/test.html`);
   const socket = (n) => waitFor(`connection #${n + 1}`, () => sockets[n]);

@@ -102,6 +102,11 @@ export class Relay {
     rmSync(this.dir, { recursive: true, force: true });
   }
 
+  /** GET /api/stats. */
+  async stats() {
+    return (await fetch(`${this.http}/api/stats`)).json();
+  }
+
   /** POST /api/publish; resolves with the answer's JSON. */
   async publish(body, headers = {}) {
     const response = await fetch(`${this.http}/api/publish`, {
@@ -159,6 +164,15 @@ export class Proxy {
     return count;
   }
 
+  /** Stops reading from the relay (its writes back up), until `unblock()`. */
+  block() {
+    for (const socket of this.sockets) socket.pause();
+  }
+
+  unblock() {
+    for (const socket of this.sockets) socket.resume();
+  }
+
   /** From now on, the relay's bytes on the current connections are thrown away. */
   freeze() {
     for (const socket of this.sockets) this.frozen.add(socket);
@@ -180,26 +194,25 @@ export function launchBrowser() {
 }
 
 /**
- * Opens `html` as if served by the relay at /test.html, so that the page's
- * `import '/tidings.js'` is the relay's own file, same-origin.
+ * Runs `script` as a module in a page of the relay's origin, so that its
+ * `import '/tidings.js'` loads the relay's own file. The page is a real one
+ * (`/healthz`): Chromium refuses a loopback WebSocket to a document that has
+ * no address of its own (Local Network Access), such as a routed one.
  */
-export async function openTestPage(browser, relay, html) {
+export async function openTestPage(browser, relay, script) {
   const page = await browser.newPage();
   const errors = [];
   // Failed connection attempts are logged to the console by design; only
   // uncaught exceptions count as the page's errors.
   page.on('pageerror', (error) => errors.push(error));
-  const url = `${relay.http}/test.html`;
-  await page.route(url, (route) => route.fulfill({ contentType: 'text/html', body: html }));
-  await page.goto(url);
+  await page.goto(`${relay.http}/healthz`);
+  await page.addScriptTag({ type: 'module', content: script });
   return { page, errors };
 }
 
-/** A page with one TidingsClient on `wsUrl`, recording what it is told. */
-export function clientPage(wsUrl, { channels, options = '{}', subscribe = '{}' }) {
-  return `<!doctype html><meta charset="utf-8"><title>tidings.js test</title>
-<script type="module">
-import { TidingsClient } from '/tidings.js';
+/** A module script with one TidingsClient on `wsUrl`, recording what it is told. */
+export function clientScript(wsUrl, { channels, options = '{}', subscribe = '{}' }) {
+  return `import { TidingsClient } from '/tidings.js';
 window.received = [];
 window.resyncs = [];
 window.states = [];
@@ -210,5 +223,5 @@ window.client = new TidingsClient(${JSON.stringify(wsUrl)}, {
   onState(state, close) { window.states.push(close ? state + ' ' + close.code : state); },
 });
 window.client.subscribe(${JSON.stringify(channels)}, ${subscribe});
-</script>`;
+`;
 }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
-  Proxy, Relay, clientPage, freePort, launchBrowser, openTestPage, sleep, waitFor,
+  Proxy, Relay, clientScript, freePort, launchBrowser, openTestPage, sleep, waitFor,
 } from './harness.mjs';
 
 const FAST = `{
@@ -21,8 +21,8 @@ test('every event arrives exactly once and in order across cut and stalled conne
   const proxy = await new Proxy(relay.port).listen();
   const browser = await launchBrowser();
   try {
-    const html = clientPage(`ws://127.0.0.1:${proxy.port}/ws`, { channels: ['job.*'], options: FAST });
-    const { page, errors } = await openTestPage(browser, relay, html);
+    const script = clientScript(`ws://127.0.0.1:${proxy.port}/ws`, { channels: ['job.*'], options: FAST });
+    const { page, errors } = await openTestPage(browser, relay, script);
     await subscribed(page);
 
     // Numbered job events, some published together with an event of a channel
@@ -93,8 +93,8 @@ test('after a relay restart the page is told to resync, with "epoch"', { timeout
   let relay = await new Relay(port).start();
   const browser = await launchBrowser();
   try {
-    const html = clientPage(relay.ws, { channels: ['job.*'], options: FAST });
-    const { page, errors } = await openTestPage(browser, relay, html);
+    const script = clientScript(relay.ws, { channels: ['job.*'], options: FAST });
+    const { page, errors } = await openTestPage(browser, relay, script);
     const before = await subscribed(page);
     await relay.publish({ channel: 'job.progress', data: { run: 1 } });
     await waitFor('the first run\'s event', () => page.evaluate(() => window.received.length === 1));
@@ -133,8 +133,8 @@ test('a snapshot subscribe gets the last value of each channel, then live events
       { channel: 'metrics.system', data: { v: 1 } },
       { channel: 'job.a', data: { v: 2 } },
     ]);
-    const html = clientPage(relay.ws, { channels: ['job.*'], options: FAST, subscribe: '{ snapshot: true }' });
-    const { page, errors } = await openTestPage(browser, relay, html);
+    const script = clientScript(relay.ws, { channels: ['job.*'], options: FAST, subscribe: '{ snapshot: true }' });
+    const { page, errors } = await openTestPage(browser, relay, script);
     await subscribed(page);
     await waitFor('the snapshot', () => page.evaluate(() => window.received.length >= 2));
     const { seq } = await relay.publish({ channel: 'job.b', data: { v: 2 } });
@@ -146,6 +146,75 @@ test('a snapshot subscribe gets the last value of each channel, then live events
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();
+    await relay.dispose();
+  }
+});
+
+test('after the relay\'s resync message the client resumes on the same socket, or is told to reload', { timeout: 60000 }, async () => {
+  // A small queue and send buffer, so that a reader that stops reading
+  // overflows soon; the relay then drops the backlog and sends `resync`.
+  const config = '[limits]\nslow_consumer = "resync"\nsocket_send_buffer = 4096\nmax_queue_messages = 64\n';
+  const relay = await new Relay(await freePort(), config).start();
+  const proxy = await new Proxy(relay.port).listen();
+  const browser = await launchBrowser();
+  try {
+    const options = '{ backoff: { initial: 50, max: 400 }, pingInterval: 60000 }';
+    const script = clientScript(`ws://127.0.0.1:${proxy.port}/ws`, { channels: ['job.*'], options });
+    const { page, errors } = await openTestPage(browser, relay, script);
+    await subscribed(page);
+
+    const pad = 'x'.repeat(400);
+    const published = [];
+    const publish = async (count) => {
+      const batch = Array.from({ length: count }, () => ({ channel: 'job.progress', data: { n: published.length, pad } }));
+      batch.forEach((_, i) => { batch[i].data.n = published.length + i; });
+      const { seqs } = await relay.publish(batch);
+      seqs.forEach((seq, i) => published.push({ seq, n: batch[i].data.n }));
+    };
+
+    await publish(10);
+    await waitFor('the first events', () => page.evaluate(() => window.received.length === 10));
+    proxy.block();
+    await waitFor('the relay to give up on the blocked reader', async () => {
+      await publish(20);
+      return (await relay.stats()).resyncs > 0;
+    }, { timeout: 20000, interval: 10 });
+    proxy.unblock();
+    await publish(10);
+    let last = published.at(-1).seq;
+    // Either the resume recovers (the replay brings everything up to `last`),
+    // or onResync fires and only events after the resubscribe come.
+    await waitFor('the resync to be handled', () => page.evaluate(
+      (seq) => window.client.seq === seq || window.resyncs.length > 0, last,
+    ), { timeout: 15000 });
+    const resyncs = await page.evaluate(() => window.resyncs);
+    if (resyncs.length > 0) {
+      await sleep(100);
+      const before = published.length;
+      await publish(10);
+      last = published.at(-1).seq;
+      await waitFor('events after the reload', () => page.evaluate((seq) => window.client.seq === seq, last));
+      const tail = published.slice(before);
+      const received = await page.evaluate(() => window.received.map((e) => ({ seq: e.seq, n: e.data.n })));
+      assert.deepEqual(received.slice(-tail.length), tail, 'live events after the failed resume');
+    }
+    await sleep(200);
+
+    const received = await page.evaluate(() => window.received.map((e) => ({ seq: e.seq, n: e.data.n })));
+    assert.equal(proxy.connections, 1, 'the socket stayed open');
+    for (let i = 1; i < received.length; i += 1) {
+      assert.ok(received[i].seq > received[i - 1].seq, `seq ${received[i].seq} after ${received[i - 1].seq}`);
+    }
+    if (resyncs.length === 0) {
+      assert.deepEqual(received, published, 'recovered: every event exactly once');
+    } else {
+      assert.deepEqual(resyncs, ['overflow']);
+    }
+    console.log(`resync after ${published.length} events: ${resyncs.length ? `not recovered (${resyncs})` : 'recovered'}, ${received.length} received`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await proxy.close();
     await relay.dispose();
   }
 });
