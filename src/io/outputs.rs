@@ -14,7 +14,7 @@ use super::timer::Millis;
 use crate::error::CloseReason;
 use crate::fanout::event::payload_of_frame;
 use crate::fanout::event::EncodedEvent;
-use crate::fanout::history::{Gap, Replay};
+use crate::fanout::history::Replay;
 use crate::fanout::queue::Push;
 use crate::fanout::sequencer::AppendError;
 use crate::proto::command::{reply_subscribed, Recovery};
@@ -397,7 +397,7 @@ impl Reactor {
         let position = self.last_seq;
         let tokens = &self.tokens;
         let allow = |channel: &str| tokens.allows(token, channel);
-        let (mut recovery, mut events) = match &since {
+        let (recovery, mut events) = match &since {
             None => (None, Vec::new()),
             Some(since) => {
                 match self
@@ -426,25 +426,23 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return true;
         };
-        // A replay that cannot fit in the queue would only get the client
-        // cut as a slow consumer: tell it to reload instead.
-        let bytes: usize = events.iter().map(|e| e.frame.len()).sum();
-        let room = conn.out.len() + events.len() < limits.max_messages
-            && conn.out.bytes() + bytes + 256 <= limits.max_bytes;
-        if !room {
-            events.clear();
-            if recovery == Some(Recovery::Recovered) {
-                recovery = Some(Recovery::NotRecovered(Gap::TooMany.reason()));
-            }
-        }
         let reply = reply_subscribed(&channels, &self.epoch, position, recovery);
-        // A replay counts against the queue limits like any other output.
-        let frames = std::iter::once(encode_text(reply.as_bytes()))
-            .chain(events.iter().map(|e| e.frame.clone()));
-        for frame in frames {
-            if conn.out.push(&Rc::new(frame), limits) == Push::Full {
-                return false;
-            }
+        // The reply goes within the queue limits, like any reply. The
+        // replay and snapshot may go past them: a client resuming after a
+        // `resync` missed at least a full queue, and must still be able to
+        // recover. They are bounded instead by `history.max_replay` and
+        // `history.max_channels`, and cost a pointer each (the frames are
+        // the history's). Live events after them count against the limits
+        // as usual, so a client that does not read them is still cut.
+        if conn
+            .out
+            .push(&Rc::new(encode_text(reply.as_bytes())), limits)
+            == Push::Full
+        {
+            return false;
+        }
+        for event in &events {
+            conn.out.push_past_limits(&Rc::new(event.frame.clone()));
         }
         if !events.is_empty() {
             Stats::add(&self.stats.replayed, events.len() as u64);
