@@ -49,7 +49,9 @@ fn subscribe_unsubscribe_flood_within_the_rate_leaves_routing_intact() {
     }
     assert!(
         rss_bytes() <= rss_before + 1024 * 1024,
-        "subscription churn grew memory"
+        "subscription churn grew memory: {} -> {}",
+        rss_before,
+        rss_bytes()
     );
 }
 
