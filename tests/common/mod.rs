@@ -855,6 +855,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     )
 }
 
+/// `GET path` on a fresh connection with `extra` header lines (each ending
+/// in `\r\n`), e.g. an `Authorization` header.
+pub fn http_get_with(addr: SocketAddr, path: &str, extra: &str) -> HttpResponse {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n"),
+    )
+}
+
 /// `POST /api/publish` with `body` (and extra header lines) on a fresh connection.
 pub fn http_publish(addr: SocketAddr, body: &str, extra: &str) -> HttpResponse {
     http(addr, &publish_request(body, extra))
