@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use tidings::{Config, Event, SlowConsumerPolicy, StatsSnapshot, TokenConfig};
-use tungstenite::Message;
 
 /// Upper bound on messages read while waiting for a sentinel, so a relay
 /// that loops on output fails the test instead of hanging it.
