@@ -212,11 +212,11 @@ pub struct Timeouts {
     /// it off.
     #[serde(with = "duration_text")]
     pub coalesce: Duration,
-    /// While the reactor stays busy (over 75% of its time working, two 100 ms
-    /// periods running), the write interval doubles, up to this; it halves
-    /// again below 30%. Trades
-    /// latency for throughput only when the relay would otherwise fall
-    /// behind. At or below `coalesce`: a fixed interval.
+    /// While the reactor stays close to saturation (over 90% of its time
+    /// working, two 100 ms periods running), the write interval grows by a
+    /// quarter, up to this; it shrinks by a fifth below 60%. Trades latency
+    /// for throughput only when the relay would otherwise fall behind. At or
+    /// below `coalesce`: a fixed interval.
     #[serde(with = "duration_text")]
     pub coalesce_max: Duration,
 }

@@ -5,12 +5,17 @@
 //! BENCHMARKS.md, "kernel floor"). So under load the cheapest way to deliver
 //! more is to write each socket less often with more frames per write, which
 //! costs latency. This controller makes that trade only when the reactor is
-//! busy: it watches the share of wall time the reactor spends working rather
-//! than waiting in `poll`, and doubles the write interval while that share
-//! stays high, halving it again once it is low. At light load the interval stays at
-//! its floor (`timeouts.coalesce`) and latency is untouched; at saturation it
-//! climbs towards `timeouts.coalesce_max`, and the relay keeps up with rates
-//! it could not otherwise sustain.
+//! close to saturation: it watches the share of wall time the reactor spends
+//! working rather than waiting in `poll`, lengthens the write interval by a
+//! quarter while that share stays above 90%, and shortens it by a fifth once
+//! it is under 60%. So the interval settles at the shortest one the reactor
+//! can keep up with: at light and moderate load it stays at its floor
+//! (`timeouts.coalesce`) and latency is untouched, and towards saturation it
+//! climbs only as far as needed, up to `timeouts.coalesce_max`.
+//!
+//! (It used to double above 75% busy. Measured with one event per request,
+//! that took the interval to 20 ms at a quarter of the relay's capacity, and
+//! the p99 with it, above Bun's: BENCHMARKS.md, "One event per request".)
 //!
 //! A longer interval also means deeper per-socket queues (rate × interval
 //! frames), and a full queue closes its socket as a slow consumer. So the
@@ -22,19 +27,19 @@
 //! since start); this decides.
 
 /// Above this busy share, in `GROW_AFTER` periods in a row, the interval
-/// doubles. Well above what 100,000 deliveries/s cost (about 40-47% of a
-/// core at 1,000 and 10,000 subscribers), so that a noisy period at
-/// moderate load does not add latency.
-pub const GROW_ABOVE: f64 = 0.75;
+/// grows by a quarter (at least 1 ms): only this close to saturation is
+/// latency worth trading for fewer writes.
+pub const GROW_ABOVE: f64 = 0.9;
 /// Busy periods in a row before the interval grows (and keeps growing).
 pub const GROW_AFTER: u32 = 2;
-/// ...and only while writes already carry at least this many frames on
-/// average. With fewer, events are sparse next to the passes (a few events
-/// a second to very many sockets): a longer interval would add latency and
-/// batch nothing, because each pass still has one frame per socket.
-pub const GROW_FROM_FRAMES_PER_WRITE: f64 = 2.0;
-/// Below this busy share the interval halves.
-pub const SHRINK_BELOW: f64 = 0.3;
+/// ...and only while writes already carry more than one frame on average.
+/// With one, events are sparse next to the passes (a few events a second to
+/// very many sockets): a longer interval would add latency and batch
+/// nothing, because each pass still has one frame per socket.
+pub const GROW_FROM_FRAMES_PER_WRITE: f64 = 1.1;
+/// Below this busy share the interval shrinks by a fifth (at least 1 ms);
+/// between the two it holds.
+pub const SHRINK_BELOW: f64 = 0.6;
 /// The interval may double only while the deepest queue is under this share
 /// of `limits.max_queue_messages` / `max_queue_bytes`...
 pub const GROW_BELOW_FILL: f64 = 0.2;
@@ -126,13 +131,17 @@ impl Coalescer {
             0
         };
         if self.floor > 0 {
-            if fill > SHRINK_ABOVE_FILL || busy < SHRINK_BELOW {
+            if fill > SHRINK_ABOVE_FILL {
                 self.interval = (self.interval / 2).max(self.floor);
+            } else if busy < SHRINK_BELOW {
+                let shorter = (self.interval * 4 / 5).min(self.interval.saturating_sub(1));
+                self.interval = shorter.max(self.floor);
             } else if self.busy_streak >= GROW_AFTER
                 && fill < GROW_BELOW_FILL
                 && frames_per_write >= GROW_FROM_FRAMES_PER_WRITE
             {
-                self.interval = (self.interval * 2).min(self.ceiling);
+                let longer = (self.interval * 5 / 4).max(self.interval + 1);
+                self.interval = longer.min(self.ceiling);
             }
         }
         self.period_start = now;
@@ -184,7 +193,7 @@ mod tests {
         assert_eq!(c.interval(), 5);
         // Once writes batch, the same load grows it.
         run_writing(&mut c, &mut now, 0.95, 3, 1);
-        assert_eq!(c.interval(), 10);
+        assert_eq!(c.interval(), 6);
     }
 
     #[test]
@@ -192,44 +201,49 @@ mod tests {
         let (mut now, mut c) = (0, coalescer(5, 100));
         run(&mut c, &mut now, 0.45, 50);
         assert_eq!(c.interval(), 5);
+        // Moderate load, up to 90% busy, is not worth latency either.
+        run(&mut c, &mut now, 0.85, 50);
+        assert_eq!(c.interval(), 5);
         // Lone busy periods between ordinary ones: noise, not load.
         for _ in 0..20 {
-            run(&mut c, &mut now, 0.9, 1);
+            run(&mut c, &mut now, 0.95, 1);
             run(&mut c, &mut now, 0.45, 1);
         }
         assert_eq!(c.interval(), 5);
     }
 
     #[test]
-    fn saturation_doubles_up_to_the_ceiling() {
+    fn saturation_grows_it_by_quarters_up_to_the_ceiling() {
         let (mut now, mut c) = (0, coalescer(5, 100));
         run(&mut c, &mut now, 0.99, 1);
         assert_eq!(c.interval(), 5, "one busy period is not yet a trend");
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 10);
+        assert_eq!(c.interval(), 6);
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 20);
-        run(&mut c, &mut now, 0.99, 10);
+        assert_eq!(c.interval(), 7);
+        run(&mut c, &mut now, 0.99, 4);
+        assert_eq!(c.interval(), 15, "7, then 8, 10, 12, 15");
+        run(&mut c, &mut now, 0.99, 20);
         assert_eq!(c.interval(), 100);
     }
 
     #[test]
     fn a_busy_share_in_the_band_holds_the_interval() {
         let (mut now, mut c) = (0, coalescer(5, 100));
-        run(&mut c, &mut now, 0.9, 3);
-        assert_eq!(c.interval(), 20);
-        run(&mut c, &mut now, 0.5, 20);
-        assert_eq!(c.interval(), 20);
+        run(&mut c, &mut now, 0.95, 3);
+        assert_eq!(c.interval(), 7);
+        run(&mut c, &mut now, 0.7, 20);
+        assert_eq!(c.interval(), 7);
     }
 
     #[test]
     fn load_going_away_brings_it_back_to_the_floor() {
         let (mut now, mut c) = (0, coalescer(5, 100));
-        run(&mut c, &mut now, 0.99, 10);
+        run(&mut c, &mut now, 0.99, 30);
         assert_eq!(c.interval(), 100);
         run(&mut c, &mut now, 0.05, 3);
-        assert_eq!(c.interval(), 12);
-        run(&mut c, &mut now, 0.05, 10);
+        assert_eq!(c.interval(), 51, "100 * 4/5 three times");
+        run(&mut c, &mut now, 0.05, 30);
         assert_eq!(c.interval(), 5);
     }
 
@@ -251,18 +265,18 @@ mod tests {
     fn deep_queues_stop_the_growth_and_then_reverse_it() {
         let (mut now, mut c) = (0, coalescer(5, 100));
         run(&mut c, &mut now, 0.99, 3);
-        assert_eq!(c.interval(), 20);
+        assert_eq!(c.interval(), 7);
         // A fifth of the message limit: busy or not, no further growth.
         c.queue_depth(200, 1000);
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 20);
+        assert_eq!(c.interval(), 7);
         // Depth is per period: the next one grows again.
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 40);
+        assert_eq!(c.interval(), 8);
         // Over half the byte limit: halve even though busy.
         c.queue_depth(10, 600_000);
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 20);
+        assert_eq!(c.interval(), 5);
     }
 
     #[test]
