@@ -128,7 +128,7 @@ impl Publisher {
 impl From<AppendError> for PublishError {
     fn from(e: AppendError) -> Self {
         match e {
-            AppendError::Full | AppendError::TooMany { .. } => PublishError::Full,
+            AppendError::Full => PublishError::Full,
             AppendError::Closed => PublishError::Closed,
         }
     }

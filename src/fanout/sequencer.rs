@@ -12,11 +12,15 @@
 //! events it has fanned out: the hand-over from replay to live has no gap
 //! and no duplicate.
 //!
-//! This is also the one back-pressure path. The log holds at most
-//! `capacity` events not yet read by the slowest reactor; a reactor that is
-//! behind its sockets stops reading, so the log fills and every producer
-//! feels it the same way: `publish` waits, `try_publish` and an HTTP publish
-//! get `Full` (the reactor then holds the request until it is woken).
+//! This is also the one back-pressure path. Every producer feels it the same
+//! way (`publish` waits, `try_publish` and an HTTP publish get `Full`, and
+//! the reactor holds the request until it is woken) while either:
+//! - a reactor is behind its sockets (it paused intake: a socket that keeps
+//!   up has a queue past half its limits), until its next flush pass has
+//!   written; this keeps a saturated relay's latency at about one pass
+//!   rather than a full log's worth of events;
+//! - or the log holds `capacity` events not yet read by the slowest
+//!   reactor (bursts larger than a reactor takes in one turn).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,8 +47,6 @@ pub struct Sequenced {
 pub enum AppendError {
     /// The log is full: the slowest reactor is `capacity` events behind.
     Full,
-    /// More events at once than the log can ever hold.
-    TooMany { count: usize, capacity: usize },
     /// The relay is stopping.
     Closed,
 }
@@ -99,12 +101,20 @@ struct Log {
     /// A producer (publisher thread or held HTTP request) found the log
     /// full and waits for room.
     room_wanted: bool,
+    /// Per reactor: intake paused (behind its sockets); and how many are.
+    paused: Vec<bool>,
+    paused_count: usize,
     closed: bool,
     /// Recent events and last values, for resumes and snapshots.
     history: History,
 }
 
 impl Log {
+    /// Whether producers must wait for `incoming` more events.
+    fn no_room_for(&self, incoming: usize, capacity: usize) -> bool {
+        self.paused_count > 0 || self.unread() + incoming > capacity
+    }
+
     fn first_seq(&self) -> u64 {
         self.next_seq - self.events.len() as u64
     }
@@ -146,6 +156,8 @@ impl Sequencer {
             events: VecDeque::new(),
             cursors: vec![1; wakeups.len()],
             room_wanted: false,
+            paused: vec![false; wakeups.len()],
+            paused_count: 0,
             closed: false,
             history,
         };
@@ -219,7 +231,28 @@ impl Sequencer {
     }
 
     pub fn is_full(&self) -> bool {
-        self.lock().unread() >= self.capacity
+        self.lock().no_room_for(1, self.capacity)
+    }
+
+    /// A reactor paused its intake (`paused`) or resumed it. Producers wait
+    /// while any reactor is paused; the last resume lets them go on.
+    pub fn set_paused(&self, reactor: usize, paused: bool) {
+        let mut log = self.lock();
+        if log.paused[reactor] == paused {
+            return;
+        }
+        log.paused[reactor] = paused;
+        if paused {
+            log.paused_count += 1;
+            return;
+        }
+        log.paused_count -= 1;
+        let woke = log.paused_count == 0 && std::mem::take(&mut log.room_wanted);
+        drop(log);
+        if woke {
+            self.room.notify_all();
+            self.wake_all();
+        }
     }
 
     /// Appends one event, waiting while the log is full.
@@ -229,7 +262,7 @@ impl Sequencer {
             if log.closed {
                 return Err(AppendError::Closed);
             }
-            if log.unread() < self.capacity {
+            if !log.no_room_for(1, self.capacity) {
                 break;
             }
             log.room_wanted = true;
@@ -248,18 +281,19 @@ impl Sequencer {
     /// (the others follow it). Takes the events on success and leaves them
     /// on failure, for a retry. With `Full`, every reactor is woken once
     /// room frees up.
+    ///
+    /// More events at once than `capacity` are taken only into an empty log,
+    /// so the log never holds more than `capacity` events or one request's.
     pub fn try_append(&self, events: &mut Vec<EncodedEvent>) -> Result<u64, AppendError> {
-        if events.len() > self.capacity {
-            return Err(AppendError::TooMany {
-                count: events.len(),
-                capacity: self.capacity,
-            });
-        }
         let mut log = self.lock();
         if log.closed {
             return Err(AppendError::Closed);
         }
-        if log.unread() + events.len() > self.capacity {
+        // What must be free: room for them all, or the whole log.
+        let needed = events.len().min(self.capacity);
+        if log.no_room_for(needed, self.capacity)
+            || (events.len() > self.capacity && log.unread() > 0)
+        {
             log.room_wanted = true;
             return Err(AppendError::Full);
         }
@@ -422,13 +456,30 @@ mod tests {
             Err(AppendError::Full),
             "all or nothing"
         );
+        // More than the capacity at once: only into an empty log.
         assert_eq!(
             s.try_append(&mut (0..4).map(|_| event("x")).collect()),
-            Err(AppendError::TooMany {
-                count: 4,
-                capacity: 3
-            })
+            Err(AppendError::Full)
         );
+        read_all(&s, 0);
+        read_all(&s, 1);
+        assert_eq!(
+            s.try_append(&mut (0..4).map(|_| event("x")).collect()),
+            Ok(5)
+        );
+    }
+
+    #[test]
+    fn producers_wait_while_a_reactor_is_behind() {
+        let s = sequencer(2, 100);
+        s.set_paused(1, true);
+        assert_eq!(s.try_append(&mut vec![event("a")]), Err(AppendError::Full));
+        assert!(s.is_full());
+        s.set_paused(0, true);
+        s.set_paused(1, false);
+        assert!(s.is_full(), "reactor 0 is still behind");
+        s.set_paused(0, false);
+        assert_eq!(s.try_append(&mut vec![event("a")]), Ok(1));
     }
 
     #[test]

@@ -202,11 +202,6 @@ impl Reactor {
                 self.arm(key, deadline);
                 return Vec::new();
             }
-            Err(AppendError::TooMany { count, capacity }) => (
-                Status::PayloadTooLarge,
-                "too_large",
-                format!("{count} events in one request; limits.ingest_capacity is {capacity}"),
-            ),
             Err(AppendError::Closed) => (
                 Status::ServiceUnavailable,
                 "stopping",

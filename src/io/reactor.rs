@@ -315,7 +315,15 @@ impl Reactor {
     fn poll_timeout(&self) -> Option<Duration> {
         // Held publishes wait for the sequencer's wake, not for a timeout.
         let pass_left = self.flushed < self.flushing.len();
-        if !self.read_again.is_empty() || self.intake_paused || self.more_events || pass_left {
+        // Replies queued after this turn's urgent writes (answers to publishes
+        // fanned out, timer responses) go out on the next turn, at once.
+        let replies = !self.urgent.is_empty();
+        if !self.read_again.is_empty()
+            || self.intake_paused
+            || self.more_events
+            || pass_left
+            || replies
+        {
             return Some(Duration::ZERO);
         }
         // Sockets dirtied while the last flush pass took in new events (or
@@ -561,6 +569,9 @@ impl Reactor {
         }
         if behind && !self.intake_paused {
             self.intake_paused = true;
+            // Producers wait too, rather than fill the log: a relay that is
+            // behind keeps its latency at about one pass.
+            self.sequencer.set_paused(self.index, true);
             // The sockets past half are on this pass or, if this pass
             // already wrote them, on the next one: resume after that.
             self.resume_after_pass = self.passes + 1;
@@ -608,7 +619,7 @@ impl Reactor {
             if self.dirty.is_empty() {
                 // Everything queued has been written: intake need not wait
                 // (it paused in the middle of the pass just finished).
-                self.intake_paused = false;
+                self.resume_intake();
                 return;
             }
             if !self.flush_is_due() {
@@ -635,7 +646,15 @@ impl Reactor {
             // only now, not between steps, keeps sockets past half their
             // limits from taking more events: a queue that keeps up holds at
             // most half its limits plus one frame.
+            self.resume_intake();
+        }
+    }
+
+    /// Takes events again, and lets producers go on (`Sequencer::set_paused`).
+    fn resume_intake(&mut self) {
+        if self.intake_paused {
             self.intake_paused = false;
+            self.sequencer.set_paused(self.index, false);
         }
     }
 
