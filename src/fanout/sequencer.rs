@@ -40,7 +40,15 @@ pub struct Sequenced {
     pub channel: Box<str>,
     /// The complete WebSocket text frame every subscriber gets.
     pub frame: Bytes,
+    /// When it was appended, in ms on the sequencer's clock.
+    pub appended_ms: u64,
 }
+
+/// Producers wait while the oldest event a reactor has not read yet is
+/// older than this: a reactor that busy (though not yet behind its sockets)
+/// would only turn more events into latency. Normally a reactor takes new
+/// events every turn, a few milliseconds at most.
+const MAX_AHEAD_MS: u64 = 20;
 
 /// Why an append did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +118,20 @@ struct Log {
 }
 
 impl Log {
-    /// Whether producers must wait for `incoming` more events.
-    fn no_room_for(&self, incoming: usize, capacity: usize) -> bool {
-        self.paused_count > 0 || self.unread() + incoming > capacity
+    /// Whether producers must wait for `incoming` more events at `now_ms`.
+    fn no_room_for(&self, incoming: usize, capacity: usize, now_ms: u64) -> bool {
+        self.paused_count > 0
+            || self.unread() + incoming > capacity
+            || self
+                .oldest_unread_ms()
+                .is_some_and(|at| at + MAX_AHEAD_MS < now_ms)
+    }
+
+    /// When the oldest event the slowest reactor has not read was appended.
+    fn oldest_unread_ms(&self) -> Option<u64> {
+        let slowest = self.cursors.iter().copied().min()?;
+        let index = slowest.checked_sub(self.first_seq())?;
+        self.events.get(index as usize).map(|e| e.appended_ms)
     }
 
     fn first_seq(&self) -> u64 {
@@ -231,7 +250,7 @@ impl Sequencer {
     }
 
     pub fn is_full(&self) -> bool {
-        self.lock().no_room_for(1, self.capacity)
+        self.lock().no_room_for(1, self.capacity, self.now_ms())
     }
 
     /// A reactor paused its intake (`paused`) or resumed it. Producers wait
@@ -262,7 +281,7 @@ impl Sequencer {
             if log.closed {
                 return Err(AppendError::Closed);
             }
-            if !log.no_room_for(1, self.capacity) {
+            if !log.no_room_for(1, self.capacity, self.now_ms()) {
                 break;
             }
             log.room_wanted = true;
@@ -291,7 +310,7 @@ impl Sequencer {
         }
         // What must be free: room for them all, or the whole log.
         let needed = events.len().min(self.capacity);
-        if log.no_room_for(needed, self.capacity)
+        if log.no_room_for(needed, self.capacity, self.now_ms())
             || (events.len() > self.capacity && log.unread() > 0)
         {
             log.room_wanted = true;
@@ -310,12 +329,14 @@ impl Sequencer {
         let seq = log.next_seq;
         log.next_seq += 1;
         let frame = event.frame(seq);
+        let now = self.now_ms();
         let sequenced = Arc::new(Sequenced {
             seq,
             channel: event.channel,
             frame,
+            appended_ms: now,
         });
-        log.history.push(Arc::clone(&sequenced), self.now_ms());
+        log.history.push(Arc::clone(&sequenced), now);
         log.events.push_back(sequenced);
         Stats::add(&self.stats.events_published, 1);
         seq

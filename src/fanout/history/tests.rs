@@ -21,6 +21,7 @@ fn event(seq: u64, channel: &str, len: usize) -> Arc<Sequenced> {
         seq,
         channel: channel.into(),
         frame: Bytes::from(vec![b'x'; len]),
+        appended_ms: 0,
     })
 }
 
