@@ -4,7 +4,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
@@ -167,32 +166,6 @@ fn parse_any_startup_line(line: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
     assert_ne!(addr.port(), 0, "the line must show the bound port: {line}");
     addr
-}
-
-/// A file in the temp dir, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).expect("write temp file");
-        TempFile(path)
-    }
-
-    /// A TOML config file.
-    fn config(name: &str, text: &str) -> TempFile {
-        TempFile::new(&format!("{name}.toml"), text)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Sends `signal` with a connected client; expects close 1001 and exit 0.

@@ -14,7 +14,6 @@ mod common;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -480,45 +479,6 @@ fn read_until_marker(
         }
     }
     (streams, tallies)
-}
-
-/// The relay and its clients are in two processes here, but the test
-/// process still holds a descriptor per subscriber.
-fn ensure_fd_limit(needed: libc::rlim_t) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = limit.rlim_max.min(needed);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= needed,
-        "RLIMIT_NOFILE {} is below the {needed} this test needs",
-        limit.rlim_cur
-    );
-}
-
-/// A file in the temp dir, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
-        std::fs::write(&path, text).expect("write temp file");
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// The `tidings` binary on an ephemeral port; killed on drop if still running.

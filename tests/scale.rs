@@ -12,27 +12,6 @@ use serde_json::json;
 const CLIENTS: usize = 1000;
 const EVENTS: usize = 20;
 
-/// Relay and clients share this process: ~2 descriptors per connection.
-fn ensure_fd_limit(needed: libc::rlim_t) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < needed {
-            limit.rlim_cur = limit.rlim_max.min(needed);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    assert!(
-        limit.rlim_cur >= needed,
-        "RLIMIT_NOFILE {} is below the {needed} this test needs",
-        limit.rlim_cur
-    );
-}
-
 #[test]
 fn thousand_clients_each_receive_every_event_in_order() {
     ensure_fd_limit((2 * CLIENTS + 256) as libc::rlim_t);

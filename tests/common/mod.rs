@@ -923,3 +923,54 @@ pub fn rss_bytes() -> usize {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
+
+// ---------------------------------------------------------------------------
+// Process resources
+
+/// Raises the soft open-file limit to `needed` (each connection is a
+/// descriptor, two when relay and client share the process).
+pub fn ensure_fd_limit(needed: libc::rlim_t) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = limit.rlim_max.min(needed);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= needed,
+        "RLIMIT_NOFILE {} is below the {needed} this test needs",
+        limit.rlim_cur
+    );
+}
+
+/// A file in the temp dir, removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write temp file");
+        TempFile(path)
+    }
+
+    /// A TOML config file.
+    pub fn config(name: &str, text: &str) -> TempFile {
+        TempFile::new(&format!("{name}.toml"), text)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
