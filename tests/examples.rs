@@ -109,17 +109,23 @@ fn client_messages(lines: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn embedded_shows_a_round_trip_and_stops_by_itself() {
-    // Port 0: the documented 8090 may be taken on a shared machine.
-    let output = run_example("embedded", &["127.0.0.1:0"]);
-    let lines = successful_lines("embedded", &output);
+/// The example's output lines, which start with the relay's address.
+fn relay_lines(name: &str, output: &Output) -> Vec<String> {
+    let lines = successful_lines(name, output);
     assert!(
         lines
             .first()
             .is_some_and(|l| l.starts_with("relay on ws://127.0.0.1:")),
         "{lines:?}"
     );
+    lines
+}
+
+#[test]
+fn embedded_shows_a_round_trip_and_stops_by_itself() {
+    // Port 0: the documented 8090 may be taken on a shared machine.
+    let output = run_example("embedded", &["127.0.0.1:0"]);
+    let lines = relay_lines("embedded", &output);
     let messages = client_messages(&lines);
     assert_eq!(messages.len(), 10, "{lines:?}");
     assert_eq!(messages[0]["type"], "subscribed", "{lines:?}");
@@ -143,13 +149,7 @@ fn embedded_shows_a_round_trip_and_stops_by_itself() {
 #[test]
 fn tokio_producer_publishes_from_both_tasks_and_stops() {
     let output = run_example("tokio_producer", &["127.0.0.1:0"]);
-    let lines = successful_lines("tokio_producer", &output);
-    assert!(
-        lines
-            .first()
-            .is_some_and(|l| l.starts_with("relay on ws://127.0.0.1:")),
-        "{lines:?}"
-    );
+    let lines = relay_lines("tokio_producer", &output);
     let messages = client_messages(&lines);
     assert_eq!(messages.len(), 11, "{lines:?}");
     assert_eq!(messages[0]["type"], "subscribed", "{lines:?}");

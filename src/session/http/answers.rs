@@ -43,16 +43,7 @@ impl HttpSession {
             _ if cx.config.conformance_echo => return self.upgrade(head, now, cx, out),
             Route::Publish => return self.on_publish(head, cx, out),
             Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
-            Route::Metrics => {
-                self.state = State::AwaitingAnswer(Owed {
-                    what: Owing::Metrics,
-                    len: head.len,
-                    keep_alive,
-                    close: takes_no_body_but_has_one(head) || !keep_alive,
-                });
-                out.push(HttpOutput::Metrics);
-                return Step::Wait;
-            }
+            Route::Metrics => return self.owe(Owing::Metrics, HttpOutput::Metrics, head, out),
             Route::StatusPage => response(
                 Status::Ok,
                 &[],
@@ -68,16 +59,7 @@ impl HttpSession {
                 keep_alive,
             ),
             Route::Stats | Route::Channels => match state_query(head, cx) {
-                Ok(query) => {
-                    self.state = State::AwaitingAnswer(Owed {
-                        what: Owing::Query,
-                        len: head.len,
-                        keep_alive,
-                        close: takes_no_body_but_has_one(head) || !keep_alive,
-                    });
-                    out.push(HttpOutput::Query(query));
-                    return Step::Wait;
-                }
+                Ok(query) => return self.owe(Owing::Query, HttpOutput::Query(query), head, out),
                 Err((status, code, message)) => json_error(status, code, &message, keep_alive),
             },
             Route::NotFound => json_error(
@@ -94,6 +76,24 @@ impl HttpSession {
         }
         out.push(HttpOutput::Send(answer));
         Step::Answered { consumed: head.len }
+    }
+
+    /// Hands a request the reactor answers (`ask`) out, and waits for it.
+    fn owe(
+        &mut self,
+        what: Owing,
+        ask: HttpOutput,
+        head: &RequestHead,
+        out: &mut Vec<HttpOutput>,
+    ) -> Step {
+        self.state = State::AwaitingAnswer(Owed {
+            what,
+            len: head.len,
+            keep_alive: head.keep_alive,
+            close: takes_no_body_but_has_one(head) || !head.keep_alive,
+        });
+        out.push(ask);
+        Step::Wait
     }
 
     fn upgrade(
