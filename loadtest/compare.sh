@@ -37,7 +37,7 @@ Scenarios (each against every server, back to back):
 
 Flags (environment variable in brackets; a flag wins over its variable):
   --quick                 smoke test: fanout-a and idle with 200 connections, 3 s
-  --servers LIST          comma list of tidings,bun,ws,naive      [COMPARE_SERVERS]
+  --servers LIST          comma list of tidings,bun,ws,naive,baseline [COMPARE_SERVERS]
   --scenarios LIST        comma list of fanout-a,fanout-b,idle    [COMPARE_SCENARIOS]
   --a-conns N             default 1000                            [COMPARE_A_CONNS]
   --a-rates LIST          events/s, comma list, default 100       [COMPARE_A_RATES]
@@ -60,6 +60,9 @@ Flags (environment variable in brackets; a flag wins over its variable):
   --server-cpu N          CPU for the server, default 0           [COMPARE_SERVER_CPU]
   --tidings-reactors N    tidings' reactors, default 1 (one core, like its peers)
                           [COMPARE_TIDINGS_REACTORS]
+  --baseline BIN          a tidings binary built from another commit, run as the server
+                          `baseline` (add it to --servers): a hot-path change measured
+                          against the code before it, in the same run [COMPARE_BASELINE]
   --swarm-cpu N           CPU for the swarm, default 1            [COMPARE_SWARM_CPU]
   --swarm-extra "ARGS"    extra flags appended to every swarm run [COMPARE_SWARM_EXTRA]
   --per-source N          swarm connections per source address (127.0.0.2, .3, ...),
@@ -99,6 +102,7 @@ PUBLISHERS=${COMPARE_PUBLISHER:-batch}
 PORT_BASE=${COMPARE_PORT_BASE:-18700}
 SERVER_CPU=${COMPARE_SERVER_CPU:-0}
 TIDINGS_REACTORS=${COMPARE_TIDINGS_REACTORS:-1}
+BASELINE=${COMPARE_BASELINE:-}
 SWARM_CPU=${COMPARE_SWARM_CPU:-1}
 SWARM_EXTRA=${COMPARE_SWARM_EXTRA:-}
 PER_SOURCE=${COMPARE_PER_SOURCE:-5000}
@@ -128,6 +132,7 @@ while [[ $# -gt 0 ]]; do
         --port-base) need "$@"; PORT_BASE=$2; shift ;;
         --server-cpu) need "$@"; SERVER_CPU=$2; shift ;;
         --tidings-reactors) need "$@"; TIDINGS_REACTORS=$2; shift ;;
+        --baseline) need "$@"; BASELINE=$2; shift ;;
         --swarm-cpu) need "$@"; SWARM_CPU=$2; shift ;;
         --swarm-extra) need "$@"; SWARM_EXTRA=$2; shift ;;
         --per-source) need "$@"; PER_SOURCE=$2; shift ;;
@@ -153,7 +158,7 @@ for r in ${A_RATES//,/ } ${B_RATES//,/ }; do
     is_num "$r" || { echo "compare.sh: rate $r is not a number" >&2; exit 2; }
 done
 for s in ${SERVERS//,/ }; do
-    [[ $s =~ ^(tidings|bun|ws|naive)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
+    [[ $s =~ ^(tidings|bun|ws|naive|baseline)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
 done
 for s in ${SCENARIOS//,/ }; do
     [[ $s =~ ^(fanout-a|fanout-b|idle|resume)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
@@ -251,6 +256,14 @@ SWARM=$TARGET_DIR/release/tidings-swarm
 [[ -x $TIDINGS && -x $SWARM ]] || { echo "compare.sh: $TIDINGS or $SWARM missing (build failed?)" >&2; exit 1; }
 
 wants() { [[ ,$SERVERS, == *,$1,* ]]; }
+if wants baseline; then
+    [[ -x $BASELINE ]] || { echo "compare.sh: --servers has baseline but --baseline names no executable ('$BASELINE')" >&2; exit 2; }
+    # Builds from before the reactors existed have no --reactors (one reactor).
+    BASELINE_CMD=("$BASELINE")
+    if "$BASELINE" --help 2>/dev/null | grep -q -- --reactors; then
+        BASELINE_CMD+=(--reactors "$TIDINGS_REACTORS")
+    fi
+fi
 if wants bun || wants ws || wants naive; then
     if [[ ! -d $PEERS/node_modules ]]; then
         log "installing peers (npm) in $PEERS"
@@ -275,6 +288,7 @@ fi
 version_of() {
     case $1 in
         tidings) "$TIDINGS" --version 2>/dev/null | head -1 ;;
+        baseline) echo "$("$BASELINE" --version 2>/dev/null | head -1) (baseline)" ;;
         bun) echo "bun $("$BUN" --version 2>/dev/null)" ;;
         ws) echo "node $(node --version) ws $(node -p 'require(process.argv[1]).version' "$PEERS/node_modules/ws/package.json" 2>/dev/null)" ;;
         naive) echo "node $(node --version) net" ;;
@@ -339,6 +353,7 @@ start_server() { # name port
     local name=$1 port=$2 i cmd
     case $name in
         tidings) cmd=("$TIDINGS" --listen "127.0.0.1:$port" --reactors "$TIDINGS_REACTORS") ;;
+        baseline) cmd=("${BASELINE_CMD[@]}" --listen "127.0.0.1:$port") ;;
         bun) cmd=("$BUN" "$PEERS/bun-server.js" "$port") ;;
         ws) cmd=(node "$PEERS/node-ws-server.js" "$port") ;;
         naive) cmd=(node "$PEERS/naive-server.js" "$port") ;;

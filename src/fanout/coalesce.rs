@@ -20,8 +20,15 @@
 //! A longer interval also means deeper per-socket queues (rate × interval
 //! frames), and a full queue closes its socket as a slow consumer. So the
 //! interval grows only while the deepest queue seen at flush time is under a
-//! fifth of its limits, and halves whenever one passes half: coalescing never
-//! eats the headroom meant for a slow reader.
+//! fifth of its limits: coalescing never eats the headroom meant for a slow
+//! reader. A queue deeper than that among sockets that keep up means the
+//! relay itself is behind (stalled readers are not counted); the interval
+//! then holds, and the intake pause bounds those queues. It used to halve
+//! past half the limits, and measured at 1,000 × 8,000 events/s that turned
+//! one burst from a publisher into a spiral: a shorter interval, more writes
+//! for the same deliveries, a relay further behind, and queues that never
+//! got shallow enough for the interval to grow back (BENCHMARKS.md,
+//! "Saturation").
 //!
 //! Sans-I/O: the reactor reports idle time and its clock (milliseconds
 //! since start); this decides.
@@ -32,19 +39,20 @@
 pub const GROW_ABOVE: f64 = 0.9;
 /// Busy periods in a row before the interval grows (and keeps growing).
 pub const GROW_AFTER: u32 = 2;
-/// ...and only while writes already carry more than one frame on average.
-/// With one, events are sparse next to the passes (a few events a second to
-/// very many sockets): a longer interval would add latency and batch
-/// nothing, because each pass still has one frame per socket.
-pub const GROW_FROM_FRAMES_PER_WRITE: f64 = 1.1;
+/// ...and only while writes already carry two frames or more on average.
+/// Below that, events are sparse next to the passes (a few events a second
+/// to very many sockets, where one pass of one-frame writes takes about as
+/// long as the gap between events): a longer interval adds latency and
+/// batches little. At 1.1, 19,000 sockets at 10 events/s (1.3-1.9 frames
+/// per write) grew it to its ceiling, and p99 from 149 to 181-191 ms with
+/// it (BENCHMARKS.md, "Scale").
+pub const GROW_FROM_FRAMES_PER_WRITE: f64 = 2.0;
 /// Below this busy share the interval shrinks by a fifth (at least 1 ms);
 /// between the two it holds.
 pub const SHRINK_BELOW: f64 = 0.6;
-/// The interval may double only while the deepest queue is under this share
-/// of `limits.max_queue_messages` / `max_queue_bytes`...
+/// The interval may grow only while the deepest queue is under this share
+/// of `limits.max_queue_messages` / `max_queue_bytes`.
 pub const GROW_BELOW_FILL: f64 = 0.2;
-/// ...and halves whenever it is over this one.
-pub const SHRINK_ABOVE_FILL: f64 = 0.5;
 /// Shortest stretch of time the busy share is measured over. It is also at
 /// least two intervals, so that each measurement sees several passes.
 pub const MIN_PERIOD: u64 = 100;
@@ -131,9 +139,7 @@ impl Coalescer {
             0
         };
         if self.floor > 0 {
-            if fill > SHRINK_ABOVE_FILL {
-                self.interval = (self.interval / 2).max(self.floor);
-            } else if busy < SHRINK_BELOW {
+            if busy < SHRINK_BELOW {
                 let shorter = (self.interval * 4 / 5).min(self.interval.saturating_sub(1));
                 self.interval = shorter.max(self.floor);
             } else if self.busy_streak >= GROW_AFTER
@@ -170,17 +176,19 @@ mod tests {
     /// Runs `periods` measuring periods in virtual time at a fixed busy share,
     /// with writes carrying ten frames each.
     fn run(c: &mut Coalescer, now: &mut u64, busy: f64, periods: usize) {
-        run_writing(c, now, busy, 10, periods);
+        run_writing(c, now, busy, 10.0, periods);
     }
 
-    fn run_writing(c: &mut Coalescer, now: &mut u64, busy: f64, frames: u64, periods: usize) {
+    fn run_writing(c: &mut Coalescer, now: &mut u64, busy: f64, frames: f64, periods: usize) {
         for _ in 0..periods {
             let len = MIN_PERIOD.max(2 * c.interval());
             c.idle(((1.0 - busy) * (len * 1000) as f64) as u64);
             *now += len;
-            // 1,000 writes per period.
-            let writes = *now * 10;
-            assert!(c.tick(*now, writes * frames, writes).is_some());
+            // Ten writes per millisecond, `frames` frames each.
+            let written = len * 10;
+            let writes = c.writes_at_start + written;
+            let deliveries = c.deliveries_at_start + (written as f64 * frames) as u64;
+            assert!(c.tick(*now, deliveries, writes).is_some());
         }
     }
 
@@ -189,10 +197,13 @@ mod tests {
         // Very many sockets, few events: every pass writes each socket once
         // whatever the interval, so growing it would only add latency.
         let (mut now, mut c) = (0, coalescer(5, 100));
-        run_writing(&mut c, &mut now, 0.95, 1, 10);
+        run_writing(&mut c, &mut now, 0.95, 1.0, 10);
+        assert_eq!(c.interval(), 5);
+        // Passes a little longer than the gap between events: still no.
+        run_writing(&mut c, &mut now, 0.95, 1.9, 10);
         assert_eq!(c.interval(), 5);
         // Once writes batch, the same load grows it.
-        run_writing(&mut c, &mut now, 0.95, 3, 1);
+        run_writing(&mut c, &mut now, 0.95, 3.0, 1);
         assert_eq!(c.interval(), 6);
     }
 
@@ -262,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn deep_queues_stop_the_growth_and_then_reverse_it() {
+    fn deep_queues_stop_the_growth_but_do_not_shorten_it() {
         let (mut now, mut c) = (0, coalescer(5, 100));
         run(&mut c, &mut now, 0.99, 3);
         assert_eq!(c.interval(), 7);
@@ -273,10 +284,15 @@ mod tests {
         // Depth is per period: the next one grows again.
         run(&mut c, &mut now, 0.99, 1);
         assert_eq!(c.interval(), 8);
-        // Over half the byte limit: halve even though busy.
+        // Over half the byte limit: the relay is behind; a shorter interval
+        // would only cost it more writes. It holds.
         c.queue_depth(10, 600_000);
         run(&mut c, &mut now, 0.99, 1);
-        assert_eq!(c.interval(), 5);
+        assert_eq!(c.interval(), 8);
+        // Deep queues do not keep it up once the load goes.
+        c.queue_depth(10, 600_000);
+        run(&mut c, &mut now, 0.3, 1);
+        assert_eq!(c.interval(), 6);
     }
 
     #[test]
