@@ -81,6 +81,9 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// Messages a client may send in a burst above that rate.
     pub message_burst: u32,
+    /// Longest string `id` a command may carry, in bytes (echoed in its
+    /// reply). Integer ids need only fit 64 bits.
+    pub max_command_id: usize,
     /// Largest HTTP request head (request line and headers), in bytes.
     pub max_request_head: usize,
     /// Most headers in one HTTP request.
@@ -344,6 +347,8 @@ impl Default for Limits {
             // two, without hitting the limit.
             messages_per_second: 20,
             message_burst: 128 + 8,
+            // A UUID (36) or a client's own counter with a prefix fits.
+            max_command_id: 64,
             max_request_head: 8 * 1024,
             max_headers: 64,
             max_request_body: 1024 * 1024,
@@ -753,7 +758,8 @@ mod tests {
             c.limits.max_message_size
         );
         // The relay's own parser and channel rules accept every pattern.
-        let Ok(Command::Subscribe(Subscribe { channels, .. })) = parse_command(&text) else {
+        let parsed = parse_command(&text, c.limits.max_command_id).command;
+        let Ok(Command::Subscribe(Subscribe { channels, .. })) = parsed else {
             panic!("not a subscribe: {}", &text[..80]);
         };
         assert_eq!(channels.len(), c.limits.max_subscriptions);

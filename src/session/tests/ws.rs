@@ -436,3 +436,72 @@ fn a_stalled_writer_is_closed_at_the_write_deadline() {
     let (_, got) = client.timer_stalled(500 + write_deadline, Some(500));
     assert_eq!(got, [Got::Close(CloseReason::WriteStalled)]);
 }
+
+#[test]
+fn every_reply_and_error_echoes_the_command_id() {
+    let fx = Fixture::new(with_tokens);
+    let deadline = ms(fx.config.timeouts.auth);
+    let (mut client, _) = Client::open(&fx, Auth::Pending { deadline });
+    // Before auth: the error names the command that was refused.
+    let got = client.command(r#"{"type":"subscribe","channels":["a"],"id":1}"#, 1);
+    assert_eq!(got.len(), 1);
+    assert!(error("not_authenticated")(&got[0]), "{got:?}");
+    assert_eq!(value(&got[0])["id"], 1);
+    let got = client.command(r#"{"type":"auth","token":"scoped","id":"a"}"#, 2);
+    assert_eq!(got, [json(json!({"type":"authenticated","id":"a"}))]);
+    let got = client.command(
+        r#"{"id":"s-1","type":"subscribe","channels":["public.x"]}"#,
+        3,
+    );
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"subscribed","id":"s-1","channels":["public.x"]})
+        )]
+    );
+    let got = client.command(
+        r#"{"type":"subscribe","channels":["private.x"],"id":-4}"#,
+        4,
+    );
+    assert!(error("forbidden")(&got[0]), "{got:?}");
+    assert_eq!(value(&got[0])["id"], -4);
+    let got = client.command(
+        r#"{"type":"unsubscribe","channels":["public.x"],"id":5}"#,
+        5,
+    );
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"unsubscribed","id":5,"channels":["public.x"]})
+        )]
+    );
+    let got = client.command(r#"{"type":"ping","id":"p"}"#, 6);
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"pong","id":"p","timestamp":wall_text(at(6))})
+        )]
+    );
+    // Without an id, replies carry none.
+    let got = client.command(r#"{"type":"ping"}"#, 7);
+    assert_eq!(
+        got,
+        [json(json!({"type":"pong","timestamp":wall_text(at(7))}))]
+    );
+    // An id over the limit is refused and the command not carried out.
+    let long = "i".repeat(fx.config.limits.max_command_id + 1);
+    let text = format!(r#"{{"type":"subscribe","channels":["public.y"],"id":"{long}"}}"#);
+    let got = client.command(&text, 8);
+    assert!(error("bad_request")(&got[0]), "{got:?}");
+    assert!(value(&got[0])["data"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("limits.max_command_id")));
+    assert!(client.patterns().is_empty());
+}
+
+fn value(got: &Got) -> &serde_json::Value {
+    match got {
+        Got::Json(value) => value,
+        other => panic!("not JSON: {other:?}"),
+    }
+}
