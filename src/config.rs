@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+/// The values of `log_level` (and of `TIDINGS_LOG`), quietest first.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +43,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    /// The `tidings` binary's log level, one of [`LOG_LEVELS`]; re-read on
+    /// SIGHUP. Unset, `TIDINGS_LOG` decides (info by default). Embedders
+    /// set up their own logging; the library does not read it.
+    pub log_level: Option<String>,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -315,6 +322,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            log_level: None,
             conformance_echo: false,
         }
     }
@@ -464,6 +472,17 @@ impl Config {
                     l.max_message_size, l.max_subscriptions, l.max_channel_length
                 ),
             ));
+        }
+        if let Some(level) = &self.log_level {
+            if !LOG_LEVELS.contains(&level.as_str()) {
+                return Err(ConfigError::invalid(
+                    "log_level",
+                    format!(
+                        "{level:?} is not a log level; use one of {}",
+                        LOG_LEVELS.join(", ")
+                    ),
+                ));
+            }
         }
         let t = &self.timeouts;
         let timeouts = [

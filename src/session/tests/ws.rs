@@ -505,3 +505,68 @@ fn value(got: &Got) -> &serde_json::Value {
         other => panic!("not JSON: {other:?}"),
     }
 }
+
+/// Reloads `client`'s session to the tokens of `after`, as the reactor
+/// does; later commands see them too.
+fn reload<'f>(client: &mut Client<'f>, after: &'f Fixture) -> Vec<Got> {
+    let remap = client.fx.tokens.remap(&after.tokens);
+    let mut out = Vec::new();
+    client
+        .session
+        .tokens_reloaded(&remap, &after.cx(), &mut out);
+    client.fx = after;
+    client.apply(out)
+}
+
+fn revoked(how: &'static str) -> Got {
+    Got::Close(CloseReason::AuthRevoked(how))
+}
+
+#[test]
+fn a_token_reload_keeps_valid_tokens_and_closes_the_rest_with_4001() {
+    use crate::error::{AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
+    let before = Fixture::new(with_tokens);
+    // "scoped" now only covers `public.a`; "secret" is gone; "new" first.
+    let after = Fixture::new(|c| {
+        c.auth.tokens = vec![
+            TokenConfig {
+                token: "new".into(),
+                channels: None,
+            },
+            TokenConfig {
+                token: "scoped".into(),
+                channels: Some(vec!["public.a".into()]),
+            },
+        ];
+    });
+    let open = |token: &str| {
+        let id = before.tokens.check_client(token);
+        let (mut client, _) = Client::open(&before, Auth::Authenticated(id.expect("known")));
+        client.command(r#"{"type":"subscribe","channels":["public.a"]}"#, 1);
+        client
+    };
+    let mut secret = open("secret");
+    assert_eq!(reload(&mut secret, &after), [revoked(REVOKED_TOKEN)]);
+    assert_eq!(close_code(&[revoked(REVOKED_TOKEN)]), Some(4001));
+    // Still covered: kept, under its new id.
+    let mut scoped = open("scoped");
+    assert_eq!(reload(&mut scoped, &after), []);
+    let got = scoped.command(r#"{"type":"subscribe","channels":["public.b"]}"#, 2);
+    assert!(error("forbidden")(&got[0]), "{got:?}");
+    // A held pattern the token no longer covers: closed, not silently cut.
+    let mut wide = open("scoped");
+    wide.command(r#"{"type":"subscribe","channels":["public.b"]}"#, 2);
+    assert_eq!(reload(&mut wide, &after), [revoked(NARROWED_TOKEN)]);
+    // Auth turned on: a socket that never authenticated goes.
+    let open_relay = Fixture::new(|_| {});
+    let (mut anonymous, _) = Client::open(&open_relay, Auth::NotRequired);
+    assert_eq!(reload(&mut anonymous, &after), [revoked(AUTH_NOW_REQUIRED)]);
+    // Auth turned off: one still waiting to authenticate gets its defaults.
+    let deadline = ms(before.config.timeouts.auth);
+    let (mut waiting, _) = Client::open(&before, Auth::Pending { deadline });
+    let no_auth = Fixture::new(defaults);
+    assert_eq!(reload(&mut waiting, &no_auth), []);
+    assert_eq!(waiting.patterns(), ["news.>", "public.chat"]);
+    let got = waiting.command(r#"{"type":"subscribe","channels":["x"]}"#, 3);
+    assert_eq!(got, [subscribed(&["x"])]);
+}

@@ -6,7 +6,7 @@ use log::info;
 
 use super::{reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
 use crate::auth::TokenId;
-use crate::error::CloseReason;
+use crate::error::{CloseReason, AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
 use crate::proto::command::{
     parse_command, reply_authenticated, reply_error, reply_pong, reply_unsubscribed, Command,
     CommandError, CommandId, ErrorCode, Subscribe,
@@ -68,6 +68,45 @@ impl WsSession {
             self.apply_defaults(cx, out);
         }
         reply(&reply_authenticated(id.as_ref()), out);
+    }
+
+    /// The relay's tokens were reloaded: `cx.tokens` is the new set and
+    /// `remap` (from [`crate::auth::Tokens::remap`]) gives each old token's
+    /// id in it. A socket whose token is gone, or no longer covers a pattern
+    /// it holds, is closed with 4001; one that never authenticated is
+    /// closed too if auth is now on. With auth now off, every socket stays
+    /// and one still waiting to authenticate gets its defaults.
+    pub fn tokens_reloaded(
+        &mut self,
+        remap: &[Option<TokenId>],
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let State::Open(auth) = self.state else {
+            return;
+        };
+        if !cx.tokens.clients_required() {
+            self.state = State::Open(Auth::NotRequired);
+            if matches!(auth, Auth::Pending { .. }) {
+                self.apply_defaults(cx, out);
+            }
+            return;
+        }
+        let token = match auth {
+            Auth::Pending { .. } => return,
+            Auth::NotRequired => {
+                return self.close(CloseReason::AuthRevoked(AUTH_NOW_REQUIRED), out)
+            }
+            Auth::Authenticated(old) => match remap.get(usize::from(old)).copied().flatten() {
+                Some(new) => new,
+                None => return self.close(CloseReason::AuthRevoked(REVOKED_TOKEN), out),
+            },
+        };
+        self.state = State::Open(Auth::Authenticated(token));
+        let patterns = self.subs.patterns();
+        if !patterns.iter().all(|p| cx.tokens.allows(Some(token), p)) {
+            self.close(CloseReason::AuthRevoked(NARROWED_TOKEN), out);
+        }
     }
 
     /// Subscribes a socket that has not chosen yet to the default channels
