@@ -147,7 +147,13 @@ fn parsing(c: &mut Criterion) {
     });
     let command = r#"{"type":"subscribe","channels":["metrics.system","job.*","alert.*"]}"#;
     c.bench_function("command/parse_subscribe", |b| {
-        b.iter(|| black_box(parse_command(black_box(command)).expect("valid")))
+        b.iter(|| {
+            black_box(
+                parse_command(black_box(command), 64)
+                    .command
+                    .expect("valid"),
+            )
+        })
     });
 }
 

@@ -86,6 +86,22 @@ impl Tokens {
         }
     }
 
+    /// For each client token of `self`, its id in `new`, or `None` if `new`
+    /// no longer has it: what a reload (`RelayHandle::reload_auth`) makes
+    /// of the sockets authenticated with it. Tokens are matched by their
+    /// secret, so reordering or adding tokens keeps every socket.
+    pub fn remap(&self, new: &Tokens) -> Vec<Option<TokenId>> {
+        self.clients
+            .iter()
+            .map(|old| {
+                new.clients
+                    .iter()
+                    .position(|t| t.secret == old.secret)
+                    .map(|i| i as TokenId)
+            })
+            .collect()
+    }
+
     /// Checks a publisher's bearer token; open while none are configured.
     pub fn check_publisher(&self, bearer: Option<&str>) -> PublishAuth {
         if self.publishers.is_empty() {
@@ -161,6 +177,27 @@ mod tests {
         let open = Tokens::from_config(&Config::default());
         assert_eq!(open.check_publisher(None), PublishAuth::Allowed);
         assert!(open.allows(None, ">"));
+    }
+
+    #[test]
+    fn remap_follows_secrets_not_positions() {
+        let old = tokens();
+        let new = Tokens::from_config(
+            &Config::from_toml_str(
+                r#"
+                [[auth.tokens]]
+                token = "newcomer"
+                [[auth.tokens]]
+                token = "jobs-only"
+                channels = ["job.>"]
+                "#,
+            )
+            .expect("valid"),
+        );
+        // "jobs-only" moved to index 1; "admin" is gone.
+        assert_eq!(old.remap(&new), [Some(1), None]);
+        assert_eq!(old.remap(&Tokens::default()), [None, None]);
+        assert_eq!(Tokens::default().remap(&old), []);
     }
 
     #[test]

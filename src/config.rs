@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+/// The values of `log_level` (and of `TIDINGS_LOG`), quietest first.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +43,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    /// The `tidings` binary's log level, one of [`LOG_LEVELS`]; re-read on
+    /// SIGHUP. Unset, `TIDINGS_LOG` decides (info by default). Embedders
+    /// set up their own logging; the library does not read it.
+    pub log_level: Option<String>,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -81,6 +88,9 @@ pub struct Limits {
     pub messages_per_second: u32,
     /// Messages a client may send in a burst above that rate.
     pub message_burst: u32,
+    /// Longest string `id` a command may carry, in bytes (echoed in its
+    /// reply). Integer ids need only fit 64 bits.
+    pub max_command_id: usize,
     /// Largest HTTP request head (request line and headers), in bytes.
     pub max_request_head: usize,
     /// Most headers in one HTTP request.
@@ -312,6 +322,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            log_level: None,
             conformance_echo: false,
         }
     }
@@ -344,6 +355,8 @@ impl Default for Limits {
             // two, without hitting the limit.
             messages_per_second: 20,
             message_burst: 128 + 8,
+            // A UUID (36) or a client's own counter with a prefix fits.
+            max_command_id: 64,
             max_request_head: 8 * 1024,
             max_headers: 64,
             max_request_body: 1024 * 1024,
@@ -459,6 +472,17 @@ impl Config {
                     l.max_message_size, l.max_subscriptions, l.max_channel_length
                 ),
             ));
+        }
+        if let Some(level) = &self.log_level {
+            if !LOG_LEVELS.contains(&level.as_str()) {
+                return Err(ConfigError::invalid(
+                    "log_level",
+                    format!(
+                        "{level:?} is not a log level; use one of {}",
+                        LOG_LEVELS.join(", ")
+                    ),
+                ));
+            }
         }
         let t = &self.timeouts;
         let timeouts = [
@@ -753,7 +777,8 @@ mod tests {
             c.limits.max_message_size
         );
         // The relay's own parser and channel rules accept every pattern.
-        let Ok(Command::Subscribe(Subscribe { channels, .. })) = parse_command(&text) else {
+        let parsed = parse_command(&text, c.limits.max_command_id).command;
+        let Ok(Command::Subscribe(Subscribe { channels, .. })) = parsed else {
             panic!("not a subscribe: {}", &text[..80]);
         };
         assert_eq!(channels.len(), c.limits.max_subscriptions);

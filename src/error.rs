@@ -109,7 +109,19 @@ pub enum CloseReason {
     RateLimited,
     AuthFailed,
     AuthTimeout,
+    /// The relay's tokens were reloaded and this socket's no longer stands
+    /// as it did; the text says how.
+    AuthRevoked(&'static str),
 }
+
+/// [`CloseReason::AuthRevoked`]: the socket's token was removed.
+pub const REVOKED_TOKEN: &str = "token revoked: it is no longer configured";
+/// [`CloseReason::AuthRevoked`]: the token's `channels` no longer cover a
+/// pattern the socket holds.
+pub const NARROWED_TOKEN: &str = "token no longer allows a held subscription";
+/// [`CloseReason::AuthRevoked`]: client tokens were configured where there
+/// were none, and this socket never authenticated.
+pub const AUTH_NOW_REQUIRED: &str = "authentication is now required";
 
 impl CloseReason {
     pub fn code(&self) -> u16 {
@@ -123,7 +135,7 @@ impl CloseReason {
                 1008
             }
             CloseReason::MessageTooBig { .. } => 1009,
-            CloseReason::AuthFailed => 4001,
+            CloseReason::AuthFailed | CloseReason::AuthRevoked(_) => 4001,
             CloseReason::AuthTimeout => 4008,
         }
     }
@@ -164,6 +176,7 @@ impl fmt::Display for CloseReason {
             CloseReason::RateLimited => f.write_str("message rate limit exceeded"),
             CloseReason::AuthFailed => f.write_str("authentication failed"),
             CloseReason::AuthTimeout => f.write_str("authentication timeout"),
+            CloseReason::AuthRevoked(how) => f.write_str(how),
         }
     }
 }
@@ -192,6 +205,9 @@ mod tests {
             ),
             (CloseReason::AuthFailed, 4001),
             (CloseReason::AuthTimeout, 4008),
+            (CloseReason::AuthRevoked(REVOKED_TOKEN), 4001),
+            (CloseReason::AuthRevoked(NARROWED_TOKEN), 4001),
+            (CloseReason::AuthRevoked(AUTH_NOW_REQUIRED), 4001),
         ];
         for (reason, code) in cases {
             assert_eq!(reason.code(), code, "{reason:?}");

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
 
+use crate::auth::Tokens;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fanout::history::{new_epoch, History};
@@ -15,6 +16,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
 use crate::io::admission::Admission;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
+use crate::io::reload::TokenSlot;
 use crate::stats::{StatsSet, StatsSnapshot};
 
 /// A relay that is bound but not yet running.
@@ -43,6 +45,7 @@ struct Shared {
     sequencer: Arc<Sequencer>,
     stats: StatsSet,
     shutdown: Arc<AtomicBool>,
+    tokens: Arc<TokenSlot>,
 }
 
 impl Relay {
@@ -83,6 +86,7 @@ impl Relay {
             config.limits.max_connections_per_ip,
         ));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let tokens = Arc::new(TokenSlot::new(Tokens::from_config(&config)));
         let parts = polls
             .into_iter()
             .enumerate()
@@ -96,6 +100,7 @@ impl Relay {
                 shutdown: Arc::clone(&shutdown),
                 stats: stats.clone(),
                 tls: tls.clone(),
+                token_slot: Arc::clone(&tokens),
             })
             .collect();
         Ok(Relay {
@@ -106,6 +111,7 @@ impl Relay {
                 sequencer,
                 stats,
                 shutdown,
+                tokens,
             },
         })
     }
@@ -242,6 +248,26 @@ impl RelayHandle {
     /// counted once per relay, in `stats`, not here).
     pub fn reactor_stats(&self) -> Vec<StatsSnapshot> {
         self.shared.stats.per_reactor()
+    }
+
+    /// Replaces the relay's tokens with those of `config`, without dropping
+    /// a connection: the client tokens (`auth.tokens`, with their
+    /// `channels`) and the publish tokens (`publish.tokens`). Nothing else
+    /// in `config` is applied; it is validated whole all the same, so a
+    /// file that would not start a relay changes nothing.
+    ///
+    /// Every reactor takes the new set at its next turn. WebSockets whose
+    /// token is no longer configured, or whose token no longer covers a
+    /// pattern they hold, are closed with 4001 and a reason saying which;
+    /// with client tokens configured where there were none, sockets that
+    /// never authenticated are closed with 4001 too. HTTP requests are
+    /// checked against the new set from then on.
+    pub fn reload_auth(&self, config: &Config) -> Result<(), Error> {
+        config.validate()?;
+        warn_unsendable_tokens(config);
+        self.shared.tokens.replace(Tokens::from_config(config));
+        self.shared.sequencer.wake_all_now();
+        Ok(())
     }
 
     /// Closes every WebSocket on every reactor with 1001, waits for the

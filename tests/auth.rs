@@ -283,3 +283,63 @@ fn a_query_token_counts_only_when_allowed() {
     );
     assert_eq!(raw.read_response().status, 401);
 }
+
+/// Connects clients with `token` until every reactor holds at least one;
+/// each is subscribed to `job.*`.
+fn clients_on_every_reactor(relay: &TestRelay, token: &str) -> Vec<Client> {
+    let reactors = relay.reactor_stats().len();
+    let before: Vec<u64> = relay.reactor_stats().iter().map(|s| s.websockets).collect();
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let mut client = try_connect(relay.addr, Some(&format!("Bearer, {token}"))).expect("valid");
+        client.subscribe(&["job.*"]);
+        clients.push(client);
+        let now = relay.reactor_stats();
+        if clients.len() >= reactors && (0..reactors).all(|i| now[i].websockets > before[i]) {
+            return clients;
+        }
+    }
+    panic!("64 connections did not reach all {reactors} reactors");
+}
+
+#[test]
+fn reload_auth_closes_revoked_and_narrowed_tokens_on_every_reactor() {
+    let relay = TestRelay::with(|c| {
+        c.reactors = tidings::Reactors::Count(2);
+        c.auth = Config::from_toml_str(
+            "[[auth.tokens]]\ntoken = \"old\"\n[[auth.tokens]]\ntoken = \"stay\"\n\
+             [[auth.tokens]]\ntoken = \"scoped\"\nchannels = [\"job.*\"]\n",
+        )
+        .expect("valid")
+        .auth;
+    });
+    let mut old = clients_on_every_reactor(&relay, "old");
+    let mut stay = clients_on_every_reactor(&relay, "stay");
+    let mut scoped = try_connect(relay.addr, Some("Bearer, scoped")).expect("valid");
+    scoped.subscribe(&["job.*"]);
+    // `old` goes, `scoped` narrows to `alert.*`, `stay` moves to the end.
+    let new = Config::from_toml_str(
+        "[[auth.tokens]]\ntoken = \"scoped\"\nchannels = [\"alert.*\"]\n\
+         [[auth.tokens]]\ntoken = \"stay\"\n",
+    )
+    .expect("valid");
+    relay.handle().reload_auth(&new).expect("reload");
+    for client in &mut old {
+        assert_eq!(client.expect_close(), Closed::Code(4001));
+    }
+    assert_eq!(scoped.expect_close(), Closed::Code(4001));
+    let p = relay.publish("job.done", json!({"n": 1}));
+    for client in &mut stay {
+        assert_event(&client.next_json(), &p);
+    }
+    // New sockets are checked against the new set.
+    assert!(try_connect(relay.addr, Some("Bearer, old")).is_err());
+    let mut scoped = try_connect(relay.addr, Some("Bearer, scoped")).expect("still valid");
+    let reply = scoped.request(&json!({"type":"subscribe","channels":["job.*"]}));
+    error_message(&reply, "forbidden");
+    // A config that would not start a relay changes nothing.
+    let mut bad = new.clone();
+    bad.limits.max_subscriptions = 0;
+    assert!(relay.handle().reload_auth(&bad).is_err());
+    stay[0].assert_alive();
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -19,6 +19,8 @@ struct Proc {
     child: Child,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
+    /// Each stderr line as it comes, for tests that wait for a log line.
+    stderr_lines: Receiver<String>,
 }
 
 impl Proc {
@@ -48,16 +50,22 @@ impl Proc {
             }
         });
         let (err_tx, stderr) = mpsc::channel();
-        let mut err = child.stderr.take().unwrap();
+        let (line_tx, stderr_lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
         thread::spawn(move || {
             let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+                let _ = line_tx.send(line);
+            }
             let _ = err_tx.send(text);
         });
         Proc {
             child,
             stdout,
             stderr,
+            stderr_lines,
         }
     }
 
@@ -115,6 +123,19 @@ impl Proc {
                 Ok(line) => lines.push(line),
                 Err(RecvTimeoutError::Disconnected) => return lines,
                 Err(RecvTimeoutError::Timeout) => panic!("stdout not closed after exit"),
+            }
+        }
+    }
+
+    /// Waits up to WAIT for a stderr line containing `needle`; returns it.
+    fn wait_stderr_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {needle:?} ({e})"),
             }
         }
     }
@@ -518,4 +539,83 @@ fn demo_keeps_configured_default_channels() {
             break;
         }
     }
+}
+
+/// Client tokens `keep` and `drop`, publish token `pub-old`, log level warn.
+const BEFORE_RELOAD: &str = r#"
+log_level = "warn"
+[[auth.tokens]]
+token = "keep"
+[[auth.tokens]]
+token = "drop"
+[publish]
+tokens = ["pub-old"]
+"#;
+
+/// `drop` removed, `new` added before `keep`, the publish token replaced,
+/// log level info.
+const AFTER_RELOAD: &str = r#"
+log_level = "info"
+[[auth.tokens]]
+token = "new"
+[[auth.tokens]]
+token = "keep"
+[publish]
+tokens = ["pub-new"]
+"#;
+
+#[test]
+fn sighup_reloads_tokens_and_log_level_without_dropping_connections() {
+    let config = TempFile::config("reload", BEFORE_RELOAD);
+    let (mut proc, addr) = Proc::start(&["--config", config.path()]);
+    let bearer = |token: &str| format!("Sec-WebSocket-Protocol: Bearer, {token}\r\n");
+    let mut kept = try_connect(addr, Some("Bearer, keep")).expect("keep is valid");
+    kept.subscribe(&["job.*"]);
+    let (mut dropped, response) = Raw::upgrade_with(addr, &bearer("drop"));
+    assert_eq!(response.status, 101, "{}", response.head);
+    let publish = |token: &str| {
+        let body = r#"{"channel":"job.1","data":{}}"#;
+        http_publish(addr, body, &format!("Authorization: Bearer {token}\r\n")).status
+    };
+    assert_eq!(publish("pub-old"), 200);
+    assert_eq!(event_seq(&kept.next_json(), "job.1"), 1);
+
+    // A file that does not load changes nothing, and says so.
+    std::fs::write(&config.0, "[limits]\nmax_subscriptions = \"many\"\n").unwrap();
+    proc.signal(libc::SIGHUP);
+    let line = proc.wait_stderr_line("SIGHUP");
+    assert!(
+        line.contains("keeping the configuration in force"),
+        "{line}"
+    );
+    assert!(line.contains("TOML parse error"), "{line}");
+    assert_eq!(publish("pub-old"), 200);
+    assert_eq!(event_seq(&kept.next_json(), "job.1"), 2);
+    dropped.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(dropped.next_json()["type"], "pong");
+
+    std::fs::write(&config.0, AFTER_RELOAD).unwrap();
+    proc.signal(libc::SIGHUP);
+    // The socket whose token is gone is told why; the others stay.
+    assert_eq!(
+        dropped.expect_close_reason(),
+        (
+            Closed::Code(4001),
+            "token revoked: it is no longer configured".into()
+        )
+    );
+    // At info now, the reload's own line shows.
+    let line = proc.wait_stderr_line("SIGHUP: reloaded");
+    assert!(line.contains("INFO"), "{line}");
+    assert_eq!(publish("pub-old"), 403);
+    assert_eq!(publish("pub-new"), 200);
+    assert_eq!(event_seq(&kept.next_json(), "job.1"), 3);
+    let mut newcomer = try_connect(addr, Some("Bearer, new")).expect("new is valid");
+    newcomer.subscribe(&["job.*"]);
+    let (_, response) = Raw::upgrade_with(addr, &bearer("drop"));
+    assert_eq!(response.status, 401, "{}", response.head);
+
+    proc.signal(libc::SIGTERM);
+    assert_eq!(kept.expect_close(), Closed::Code(1001));
+    assert_eq!(proc.wait_exit().code(), Some(0));
 }

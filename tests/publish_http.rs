@@ -397,16 +397,71 @@ fn stats_count_published_events_and_deliveries() {
     });
 }
 
+/// Python's `http.client` sends a generator body with
+/// `Transfer-Encoding: chunked`, one chunk per item, on one kept-alive
+/// connection: a publish in three chunks, then one over the body limit.
+const CHUNKED_CLIENT: &str = r#"
+import http.client, sys
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=20)
+def chunks(parts):
+    for part in parts:
+        yield part.encode()
+for parts in (['{"chan', 'nel":"job.chunked",', '"data":{"n":1}}'], ['[' + ','.join(['{"channel":"a","data":0}'] * 40) + ']']):
+    conn.request("POST", "/api/publish", body=chunks(parts), encode_chunked=True,
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    print(response.status, response.read().decode().strip())
+"#;
+
 #[test]
-fn chunked_body_without_content_length_is_411() {
+fn chunked_publish_from_a_real_http_client() {
+    let relay = TestRelay::with(|c| c.limits.max_request_body = 512);
+    let mut client = connect(relay.addr);
+    client.subscribe(&["job.*"]);
+    let output = match std::process::Command::new("python3")
+        .args(["-c", CHUNKED_CLIENT, &relay.addr.port().to_string()])
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPING: python3 is not installed (.ci/run installs it)");
+            return;
+        }
+        Err(e) => panic!("run python3: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with(r#"200 {"seq":"#), "{stdout}");
+    // 40 events of 24 bytes pass 512 in the first chunk's size line.
+    assert!(lines[1].starts_with("413 "), "{stdout}");
+    assert!(
+        lines[1].contains("limits.max_request_body is 512"),
+        "{stdout}"
+    );
+    let event = client.next_json();
+    assert_eq!(event["type"], "job.chunked", "{event}");
+    assert_eq!(event["data"], json!({"n": 1}), "{event}");
+}
+
+#[test]
+fn chunked_publish_with_a_content_length_too_is_refused() {
     let relay = TestRelay::start();
     let body = r#"{"channel":"a.b","data":{}}"#;
     let request = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len(),
         body.len()
     );
     let response = http(relay.addr, &request);
-    assert_eq!(response.status, 411, "{}", response.head);
+    assert_eq!(response.status, 400, "{}", response.head);
+    assert_eq!(response.json()["error"]["code"], "ambiguous_length");
+    assert_eq!(response.header("Connection"), Some("close"));
 }
 
 #[test]

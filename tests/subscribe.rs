@@ -437,3 +437,28 @@ fn handle_publisher_delivers_too() {
     event_seq(&event, "via.handle");
     assert_eq!(event["data"], json!({"n": 1}));
 }
+
+#[test]
+fn command_ids_come_back_in_replies_and_errors() {
+    let relay = TestRelay::start();
+    let mut client = connect(relay.addr);
+    let reply = client.request(&json!({"type":"subscribe","channels":["job.*"],"id":"sub-1"}));
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["id"], "sub-1", "{reply}");
+    let reply = client.request(&json!({"type":"subscribe","channels":["bad..name"],"id":42}));
+    assert!(error_message(&reply, "invalid_channel").contains("bad..name"));
+    assert_eq!(reply["id"], 42, "{reply}");
+    let reply = client.request(&json!({"type":"ping","id":u64::MAX}));
+    assert_eq!(reply["type"], "pong", "{reply}");
+    assert_eq!(reply["id"], u64::MAX, "{reply}");
+    let reply = client.request(&json!({"type":"unsubscribe","channels":["job.*"],"id":-1}));
+    assert_eq!(
+        reply,
+        json!({"type":"unsubscribed","id":-1,"channels":["job.*"]})
+    );
+    // An id the relay would not echo faithfully is an error naming the limit.
+    let reply = client.request(&json!({"type":"ping","id":"x".repeat(65)}));
+    let message = error_message(&reply, "bad_request");
+    assert!(message.contains("limits.max_command_id"), "{message}");
+    assert!(reply.get("id").is_none(), "{reply}");
+}

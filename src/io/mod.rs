@@ -4,5 +4,6 @@ pub(crate) mod admission;
 mod conn;
 mod outputs;
 pub(crate) mod reactor;
+pub(crate) mod reload;
 pub(crate) mod timer;
 pub(crate) mod tls;

@@ -383,6 +383,7 @@ impl Reactor {
             since,
             snapshot,
             token,
+            id,
         } = subscribed;
         if let Some(since) = &since {
             if *since.epoch == *self.epoch && since.seq > self.last_seq {
@@ -421,7 +422,7 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return true;
         };
-        let reply = reply_subscribed(&channels, &self.epoch, position, recovery);
+        let reply = reply_subscribed(&channels, &self.epoch, position, recovery, id.as_ref());
         // The reply goes within the queue limits, like any reply. The
         // replay and snapshot may go past them: a client resuming after a
         // `resync` missed at least a full queue, and must still be able to

@@ -24,6 +24,7 @@ use slab::Slab;
 use super::admission::Admission;
 use super::conn::{Closing, Conn, Phase, NOT_STALLED};
 use super::outputs::session_cx;
+use super::reload::TokenSlot;
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
@@ -58,7 +59,7 @@ const READ_CHUNK: usize = 64;
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
 pub(crate) struct Reactor {
-    index: usize,
+    pub(super) index: usize,
     pub(super) poll: Poll,
     listener: Option<TcpListener>,
     pub(super) conns: Slab<Conn>,
@@ -77,7 +78,11 @@ pub(crate) struct Reactor {
     /// Every reactor's, for `/metrics`.
     pub(super) all_stats: StatsSet,
     pub(super) config: Config,
-    pub(super) tokens: Tokens,
+    /// The client and publish tokens in force, replaced on a reload.
+    pub(super) tokens: Arc<Tokens>,
+    pub(super) token_slot: Arc<TokenSlot>,
+    /// The slot's generation `tokens` came from.
+    pub(super) tokens_generation: u64,
     pub(super) defaults: Rc<[Box<str>]>,
     pub(super) subject_limits: SubjectLimits,
     pub(super) queue_limits: QueueLimits,
@@ -152,6 +157,7 @@ pub(crate) struct ReactorParts {
     pub shutdown: Arc<AtomicBool>,
     pub stats: StatsSet,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub token_slot: Arc<TokenSlot>,
 }
 
 impl Reactor {
@@ -175,6 +181,7 @@ impl Reactor {
         let stats = Arc::clone(&parts.stats.reactors[parts.index]);
         let epoch: Arc<str> = parts.sequencer.epoch().into();
         Stats::set(&stats.write_interval_ms, coalescer.interval());
+        let (tokens_generation, tokens) = parts.token_slot.current();
         Reactor {
             index: parts.index,
             poll: parts.poll,
@@ -189,7 +196,9 @@ impl Reactor {
             shutdown: parts.shutdown,
             stats,
             all_stats: parts.stats,
-            tokens: Tokens::from_config(&config),
+            tokens,
+            token_slot: parts.token_slot,
+            tokens_generation,
             defaults,
             subject_limits: config.subject_limits(),
             queue_limits,
@@ -233,6 +242,7 @@ impl Reactor {
         loop {
             let timeout = self.poll_timeout();
             self.poll_and_dispatch(&mut events, timeout)?;
+            self.take_reloaded_tokens();
             self.retry_reads();
             self.retry_held_publishes();
             self.flush_urgent();
@@ -772,7 +782,10 @@ impl Reactor {
         } else if reason.is_protocol_error() {
             Stats::add(&self.stats.protocol_closes, 1);
             info!("closing {peer} (socket {key}) with {code}: {reason}");
-        } else if matches!(reason, CloseReason::AuthFailed | CloseReason::AuthTimeout) {
+        } else if matches!(
+            reason,
+            CloseReason::AuthFailed | CloseReason::AuthTimeout | CloseReason::AuthRevoked(_)
+        ) {
             info!("closing {peer} (socket {key}) with {code}: {reason}");
         } else {
             debug!("closing {peer} (socket {key}) with {code}: {reason}");

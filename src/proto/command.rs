@@ -2,6 +2,65 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A command as read: its `id`, if it carried a valid one, and the command
+/// or why it cannot be carried out. The id is echoed in the reply either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: Option<CommandId>,
+    pub command: Result<Command, CommandError>,
+}
+
+/// The `id` a client put on a command, echoed in its reply or error so the
+/// client knows which command failed. A string of at most
+/// `limits.max_command_id` bytes, or an integer that fits a signed or
+/// unsigned 64-bit JSON integer; on the wire exactly as it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CommandId {
+    Text(Box<str>),
+    Unsigned(u64),
+    Negative(i64),
+}
+
+impl CommandId {
+    fn from_json(value: serde_json::Value, max_length: usize) -> Result<CommandId, CommandError> {
+        let bad = |what: &str| {
+            CommandError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "`id` {what}; it must be a string of at most {max_length} bytes \
+                     (limits.max_command_id) or an integer between -2^63 and 2^64-1"
+                ),
+            )
+        };
+        match value {
+            serde_json::Value::String(text) if text.len() <= max_length => {
+                Ok(CommandId::Text(text.into()))
+            }
+            serde_json::Value::String(text) => {
+                Err(bad(&format!("is a string of {} bytes", text.len())))
+            }
+            serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => Ok(CommandId::Unsigned(u)),
+                (None, Some(i)) => Ok(CommandId::Negative(i)),
+                _ => Err(bad(&format!("is {n}, not a 64-bit integer"))),
+            },
+            other => Err(bad(&format!("is {}", json_kind(&other)))),
+        }
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// A command a client sends in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -90,15 +149,45 @@ struct Fields {
     snapshot: Option<serde_json::Value>,
 }
 
-pub fn parse_command(text: &str) -> Result<Command, CommandError> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| CommandError::new(ErrorCode::BadJson, format!("invalid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(CommandError::new(
-            ErrorCode::BadJson,
-            "a command must be a JSON object",
-        ));
+/// Reads a command and its `id` (ids over `max_id_length` bytes are refused).
+pub fn parse_command(text: &str, max_id_length: usize) -> Request {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            let error = CommandError::new(ErrorCode::BadJson, format!("invalid JSON: {e}"));
+            return Request {
+                id: None,
+                command: Err(error),
+            };
+        }
+    };
+    let serde_json::Value::Object(mut object) = value else {
+        let error = CommandError::new(ErrorCode::BadJson, "a command must be a JSON object");
+        return Request {
+            id: None,
+            command: Err(error),
+        };
+    };
+    // A null id is no id, as in JSON-RPC clients that always send the field.
+    let id = match object.remove("id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(value) => match CommandId::from_json(value, max_id_length) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                return Request {
+                    id: None,
+                    command: Err(error),
+                }
+            }
+        },
+    };
+    Request {
+        id,
+        command: command_of(serde_json::Value::Object(object)),
     }
+}
+
+fn command_of(value: serde_json::Value) -> Result<Command, CommandError> {
     let fields: Fields = serde_json::from_value(value)
         .map_err(|e| CommandError::new(ErrorCode::BadRequest, e.to_string()))?;
     let kind = match fields.kind {
@@ -177,6 +266,8 @@ fn channels(value: Option<serde_json::Value>) -> Result<Vec<String>, CommandErro
 struct ChannelsReply<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
     channels: &'a [String],
 }
 
@@ -184,6 +275,8 @@ struct ChannelsReply<'a> {
 struct PongReply<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
     timestamp: &'a str,
 }
 
@@ -191,6 +284,8 @@ struct PongReply<'a> {
 struct ErrorReply<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
     data: ErrorData<'a>,
 }
 
@@ -208,6 +303,8 @@ fn to_json(value: &impl Serialize) -> String {
 struct SubscribedReply<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
     channels: &'a [String],
     epoch: &'a str,
     seq: u64,
@@ -225,9 +322,11 @@ pub fn reply_subscribed(
     epoch: &str,
     seq: u64,
     recovery: Option<Recovery>,
+    id: Option<&CommandId>,
 ) -> String {
     to_json(&SubscribedReply {
         kind: "subscribed",
+        id,
         channels,
         epoch,
         seq,
@@ -262,27 +361,41 @@ pub fn notice_resync(reason: &str, epoch: &str, seq: u64) -> String {
     })
 }
 
-pub fn reply_unsubscribed(channels: &[String]) -> String {
+pub fn reply_unsubscribed(channels: &[String], id: Option<&CommandId>) -> String {
     to_json(&ChannelsReply {
         kind: "unsubscribed",
+        id,
         channels,
     })
 }
 
-pub fn reply_pong(timestamp: &str) -> String {
+pub fn reply_pong(timestamp: &str, id: Option<&CommandId>) -> String {
     to_json(&PongReply {
         kind: "pong",
+        id,
         timestamp,
     })
 }
 
-pub fn reply_authenticated() -> String {
-    r#"{"type":"authenticated"}"#.to_string()
+#[derive(Serialize)]
+struct AuthenticatedReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
 }
 
-pub fn reply_error(error: &CommandError) -> String {
+pub fn reply_authenticated(id: Option<&CommandId>) -> String {
+    to_json(&AuthenticatedReply {
+        kind: "authenticated",
+        id,
+    })
+}
+
+pub fn reply_error(error: &CommandError, id: Option<&CommandId>) -> String {
     to_json(&ErrorReply {
         kind: "error",
+        id,
         data: ErrorData {
             code: error.code.as_str(),
             message: &error.message,
@@ -331,7 +444,9 @@ mod tests {
             ),
         ];
         for (text, expected) in table {
-            assert_eq!(parse_command(text), Ok(expected), "{text}");
+            let request = parse_command(text, 64);
+            assert_eq!(request.command, Ok(expected), "{text}");
+            assert_eq!(request.id, None, "{text}");
         }
     }
 
@@ -372,18 +487,113 @@ mod tests {
             ),
         ];
         for (text, code) in table {
-            assert_eq!(parse_command(text).map_err(|e| e.code), Err(code), "{text}");
+            let command = parse_command(text, 64).command;
+            assert_eq!(command.map_err(|e| e.code), Err(code), "{text}");
+        }
+    }
+
+    #[test]
+    fn ids_are_read_within_their_limits() {
+        let long = "x".repeat(64);
+        let table = [
+            (
+                r#"{"type":"ping","id":"a-1"}"#.to_string(),
+                Some(CommandId::Text("a-1".into())),
+            ),
+            (
+                r#"{"id":0,"type":"ping"}"#.to_string(),
+                Some(CommandId::Unsigned(0)),
+            ),
+            (
+                r#"{"type":"ping","id":18446744073709551615}"#.to_string(),
+                Some(CommandId::Unsigned(u64::MAX)),
+            ),
+            (
+                r#"{"type":"ping","id":-9223372036854775808}"#.to_string(),
+                Some(CommandId::Negative(i64::MIN)),
+            ),
+            (r#"{"type":"ping","id":null}"#.to_string(), None),
+            (
+                format!(r#"{{"type":"ping","id":"{long}"}}"#),
+                Some(CommandId::Text(long.clone().into())),
+            ),
+        ];
+        for (text, id) in table {
+            let request = parse_command(&text, 64);
+            assert_eq!(request.command, Ok(Command::Ping), "{text}");
+            assert_eq!(request.id, id, "{text}");
+        }
+        // An id the relay cannot echo faithfully is refused, naming the limit;
+        // the command is not carried out.
+        let refused = [
+            format!(r#"{{"type":"ping","id":"{long}x"}}"#),
+            r#"{"type":"ping","id":18446744073709551616}"#.to_string(),
+            r#"{"type":"ping","id":-9223372036854775809}"#.to_string(),
+            r#"{"type":"ping","id":1.5}"#.to_string(),
+            r#"{"type":"ping","id":true}"#.to_string(),
+            r#"{"type":"ping","id":[1]}"#.to_string(),
+            r#"{"type":"ping","id":{"a":1}}"#.to_string(),
+        ];
+        for text in refused {
+            let request = parse_command(&text, 64);
+            assert_eq!(request.id, None, "{text}");
+            let error = request.command.expect_err(&text);
+            assert_eq!(error.code, ErrorCode::BadRequest, "{text}");
+            assert!(
+                error.message.contains("limits.max_command_id"),
+                "{text}: {}",
+                error.message
+            );
+        }
+        // The id comes back with the command's own error.
+        let request = parse_command(r#"{"type":"subscribe","id":"s1"}"#, 64);
+        assert_eq!(request.id, Some(CommandId::Text("s1".into())));
+        assert_eq!(
+            request.command.map_err(|e| e.code),
+            Err(ErrorCode::BadRequest)
+        );
+    }
+
+    #[test]
+    fn replies_echo_the_id_second() {
+        let id = CommandId::Text("c\"7".into());
+        let error = CommandError::new(ErrorCode::Forbidden, "no");
+        let table = [
+            (
+                reply_subscribed(&["a".into()], "e1", 9, None, Some(&id)),
+                r#"{"type":"subscribed","id":"c\"7","channels":["a"],"epoch":"e1","seq":9}"#,
+            ),
+            (
+                reply_unsubscribed(&["a".into()], Some(&CommandId::Unsigned(3))),
+                r#"{"type":"unsubscribed","id":3,"channels":["a"]}"#,
+            ),
+            (
+                reply_pong("T", Some(&CommandId::Negative(-2))),
+                r#"{"type":"pong","id":-2,"timestamp":"T"}"#,
+            ),
+            (
+                reply_authenticated(Some(&id)),
+                r#"{"type":"authenticated","id":"c\"7"}"#,
+            ),
+            (reply_authenticated(None), r#"{"type":"authenticated"}"#),
+            (
+                reply_error(&error, Some(&CommandId::Unsigned(u64::MAX))),
+                r#"{"type":"error","id":18446744073709551615,"data":{"code":"forbidden","message":"no"}}"#,
+            ),
+        ];
+        for (reply, expected) in table {
+            assert_eq!(reply, expected);
         }
     }
 
     #[test]
     fn replies() {
         assert_eq!(
-            reply_subscribed(&["a.*".into()], "e1", 9, None),
+            reply_subscribed(&["a.*".into()], "e1", 9, None, None),
             r#"{"type":"subscribed","channels":["a.*"],"epoch":"e1","seq":9}"#
         );
         assert_eq!(
-            reply_subscribed(&["a".into()], "e1", 9, Some(Recovery::Recovered)),
+            reply_subscribed(&["a".into()], "e1", 9, Some(Recovery::Recovered), None),
             r#"{"type":"subscribed","channels":["a"],"epoch":"e1","seq":9,"recovered":true}"#
         );
         let value: serde_json::Value = serde_json::from_str(&reply_subscribed(
@@ -391,6 +601,7 @@ mod tests {
             "e1",
             0,
             Some(Recovery::NotRecovered("gone")),
+            None,
         ))
         .expect("json");
         assert_eq!(
@@ -401,15 +612,17 @@ mod tests {
             notice_resync("overflow", "e1", 12),
             r#"{"type":"resync","data":{"reason":"overflow","epoch":"e1","seq":12}}"#
         );
-        let value: serde_json::Value =
-            serde_json::from_str(&reply_error(&CommandError::new(ErrorCode::Forbidden, "no")))
-                .expect("json");
+        let value: serde_json::Value = serde_json::from_str(&reply_error(
+            &CommandError::new(ErrorCode::Forbidden, "no"),
+            None,
+        ))
+        .expect("json");
         assert_eq!(
             value,
             json!({"type":"error","data":{"code":"forbidden","message":"no"}})
         );
         let value: serde_json::Value =
-            serde_json::from_str(&reply_pong("2024-12-22T10:30:00.123Z")).expect("json");
+            serde_json::from_str(&reply_pong("2024-12-22T10:30:00.123Z", None)).expect("json");
         assert_eq!(
             value,
             json!({"type":"pong","timestamp":"2024-12-22T10:30:00.123Z"})

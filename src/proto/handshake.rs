@@ -18,7 +18,8 @@ pub struct RequestHead {
     /// Whether the connection stays open after the response (HTTP/1.1 default).
     pub keep_alive: bool,
     pub content_length: Option<usize>,
-    pub chunked: bool,
+    /// `Transfer-Encoding` codings in order, lower case (every such header).
+    pub transfer_codings: Vec<String>,
     pub authorization: Option<String>,
     pub origin: Option<String>,
     /// `Expect: 100-continue`: the client waits for a go-ahead before the body.
@@ -79,7 +80,7 @@ pub fn parse_head(
         len,
         keep_alive: version == 1,
         content_length: None,
-        chunked: false,
+        transfer_codings: Vec::new(),
         authorization: None,
         origin: None,
         expect_continue: false,
@@ -102,7 +103,12 @@ pub fn parse_head(
             }
             head.content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked |= has_token(value, "chunked");
+            head.transfer_codings.extend(
+                value
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty()),
+            );
         } else if name.eq_ignore_ascii_case("connection") {
             if has_token(value, "close") {
                 head.keep_alive = false;
@@ -134,6 +140,13 @@ pub fn parse_head(
         }
     }
     Ok(Some(head))
+}
+
+impl RequestHead {
+    /// Whether the head announces a body, by length or by transfer coding.
+    pub fn has_body(&self) -> bool {
+        self.content_length.unwrap_or(0) > 0 || !self.transfer_codings.is_empty()
+    }
 }
 
 /// Whether a comma-separated header value holds `token` (case-insensitive).

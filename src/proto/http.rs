@@ -17,6 +17,7 @@ pub enum Status {
     PayloadTooLarge,
     UpgradeRequired,
     HeaderFieldsTooLarge,
+    NotImplemented,
     ServiceUnavailable,
 }
 
@@ -34,6 +35,7 @@ impl Status {
             Status::PayloadTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::HeaderFieldsTooLarge => 431,
+            Status::NotImplemented => 501,
             Status::ServiceUnavailable => 503,
         }
     }
@@ -51,6 +53,7 @@ impl Status {
             Status::PayloadTooLarge => "Payload Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeaderFieldsTooLarge => "Request Header Fields Too Large",
+            Status::NotImplemented => "Not Implemented",
             Status::ServiceUnavailable => "Service Unavailable",
         }
     }

@@ -1,5 +1,6 @@
 //! The sans-I/O protocol core: no sockets, no clock. Bytes in, decisions out.
 
+pub mod chunked;
 pub mod command;
 pub mod frames;
 pub mod handshake;

@@ -9,6 +9,7 @@ use log::debug;
 
 use super::{millis, Millis, Now, SessionContext};
 use crate::fanout::event::EncodedEvent;
+use crate::proto::chunked::{ChunkError, ChunkLimits, ChunkedBody};
 use crate::proto::handshake::{parse_head, upgrade_refusal};
 use crate::proto::http::{json_error, response, Status};
 use crate::session::ws::{WsOutput, WsSession};
@@ -89,7 +90,12 @@ enum State {
 #[derive(Debug)]
 struct Body {
     head_len: usize,
+    /// The `Content-Length`; 0 for a chunked body.
     body_len: usize,
+    /// A `Transfer-Encoding: chunked` body, decoded as its bytes arrive
+    /// (the raw chunks are then dropped from `buf`, so chunk framing does
+    /// not count against the buffer limit).
+    chunked: Option<Box<ChunkedBody>>,
     keep_alive: bool,
     /// `Expect: 100-continue`: the client waits for a go-ahead.
     expect_continue: bool,
@@ -295,20 +301,7 @@ impl HttpSession {
         loop {
             let step = match &mut self.state {
                 State::ReadingHead => self.on_head(now, cx, out),
-                State::ReadingBody(body) => {
-                    if self.buf.len() < body.head_len + body.body_len {
-                        // curl sends `Expect: 100-continue` for bodies over
-                        // 1 KiB and waits a second for this before sending
-                        // the body anyway.
-                        if body.expect_continue && !body.continue_sent {
-                            body.continue_sent = true;
-                            out.push(HttpOutput::Send(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()));
-                        }
-                        Step::Wait
-                    } else {
-                        self.on_body(now, cx, out)
-                    }
-                }
+                State::ReadingBody(_) => self.on_body_bytes(now, cx, out),
                 State::AwaitingAnswer(_) | State::Done => Step::Wait,
             };
             match step {
@@ -361,6 +354,42 @@ impl HttpSession {
         self.deadline = now + millis(cx.config.timeouts.handshake);
     }
 
+    /// Body bytes arrived: waits for the rest, or handles the whole body.
+    fn on_body_bytes(&mut self, now: Now, cx: &SessionContext, out: &mut Vec<HttpOutput>) -> Step {
+        let State::ReadingBody(body) = &mut self.state else {
+            return Step::Wait;
+        };
+        let complete = match body.chunked.as_mut() {
+            None => self.buf.len() >= body.head_len + body.body_len,
+            Some(chunked) => {
+                let limits = ChunkLimits {
+                    max_body: cx.config.limits.max_request_body,
+                    max_line: cx.config.limits.max_request_head,
+                };
+                match chunked.decode(&self.buf[body.head_len..], limits) {
+                    Ok(used) => {
+                        self.buf.drain(body.head_len..body.head_len + used);
+                        chunked.is_done()
+                    }
+                    Err(error) => {
+                        out.push(HttpOutput::SendAndClose(chunk_refusal(error)));
+                        return Step::Finished;
+                    }
+                }
+            }
+        };
+        if complete {
+            return self.on_body(now, cx, out);
+        }
+        // curl sends `Expect: 100-continue` for bodies over 1 KiB and waits
+        // a second for this before sending the body anyway.
+        if body.expect_continue && !body.continue_sent {
+            body.continue_sent = true;
+            out.push(HttpOutput::Send(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()));
+        }
+        Step::Wait
+    }
+
     /// Sends a final response; the session is done.
     fn close(&mut self, response: Vec<u8>, out: &mut Vec<HttpOutput>) {
         self.state = State::Done;
@@ -378,6 +407,23 @@ impl HttpSession {
                 out.push(HttpOutput::SendAndClose(upgrade_refusal(e.status())));
                 Step::Refused
             }
+        }
+    }
+}
+
+/// The final answer to a chunked body that broke its framing or the size
+/// limit: the rest of the stream cannot be read as requests.
+fn chunk_refusal(error: ChunkError) -> Vec<u8> {
+    match error {
+        ChunkError::TooLarge { at_least, max } => answers::body_too_large(at_least, true, max),
+        ChunkError::Malformed(why) => {
+            debug!("malformed chunked body: {why}");
+            json_error(
+                Status::BadRequest,
+                "bad_chunk",
+                &format!("malformed chunked body: {why}"),
+                false,
+            )
         }
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{millis, Millis, Now, SessionContext};
 use crate::auth::TokenId;
 use crate::error::CloseReason;
-use crate::proto::command::{reply_error, CommandError, ErrorCode, Since};
+use crate::proto::command::{reply_error, CommandError, CommandId, ErrorCode, Since};
 use crate::proto::frames::{encode_binary, encode_ping, encode_pong, encode_text};
 use crate::proto::frames::{Message, MessageReader};
 use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
@@ -49,6 +49,8 @@ pub struct Subscribed {
     pub snapshot: bool,
     /// The connection's token, whose scope limits what history it gets.
     pub token: Option<TokenId>,
+    /// The command's `id`, for the reply.
+    pub id: Option<CommandId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +293,8 @@ impl WsSession {
                         ErrorCode::RateLimited,
                         format!("over {per_second} messages per second; this one was dropped"),
                     );
-                    return reply(&reply_error(&error), out);
+                    // The message was not read, so there is no id to echo.
+                    return reply(&reply_error(&error, None), out);
                 }
                 rate::Verdict::Exceeded => return self.close(CloseReason::RateLimited, out),
             }

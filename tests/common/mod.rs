@@ -103,6 +103,11 @@ impl TestRelay {
         }
     }
 
+    /// The running relay's handle.
+    pub fn handle(&self) -> &RelayHandle {
+        self.handle.as_ref().expect("relay is running")
+    }
+
     /// `RelayHandle::publisher()`, as opposed to the one from `Relay`.
     pub fn handle_publisher(&self) -> Publisher {
         self.handle.as_ref().expect("relay is running").publisher()

@@ -1,5 +1,6 @@
 //! A small stderr logger: `TIDINGS_LOG=off|error|warn|info|debug|trace`
-//! (default info). Any other value stops the relay at startup.
+//! (default info). Any other value stops the relay at startup. The config
+//! file's `log_level`, when set, takes over, at startup and on SIGHUP.
 
 use std::io::Write;
 use std::time::SystemTime;
@@ -60,6 +61,18 @@ fn level(value: Option<&std::ffi::OsStr>) -> Result<LevelFilter, String> {
         })
 }
 
+/// Sets the level to the config file's `log_level` (already validated
+/// against `tidings::config::LOG_LEVELS`), or back to what `TIDINGS_LOG`
+/// asks for when the file has none.
+pub fn set_level(from_file: Option<&str>) -> Result<LevelFilter, String> {
+    let level = match from_file {
+        Some(name) => level(Some(name.as_ref()))?,
+        None => level(std::env::var_os("TIDINGS_LOG").as_deref())?,
+    };
+    log::set_max_level(level);
+    Ok(level)
+}
+
 /// Installs the logger at the level `TIDINGS_LOG` asks for.
 pub fn init() -> Result<(), String> {
     let level = level(std::env::var_os("TIDINGS_LOG").as_deref())?;
@@ -86,5 +99,11 @@ mod tests {
             err.contains("off, error, warn, info, debug, trace"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_config_file_names_the_same_levels() {
+        let names: Vec<&str> = LEVELS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, tidings::config::LOG_LEVELS);
     }
 }

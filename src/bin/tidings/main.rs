@@ -5,15 +5,15 @@ mod logger;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use tidings::config::resolve_listen;
-use tidings::{Config, Relay};
+use tidings::{Config, Relay, RelayHandle};
 
 /// A high-density WebSocket event relay.
 ///
@@ -86,13 +86,14 @@ fn run(args: Args) -> Result<(), String> {
     });
     // With `[tls]` the port speaks only TLS: a client given ws:// would fail.
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    logger::set_level(config.log_level.as_deref())?;
     let relay = Relay::new(config).map_err(|e| e.to_string())?;
     let publisher = relay.publisher();
     let addr = relay.local_addr();
     // Register before announcing, so a signal sent right after the startup
     // line is never missed.
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
     let handle = relay.spawn().map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout();
     // The URL stays the first word after "on", for scripts that read it.
@@ -106,8 +107,41 @@ fn run(args: Args) -> Result<(), String> {
             demo::CHANNELS.join(", ")
         );
     }
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload(args.config.as_deref(), &handle);
+            continue;
+        }
         log::info!("received signal {signal}; closing every client with 1001");
+        break;
     }
     handle.shutdown().map_err(|e| e.to_string())
+}
+
+/// SIGHUP: re-reads the config file and applies its tokens and log level,
+/// keeping every connection whose token still stands. A file that does not
+/// load changes nothing.
+fn reload(path: Option<&Path>, handle: &RelayHandle) {
+    let Some(path) = path else {
+        log::warn!("SIGHUP: started without --config, so there is nothing to reload");
+        return;
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("SIGHUP: keeping the configuration in force: {e}");
+            return;
+        }
+    };
+    if let Err(e) = handle.reload_auth(&config) {
+        log::error!("SIGHUP: keeping the configuration in force: {e}");
+        return;
+    }
+    match logger::set_level(config.log_level.as_deref()) {
+        Ok(level) => log::info!(
+            "SIGHUP: reloaded {}: tokens, and log level {level}; other settings apply at restart",
+            path.display()
+        ),
+        Err(e) => log::error!("SIGHUP: tokens reloaded, log level unchanged: {e}"),
+    }
 }

@@ -187,26 +187,30 @@ impl HttpSession {
             )));
             return Step::Finished;
         }
-        let Some(length) = head.content_length.filter(|_| !head.chunked) else {
-            let answer = json_error(
-                Status::LengthRequired,
-                "length_required",
-                "send the body with a Content-Length",
-                false,
-            );
-            out.push(HttpOutput::SendAndClose(answer));
-            return Step::Finished;
+        let (length, chunked) = match body_framing(head) {
+            Ok(Framing::Length(length)) => (length, None),
+            Ok(Framing::Chunked) => (0, Some(Box::default())),
+            Err((status, code, message)) => {
+                debug!("publish refused with {}: {message}", status.code());
+                out.push(HttpOutput::SendAndClose(json_error(
+                    status, code, &message, false,
+                )));
+                return Step::Finished;
+            }
         };
         let max = cx.config.limits.max_request_body;
         if length > max {
-            let message = format!("the body is {length} bytes; limits.max_request_body is {max}");
-            let answer = json_error(Status::PayloadTooLarge, "too_large", &message, false);
-            out.push(HttpOutput::SendAndClose(answer));
+            out.push(HttpOutput::SendAndClose(body_too_large(
+                length as u64,
+                false,
+                max,
+            )));
             return Step::Finished;
         }
         self.state = State::ReadingBody(Body {
             head_len: head.len,
             body_len: length,
+            chunked,
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
             continue_sent: false,
@@ -225,8 +229,13 @@ impl HttpSession {
         let State::ReadingBody(body) = &self.state else {
             return Step::Wait;
         };
+        // A chunked body was decoded as it came, its raw bytes dropped.
         let (keep_alive, end) = (body.keep_alive, body.head_len + body.body_len);
-        match publish_events(&self.buf[body.head_len..end], now, cx) {
+        let bytes = match &body.chunked {
+            Some(chunked) => chunked.body(),
+            None => &self.buf[body.head_len..end],
+        };
+        match publish_events(bytes, now, cx) {
             Ok((events, single)) => {
                 self.state = State::AwaitingAnswer(Owed {
                     what: Owing::Publish { single },
@@ -250,7 +259,6 @@ impl HttpSession {
     }
 }
 
-/// A body on a request that takes none would be read as the next request.
 /// `?token=` on the WebSocket URL, when `auth.allow_query_token` is on.
 fn query_token(head: &RequestHead, cx: &SessionContext) -> Option<String> {
     if !cx.config.auth.allow_query_token {
@@ -326,8 +334,54 @@ fn state_query(
     Ok(Query::Channels { pattern, token })
 }
 
+/// A body on a request that takes none would be read as the next request.
 fn takes_no_body_but_has_one(head: &RequestHead) -> bool {
-    head.content_length.unwrap_or(0) > 0 || head.chunked
+    head.has_body()
+}
+
+/// How a publish body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
+/// Reads a publish head's framing (RFC 9112 section 6), or the refusal.
+fn body_framing(head: &RequestHead) -> Result<Framing, (Status, &'static str, String)> {
+    let codings = &head.transfer_codings;
+    match (head.content_length, codings.as_slice()) {
+        (Some(length), []) => Ok(Framing::Length(length)),
+        (None, [only]) if only == "chunked" => Ok(Framing::Chunked),
+        (None, []) => Err((
+            Status::LengthRequired,
+            "length_required",
+            "send the body with a Content-Length or Transfer-Encoding: chunked".into(),
+        )),
+        // "A server MAY reject a request that contains both Content-Length
+        // and Transfer-Encoding ... Regardless, the server MUST close the
+        // connection after responding" (RFC 9112 6.3): two framings are how
+        // requests are smuggled past a proxy that reads the other one.
+        (Some(_), _) => Err((
+            Status::BadRequest,
+            "ambiguous_length",
+            "both Content-Length and Transfer-Encoding: send one of them".into(),
+        )),
+        // "If any transfer coding other than chunked is applied to a request
+        // message body, the sender MUST apply chunked as the final transfer
+        // coding" (RFC 9112 6.1).
+        (None, [.., last]) if last != "chunked" => Err((
+            Status::BadRequest,
+            "bad_transfer_encoding",
+            format!("Transfer-Encoding must end with chunked, not {last:?}"),
+        )),
+        (None, _) => Err((
+            Status::NotImplemented,
+            "unsupported_transfer_encoding",
+            format!(
+                "Transfer-Encoding {:?} is not supported: send chunked alone, or a Content-Length",
+                codings.join(", ")
+            ),
+        )),
+    }
 }
 
 /// Cross-site WebSocket hijacking guard: a browser always sends `Origin`,
@@ -340,6 +394,15 @@ fn origin_allowed(config: &Config, origin: Option<&str>) -> bool {
             .any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
         _ => true,
     }
+}
+
+/// The `413` for a publish body over `limits.max_request_body`: `size` is
+/// its `Content-Length`, or for a chunked body what is known of it, which
+/// is `at_least` that.
+pub(super) fn body_too_large(size: u64, at_least: bool, max: usize) -> Vec<u8> {
+    let at_least = if at_least { "at least " } else { "" };
+    let message = format!("the body is {at_least}{size} bytes; limits.max_request_body is {max}");
+    json_error(Status::PayloadTooLarge, "too_large", &message, false)
 }
 
 /// Validates every event first, so a bad one publishes none, then encodes

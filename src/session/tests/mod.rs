@@ -213,10 +213,15 @@ impl<'f> Client<'f> {
                     assert!(self.router.remove(&*pattern), "{pattern} was not held");
                 }
                 // The reactor answers with the position; here the channels
-                // are what the session decided.
-                WsOutput::Subscribed(subscribed) => got.push(json(
-                    serde_json::json!({"type": "subscribed", "channels": subscribed.channels}),
-                )),
+                // and the id are what the session decided.
+                WsOutput::Subscribed(subscribed) => {
+                    let mut reply =
+                        serde_json::json!({"type": "subscribed", "channels": subscribed.channels});
+                    if let Some(id) = &subscribed.id {
+                        reply["id"] = serde_json::to_value(id).expect("an id is JSON");
+                    }
+                    got.push(json(reply))
+                }
                 WsOutput::Close(reason) => got.push(Got::Close(reason)),
             }
         }

@@ -436,3 +436,137 @@ fn a_stalled_writer_is_closed_at_the_write_deadline() {
     let (_, got) = client.timer_stalled(500 + write_deadline, Some(500));
     assert_eq!(got, [Got::Close(CloseReason::WriteStalled)]);
 }
+
+#[test]
+fn every_reply_and_error_echoes_the_command_id() {
+    let fx = Fixture::new(with_tokens);
+    let deadline = ms(fx.config.timeouts.auth);
+    let (mut client, _) = Client::open(&fx, Auth::Pending { deadline });
+    // Before auth: the error names the command that was refused.
+    let got = client.command(r#"{"type":"subscribe","channels":["a"],"id":1}"#, 1);
+    assert_eq!(got.len(), 1);
+    assert!(error("not_authenticated")(&got[0]), "{got:?}");
+    assert_eq!(value(&got[0])["id"], 1);
+    let got = client.command(r#"{"type":"auth","token":"scoped","id":"a"}"#, 2);
+    assert_eq!(got, [json(json!({"type":"authenticated","id":"a"}))]);
+    let got = client.command(
+        r#"{"id":"s-1","type":"subscribe","channels":["public.x"]}"#,
+        3,
+    );
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"subscribed","id":"s-1","channels":["public.x"]})
+        )]
+    );
+    let got = client.command(
+        r#"{"type":"subscribe","channels":["private.x"],"id":-4}"#,
+        4,
+    );
+    assert!(error("forbidden")(&got[0]), "{got:?}");
+    assert_eq!(value(&got[0])["id"], -4);
+    let got = client.command(
+        r#"{"type":"unsubscribe","channels":["public.x"],"id":5}"#,
+        5,
+    );
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"unsubscribed","id":5,"channels":["public.x"]})
+        )]
+    );
+    let got = client.command(r#"{"type":"ping","id":"p"}"#, 6);
+    assert_eq!(
+        got,
+        [json(
+            json!({"type":"pong","id":"p","timestamp":wall_text(at(6))})
+        )]
+    );
+    // Without an id, replies carry none.
+    let got = client.command(r#"{"type":"ping"}"#, 7);
+    assert_eq!(
+        got,
+        [json(json!({"type":"pong","timestamp":wall_text(at(7))}))]
+    );
+    // An id over the limit is refused and the command not carried out.
+    let long = "i".repeat(fx.config.limits.max_command_id + 1);
+    let text = format!(r#"{{"type":"subscribe","channels":["public.y"],"id":"{long}"}}"#);
+    let got = client.command(&text, 8);
+    assert!(error("bad_request")(&got[0]), "{got:?}");
+    assert!(value(&got[0])["data"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("limits.max_command_id")));
+    assert!(client.patterns().is_empty());
+}
+
+fn value(got: &Got) -> &serde_json::Value {
+    match got {
+        Got::Json(value) => value,
+        other => panic!("not JSON: {other:?}"),
+    }
+}
+
+/// Reloads `client`'s session to the tokens of `after`, as the reactor
+/// does; later commands see them too.
+fn reload<'f>(client: &mut Client<'f>, after: &'f Fixture) -> Vec<Got> {
+    let remap = client.fx.tokens.remap(&after.tokens);
+    let mut out = Vec::new();
+    client
+        .session
+        .tokens_reloaded(&remap, &after.cx(), &mut out);
+    client.fx = after;
+    client.apply(out)
+}
+
+fn revoked(how: &'static str) -> Got {
+    Got::Close(CloseReason::AuthRevoked(how))
+}
+
+#[test]
+fn a_token_reload_keeps_valid_tokens_and_closes_the_rest_with_4001() {
+    use crate::error::{AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
+    let before = Fixture::new(with_tokens);
+    // "scoped" now only covers `public.a`; "secret" is gone; "new" first.
+    let after = Fixture::new(|c| {
+        c.auth.tokens = vec![
+            TokenConfig {
+                token: "new".into(),
+                channels: None,
+            },
+            TokenConfig {
+                token: "scoped".into(),
+                channels: Some(vec!["public.a".into()]),
+            },
+        ];
+    });
+    let open = |token: &str| {
+        let id = before.tokens.check_client(token);
+        let (mut client, _) = Client::open(&before, Auth::Authenticated(id.expect("known")));
+        client.command(r#"{"type":"subscribe","channels":["public.a"]}"#, 1);
+        client
+    };
+    let mut secret = open("secret");
+    assert_eq!(reload(&mut secret, &after), [revoked(REVOKED_TOKEN)]);
+    assert_eq!(close_code(&[revoked(REVOKED_TOKEN)]), Some(4001));
+    // Still covered: kept, under its new id.
+    let mut scoped = open("scoped");
+    assert_eq!(reload(&mut scoped, &after), []);
+    let got = scoped.command(r#"{"type":"subscribe","channels":["public.b"]}"#, 2);
+    assert!(error("forbidden")(&got[0]), "{got:?}");
+    // A held pattern the token no longer covers: closed, not silently cut.
+    let mut wide = open("scoped");
+    wide.command(r#"{"type":"subscribe","channels":["public.b"]}"#, 2);
+    assert_eq!(reload(&mut wide, &after), [revoked(NARROWED_TOKEN)]);
+    // Auth turned on: a socket that never authenticated goes.
+    let open_relay = Fixture::new(|_| {});
+    let (mut anonymous, _) = Client::open(&open_relay, Auth::NotRequired);
+    assert_eq!(reload(&mut anonymous, &after), [revoked(AUTH_NOW_REQUIRED)]);
+    // Auth turned off: one still waiting to authenticate gets its defaults.
+    let deadline = ms(before.config.timeouts.auth);
+    let (mut waiting, _) = Client::open(&before, Auth::Pending { deadline });
+    let no_auth = Fixture::new(defaults);
+    assert_eq!(reload(&mut waiting, &no_auth), []);
+    assert_eq!(waiting.patterns(), ["news.>", "public.chat"]);
+    let got = waiting.command(r#"{"type":"subscribe","channels":["x"]}"#, 3);
+    assert_eq!(got, [subscribed(&["x"])]);
+}

@@ -6,10 +6,10 @@ use log::info;
 
 use super::{reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
 use crate::auth::TokenId;
-use crate::error::CloseReason;
+use crate::error::{CloseReason, AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
 use crate::proto::command::{
     parse_command, reply_authenticated, reply_error, reply_pong, reply_unsubscribed, Command,
-    CommandError, ErrorCode, Subscribe,
+    CommandError, CommandId, ErrorCode, Subscribe,
 };
 use crate::route::validate_pattern;
 use crate::session::{Now, SessionContext};
@@ -24,40 +24,89 @@ impl WsSession {
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) {
-        let result = match parse_command(text) {
+        let request = parse_command(text, cx.config.limits.max_command_id);
+        let id = request.id;
+        let result = match request.command {
             Err(e) => Err(e),
-            Ok(Command::Ping) => Ok(reply_pong(&rfc3339_millis_string(now.wall))),
-            Ok(Command::Auth(token)) => return self.on_auth(&token, cx, out),
+            Ok(Command::Ping) => Ok(reply_pong(&rfc3339_millis_string(now.wall), id.as_ref())),
+            Ok(Command::Auth(token)) => return self.on_auth(&token, id, cx, out),
             // The reactor answers an accepted subscribe (`Subscribed`).
-            Ok(Command::Subscribe(subscribe)) => match self.subscribe(subscribe, cx, out) {
-                Ok(()) => return,
-                Err(e) => Err(e),
-            },
+            Ok(Command::Subscribe(subscribe)) => {
+                match self.subscribe(subscribe, id.clone(), cx, out) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
             Ok(Command::Unsubscribe(channels)) => self
                 .unsubscribe(&channels, cx, out)
-                .map(|()| reply_unsubscribed(&channels)),
+                .map(|()| reply_unsubscribed(&channels, id.as_ref())),
         };
         match result {
             Ok(text) => reply(&text, out),
-            Err(error) => reply(&reply_error(&error), out),
+            Err(error) => reply(&reply_error(&error, id.as_ref()), out),
         }
     }
 
-    fn on_auth(&mut self, token: &str, cx: &SessionContext, out: &mut Vec<WsOutput>) {
+    fn on_auth(
+        &mut self,
+        token: &str,
+        id: Option<CommandId>,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
         if !cx.tokens.clients_required() {
-            return reply(&reply_authenticated(), out);
+            return reply(&reply_authenticated(id.as_ref()), out);
         }
-        let Some(id) = cx.tokens.check_client(token) else {
+        let Some(token) = cx.tokens.check_client(token) else {
             Stats::add(&cx.stats.auth_failures, 1);
             info!("authentication failed");
             return self.close(CloseReason::AuthFailed, out);
         };
         let was_pending = matches!(self.state, State::Open(Auth::Pending { .. }));
-        self.state = State::Open(Auth::Authenticated(id));
+        self.state = State::Open(Auth::Authenticated(token));
         if was_pending {
             self.apply_defaults(cx, out);
         }
-        reply(&reply_authenticated(), out);
+        reply(&reply_authenticated(id.as_ref()), out);
+    }
+
+    /// The relay's tokens were reloaded: `cx.tokens` is the new set and
+    /// `remap` (from [`crate::auth::Tokens::remap`]) gives each old token's
+    /// id in it. A socket whose token is gone, or no longer covers a pattern
+    /// it holds, is closed with 4001; one that never authenticated is
+    /// closed too if auth is now on. With auth now off, every socket stays
+    /// and one still waiting to authenticate gets its defaults.
+    pub fn tokens_reloaded(
+        &mut self,
+        remap: &[Option<TokenId>],
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let State::Open(auth) = self.state else {
+            return;
+        };
+        if !cx.tokens.clients_required() {
+            self.state = State::Open(Auth::NotRequired);
+            if matches!(auth, Auth::Pending { .. }) {
+                self.apply_defaults(cx, out);
+            }
+            return;
+        }
+        let token = match auth {
+            Auth::Pending { .. } => return,
+            Auth::NotRequired => {
+                return self.close(CloseReason::AuthRevoked(AUTH_NOW_REQUIRED), out)
+            }
+            Auth::Authenticated(old) => match remap.get(usize::from(old)).copied().flatten() {
+                Some(new) => new,
+                None => return self.close(CloseReason::AuthRevoked(REVOKED_TOKEN), out),
+            },
+        };
+        self.state = State::Open(Auth::Authenticated(token));
+        let patterns = self.subs.patterns();
+        if !patterns.iter().all(|p| cx.tokens.allows(Some(token), p)) {
+            self.close(CloseReason::AuthRevoked(NARROWED_TOKEN), out);
+        }
     }
 
     /// Subscribes a socket that has not chosen yet to the default channels
@@ -82,6 +131,7 @@ impl WsSession {
     fn subscribe(
         &mut self,
         subscribe: Subscribe,
+        id: Option<CommandId>,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) -> Result<(), CommandError> {
@@ -119,6 +169,7 @@ impl WsSession {
             since: subscribe.since,
             snapshot: subscribe.snapshot,
             token,
+            id,
         })));
         let mut list = match std::mem::replace(&mut self.subs, Subs::None) {
             Subs::Own(list) => list,

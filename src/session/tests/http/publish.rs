@@ -20,11 +20,24 @@ fn publish_refusals() {
             411,
             "length_required",
         ),
+        // Two framings: how requests are smuggled (RFC 9112 6.3).
         (
             "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer pub\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}"
                 .to_string(),
-            411,
-            "length_required",
+            400,
+            "ambiguous_length",
+        ),
+        (
+            "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer pub\r\nTransfer-Encoding: gzip\r\n\r\n"
+                .to_string(),
+            400,
+            "bad_transfer_encoding",
+        ),
+        (
+            "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer pub\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_string(),
+            501,
+            "unsupported_transfer_encoding",
         ),
         (
             with_header(&publish(&" ".repeat(11)), "Authorization: Bearer pub"),
@@ -46,7 +59,7 @@ fn publish_refusals() {
     };
     assert!(response.contains("WWW-Authenticate: Bearer\r\n"));
     let message = "the body is 11 bytes; limits.max_request_body is 10";
-    let Reply::Final(response) = only(Peer::new(&fx).send(&cases[4].0, 1)) else {
+    let Reply::Final(response) = only(Peer::new(&fx).send(&cases[6].0, 1)) else {
         panic!()
     };
     assert_eq!(body_json(&response)["error"]["message"], message);
@@ -257,4 +270,82 @@ fn no_go_ahead_when_the_body_came_with_the_head() {
         "Expect: 100-continue",
     );
     assert_eq!(statuses(&Peer::new(&fx).send(request, 1)), ["Pa", "K200"]);
+}
+
+/// A chunked publish of `chunks`, then `behind` (a pipelined request).
+fn chunked_publish(chunks: &[&str], trailer: &str, behind: &str) -> String {
+    let mut request =
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n".to_string();
+    for chunk in chunks {
+        request.push_str(&format!("{:X};ext=1\r\n{chunk}\r\n", chunk.len()));
+    }
+    request.push_str(&format!("0\r\n{trailer}\r\n{behind}"));
+    request
+}
+
+#[test]
+fn chunked_bodies_split_at_every_position() {
+    let fx = Fixture::new(|_| {});
+    let request = chunked_publish(
+        &[r#"{"chan"#, r#"nel":"job.1","#, r#""data":{"p":1}}"#],
+        "X-Checksum: abc\r\n",
+        "GET /healthz HTTP/1.1\r\n\r\n",
+    );
+    let bytes = request.as_bytes();
+    for split in 0..=bytes.len() {
+        let mut peer = Peer::new(&fx);
+        let mut replies = peer.send(&bytes[..split], 1);
+        replies.extend(peer.send(&bytes[split..], 2));
+        assert_eq!(
+            statuses(&replies),
+            ["Pjob.1", "K200", "K200"],
+            "split at {split}"
+        );
+        let Reply::Keep(answer) = &replies[1] else {
+            panic!()
+        };
+        assert_eq!(body_json(answer), json!({"seq":1}), "split at {split}");
+    }
+    // And byte by byte.
+    let mut peer = Peer::new(&fx);
+    let replies: Vec<Reply> = bytes.iter().flat_map(|b| peer.send([*b], 1)).collect();
+    assert_eq!(statuses(&replies), ["Pjob.1", "K200", "K200"]);
+}
+
+#[test]
+fn chunked_bodies_are_bounded_and_checked() {
+    let fx = Fixture::new(|c| c.limits.max_request_body = 40);
+    // Over the limit: 413 at the chunk size that passes it, before its data.
+    let request = chunked_publish(&[&"a".repeat(30)], "", "");
+    let head_and_first = request.find("\r\n0\r\n").expect("a last chunk");
+    let mut peer = Peer::new(&fx);
+    assert!(peer.send(&request[..head_and_first], 1).is_empty());
+    let Reply::Final(response) = only(peer.send("\r\n1E\r\n", 2)) else {
+        panic!()
+    };
+    assert_eq!(status(&response), 413);
+    assert_eq!(
+        body_json(&response)["error"]["message"],
+        "the body is at least 60 bytes; limits.max_request_body is 40"
+    );
+    // Chunk framing does not count against the limit, only data.
+    let small: Vec<String> =
+        r#"{"channel":"a","data":[1,2,3,4,5,6,7]}"#.chars().map(String::from).collect();
+    let small: Vec<&str> = small.iter().map(String::as_str).collect();
+    let request = chunked_publish(&small, "", "");
+    assert!(request.len() > 40 + 100);
+    assert_eq!(statuses(&Peer::new(&fx).send(&request, 1)), ["Pa", "K200"]);
+    // Broken framing is a final 400.
+    let broken = [
+        "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX",
+        "POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\n{}\r\n0\r\n\r\n",
+    ];
+    for request in broken {
+        let Reply::Final(response) = only(Peer::new(&fx).send(request, 1)) else {
+            panic!("{request:?}")
+        };
+        assert_eq!(status(&response), 400, "{request:?}");
+        assert_eq!(body_json(&response)["error"]["code"], "bad_chunk");
+    }
 }
