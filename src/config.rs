@@ -92,6 +92,9 @@ pub struct Limits {
     /// Events the reactor takes from the ingest queue per loop turn, so that
     /// a publish burst cannot starve socket I/O.
     pub ingest_batch: usize,
+    /// Connection closes each reactor logs one line for, per second; past
+    /// that they are counted and one line per second says how many.
+    pub close_log_per_second: u32,
 }
 
 /// How many reactor threads to run.
@@ -349,6 +352,7 @@ impl Default for Limits {
             max_request_body: 1024 * 1024,
             ingest_capacity: 65_536,
             ingest_batch: 4096,
+            close_log_per_second: 100,
         }
     }
 }

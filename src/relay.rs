@@ -169,7 +169,7 @@ fn warn_unsendable_tokens(config: &Config) {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     for (i, token) in config.auth.tokens.iter().enumerate() {
         if !token.token.bytes().all(tchar) {
-            log::warn!(
+            tracing::warn!(
                 "auth.tokens[{i}] has characters a browser cannot send as the Bearer \
                  subprotocol (allowed: letters, digits and !#$%&'*+-.^_`|~); clients must \
                  use the auth message or Authorization: Bearer, or pick such a token"

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use log::debug;
+use tracing::debug;
 
 use super::conn::Phase;
 use super::reactor::{HeldPublish, Reactor};

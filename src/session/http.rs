@@ -5,7 +5,7 @@
 //! states (head, body, an answer the reactor owes) and drops the request's
 //! bytes only once it is answered.
 
-use log::debug;
+use tracing::debug;
 
 use super::{millis, Millis, Now, SessionContext};
 use crate::fanout::event::EncodedEvent;

@@ -1,90 +1,111 @@
-//! A small stderr logger: `TIDINGS_LOG=off|error|warn|info|debug|trace`
-//! (default info). Any other value stops the relay at startup.
+//! Logs to stderr through `tracing`: the level from `TIDINGS_LOG` (or
+//! `RUST_LOG` when that is unset), `--log-format text|json`. A level the
+//! relay does not know stops it at startup, and so does a reload to one.
 
-use std::io::Write;
-use std::time::SystemTime;
+use std::sync::OnceLock;
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use clap::ValueEnum;
+use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Registry;
 
-struct StderrLogger;
-
-impl Log for StderrLogger {
-    fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let at = tidings::time::rfc3339_millis_string(SystemTime::now());
-        let level = match record.level() {
-            Level::Error => "ERROR",
-            Level::Warn => "WARN ",
-            Level::Info => "INFO ",
-            Level::Debug => "DEBUG",
-            Level::Trace => "TRACE",
-        };
-        let _ = writeln!(std::io::stderr().lock(), "{at} {level} {}", record.args());
-    }
-
-    fn flush(&self) {}
+/// How each log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `TIME LEVEL target: message fields`, for people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
-/// The `TIDINGS_LOG` values, in the order of the levels.
-const LEVELS: [(&str, LevelFilter); 6] = [
-    ("off", LevelFilter::Off),
-    ("error", LevelFilter::Error),
-    ("warn", LevelFilter::Warn),
-    ("info", LevelFilter::Info),
-    ("debug", LevelFilter::Debug),
-    ("trace", LevelFilter::Trace),
-];
+/// The level names a log setting may use.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-/// The level `TIDINGS_LOG` asks for: info when unset or empty.
-fn level(value: Option<&std::ffi::OsStr>) -> Result<LevelFilter, String> {
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(LevelFilter::Info);
+/// Changes the level of the running logger, e.g. on a configuration reload.
+static LEVEL_HANDLE: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter a log setting asks for: `info` when unset or empty. A setting
+/// is a level (`debug`) or comma-separated directives as `RUST_LOG` takes
+/// them (`warn,tidings::io=debug`). `EnvFilter` alone would read a typo
+/// such as `verbose` as a module name and log nothing, so every level named
+/// must be one of `LEVELS`.
+fn filter(name: &str, value: Option<&str>) -> Result<EnvFilter, String> {
+    let text = value.map(str::trim).unwrap_or_default();
+    if text.is_empty() {
+        return Ok(EnvFilter::new("info"));
+    }
+    let complaint = || {
+        format!(
+            "{name}={text:?} is not a log level; use one of {} (or target=level directives)",
+            LEVELS.join(", ")
+        )
     };
-    let text = value.to_string_lossy();
-    LEVELS
-        .iter()
-        .find(|(name, _)| text.trim().eq_ignore_ascii_case(name))
-        .map(|(_, level)| *level)
-        .ok_or_else(|| {
-            let names: Vec<&str> = LEVELS.iter().map(|(name, _)| *name).collect();
-            format!(
-                "TIDINGS_LOG={text:?} is not a log level; use one of {}",
-                names.join(", ")
-            )
-        })
+    for directive in text.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.iter().any(|l| level.trim().eq_ignore_ascii_case(l)) {
+            return Err(complaint());
+        }
+    }
+    EnvFilter::try_new(text.to_ascii_lowercase()).map_err(|_| complaint())
 }
 
-/// Installs the logger at the level `TIDINGS_LOG` asks for.
-pub fn init() -> Result<(), String> {
-    let level = level(std::env::var_os("TIDINGS_LOG").as_deref())?;
-    if log::set_logger(&StderrLogger).is_ok() {
-        log::set_max_level(level);
-    }
+/// Installs the logger at the level `TIDINGS_LOG` (else `RUST_LOG`) asks for.
+pub fn init(format: LogFormat) -> Result<(), String> {
+    let (name, value) = match std::env::var("TIDINGS_LOG") {
+        Ok(v) => ("TIDINGS_LOG", Some(v)),
+        Err(_) => ("RUST_LOG", std::env::var("RUST_LOG").ok()),
+    };
+    let (level, handle) = reload::Layer::new(filter(name, value.as_deref())?);
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let registry = tracing_subscriber::registry().with(level);
+    let installed = match format {
+        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
+    };
+    installed.map_err(|e| format!("cannot install the logger: {e}"))?;
+    let _ = LEVEL_HANDLE.set(handle);
     Ok(())
+}
+
+/// Switches the running logger to `setting` (as `TIDINGS_LOG` takes it); an
+/// invalid setting leaves the level as it was and says why.
+#[allow(dead_code)] // for the configuration reload on SIGHUP
+pub fn set_log_level(setting: &str) -> Result<(), String> {
+    let filter = filter("log level", Some(setting))?;
+    let handle = LEVEL_HANDLE
+        .get()
+        .ok_or("the logger is not installed yet")?;
+    handle
+        .reload(filter)
+        .map_err(|e| format!("cannot change the log level: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shown(value: Option<&str>) -> Result<String, String> {
+        filter("TIDINGS_LOG", value).map(|f| f.to_string())
+    }
+
     #[test]
     fn levels_from_the_environment_value() {
-        assert_eq!(level(None), Ok(LevelFilter::Info));
-        assert_eq!(level(Some("".as_ref())), Ok(LevelFilter::Info));
-        assert_eq!(level(Some("warn".as_ref())), Ok(LevelFilter::Warn));
-        assert_eq!(level(Some("DEBUG".as_ref())), Ok(LevelFilter::Debug));
-        assert_eq!(level(Some("off".as_ref())), Ok(LevelFilter::Off));
-        let err = level(Some("verbose".as_ref())).expect_err("not a level");
-        assert!(err.contains("\"verbose\""), "{err}");
+        assert_eq!(shown(None).as_deref(), Ok("info"));
+        assert_eq!(shown(Some("")).as_deref(), Ok("info"));
+        assert_eq!(shown(Some("warn")).as_deref(), Ok("warn"));
+        assert_eq!(shown(Some("DEBUG")).as_deref(), Ok("debug"));
+        assert_eq!(shown(Some("off")).as_deref(), Ok("off"));
+        assert!(shown(Some("warn,tidings::io=debug")).is_ok());
+        let err = shown(Some("verbose")).expect_err("not a level");
+        assert!(err.contains("TIDINGS_LOG=\"verbose\""), "{err}");
         assert!(
             err.contains("off, error, warn, info, debug, trace"),
             "{err}"
         );
+        assert!(shown(Some("tidings=loud")).is_err());
     }
 }

@@ -41,16 +41,20 @@ struct Args {
     /// without default channels, a client that sends nothing receives them
     #[arg(long)]
     demo: bool,
+    /// How log lines are written to stderr; the level comes from
+    /// TIDINGS_LOG (or RUST_LOG): off, error, warn, info, debug, trace
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = logger::LogFormat::Text)]
+    log_format: logger::LogFormat,
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
     // Exit 2, as for a bad flag: a typo in TIDINGS_LOG must not silently
     // log at another level than asked.
-    if let Err(message) = logger::init() {
+    if let Err(message) = logger::init(args.log_format) {
         eprintln!("tidings: {message}");
         return ExitCode::from(2);
     }
-    let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -101,13 +105,13 @@ fn run(args: Args) -> Result<(), String> {
     let _ = stdout.flush();
     if args.demo {
         demo::start(publisher);
-        log::info!(
+        tracing::info!(
             "demo producers publishing {} events",
             demo::CHANNELS.join(", ")
         );
     }
     if let Some(signal) = signals.forever().next() {
-        log::info!("received signal {signal}; closing every client with 1001");
+        tracing::info!("received signal {signal}; closing every client with 1001");
     }
     handle.shutdown().map_err(|e| e.to_string())
 }

@@ -1,8 +1,8 @@
 //! What each request gets: the upgrade, publish checks, and the small
 //! endpoints.
 
-use log::{debug, info};
 use serde_json::json;
+use tracing::{debug, info};
 
 use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step};
 use crate::auth::PublishAuth;

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use log::info;
+use tracing::info;
 
 use super::{reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
 use crate::auth::TokenId;
