@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+mod jwt;
+
+pub use jwt::JwtConfig;
+
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +270,9 @@ pub struct AuthConfig {
     /// browsers behind proxies that strip subprotocols. Off by default: URLs
     /// end up in proxy and access logs, and the token with them.
     pub allow_query_token: bool,
+    /// Accept JWTs too (`[auth.jwt]`): for clients, and on
+    /// `POST /api/publish`, which then requires a token.
+    pub jwt: Option<JwtConfig>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -501,6 +508,28 @@ impl Config {
                 validate_pattern(pattern, &subject).map_err(|e| {
                     ConfigError::invalid(
                         format!("auth.tokens[{i}].channels"),
+                        format!("{pattern:?}: {e}"),
+                    )
+                })?;
+            }
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            if jwt.hs256_secret.is_none() && jwt.public_keys.is_empty() && jwt.jwks.is_none() {
+                return Err(ConfigError::invalid(
+                    "auth.jwt",
+                    "needs a key: set hs256_secret, public_keys or jwks",
+                ));
+            }
+            if jwt.hs256_secret.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    "auth.jwt.hs256_secret",
+                    "must not be empty",
+                ));
+            }
+            for pattern in &jwt.channels_when_absent {
+                validate_pattern(pattern, &subject).map_err(|e| {
+                    ConfigError::invalid(
+                        "auth.jwt.channels_when_absent",
                         format!("{pattern:?}: {e}"),
                     )
                 })?;

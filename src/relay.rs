@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
 
+use crate::auth::Tokens;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fanout::history::{new_epoch, History};
@@ -57,6 +58,7 @@ impl Relay {
             .map(crate::io::tls::server_config)
             .transpose()?;
         warn_unsendable_tokens(&config);
+        let tokens = Tokens::from_config(&config)?;
         let count = config.reactors.count();
         let listeners = bind_all(&config, count)?;
         let addr = listeners[0].local_addr()?;
@@ -96,6 +98,7 @@ impl Relay {
                 shutdown: Arc::clone(&shutdown),
                 stats: stats.clone(),
                 tls: tls.clone(),
+                tokens: tokens.clone(),
             })
             .collect();
         Ok(Relay {

@@ -154,6 +154,7 @@ pub(crate) struct ReactorParts {
     pub shutdown: Arc<AtomicBool>,
     pub stats: StatsSet,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tokens: Tokens,
 }
 
 impl Reactor {
@@ -192,7 +193,7 @@ impl Reactor {
             shutdown: parts.shutdown,
             stats,
             all_stats: parts.stats,
-            tokens: Tokens::from_config(&config),
+            tokens: parts.tokens,
             defaults,
             subject_limits: config.subject_limits(),
             queue_limits,

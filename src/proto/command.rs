@@ -9,6 +9,8 @@ pub enum Command {
     Unsubscribe(Vec<String>),
     Ping,
     Auth(String),
+    /// `{"type":"refresh","token":"..."}`: a new JWT for this connection.
+    Refresh(String),
 }
 
 /// `{"type":"subscribe","channels":[...],"since"?:{...},"snapshot"?:bool}`.
@@ -136,16 +138,19 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         })),
         "unsubscribe" => channels(fields.channels).map(Command::Unsubscribe),
         "ping" => Ok(Command::Ping),
-        "auth" => match fields.token {
-            Some(serde_json::Value::String(token)) => Ok(Command::Auth(token)),
+        "auth" | "refresh" => match fields.token {
+            Some(serde_json::Value::String(token)) if kind == "auth" => Ok(Command::Auth(token)),
+            Some(serde_json::Value::String(token)) => Ok(Command::Refresh(token)),
             _ => Err(CommandError::new(
                 ErrorCode::BadRequest,
-                "`auth` needs a string `token`",
+                format!("`{kind}` needs a string `token`"),
             )),
         },
         other => Err(CommandError::new(
             ErrorCode::UnknownType,
-            format!("unknown type {other:?}; expected subscribe, unsubscribe, ping or auth"),
+            format!(
+                "unknown type {other:?}; expected subscribe, unsubscribe, ping, auth or refresh"
+            ),
         )),
     }
 }
@@ -280,6 +285,31 @@ pub fn reply_authenticated() -> String {
     r#"{"type":"authenticated"}"#.to_string()
 }
 
+/// Sent when the connection's JWT expires: the client has
+/// `auth.jwt.refresh_grace` to send `refresh`.
+pub fn notice_refresh_required() -> String {
+    r#"{"type":"refresh_required"}"#.to_string()
+}
+
+/// The answer to an accepted `refresh`; `unsubscribed` lists the
+/// subscriptions the new token's scope no longer covers, which were removed.
+pub fn reply_refreshed(unsubscribed: &[String]) -> String {
+    if unsubscribed.is_empty() {
+        return r#"{"type":"refreshed"}"#.to_string();
+    }
+    to_json(&UnsubscribedByRefresh {
+        kind: "refreshed",
+        unsubscribed,
+    })
+}
+
+#[derive(Serialize)]
+struct UnsubscribedByRefresh<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    unsubscribed: &'a [String],
+}
+
 pub fn reply_error(error: &CommandError) -> String {
     to_json(&ErrorReply {
         kind: "error",
@@ -323,6 +353,10 @@ mod tests {
             (r#"{"type":"ping"}"#, Command::Ping),
             (r#"{"type":"auth","token":"t"}"#, Command::Auth("t".into())),
             (
+                r#"{"type":"refresh","token":"t"}"#,
+                Command::Refresh("t".into()),
+            ),
+            (
                 r#" {"channels":["x"],"type":"subscribe","extra":1,"since":null} "#,
                 Command::Subscribe(Subscribe {
                     channels: vec!["x".into()],
@@ -358,6 +392,7 @@ mod tests {
                 ErrorCode::BadRequest,
             ),
             (r#"{"type":"auth"}"#, ErrorCode::BadRequest),
+            (r#"{"type":"refresh","token":1}"#, ErrorCode::BadRequest),
             (
                 r#"{"type":"subscribe","channels":["a"],"since":{"seq":1}}"#,
                 ErrorCode::BadRequest,

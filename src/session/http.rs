@@ -61,7 +61,7 @@ pub enum Query {
     /// the client token's scope.
     Channels {
         pattern: String,
-        token: Option<crate::auth::TokenId>,
+        token: Option<crate::auth::Grant>,
     },
 }
 
@@ -95,6 +95,8 @@ struct Body {
     expect_continue: bool,
     /// `100 Continue` went out for this request.
     continue_sent: bool,
+    /// With a JWT: the channels it may publish to.
+    scope: Option<Box<[Box<str>]>>,
 }
 
 #[derive(Debug)]
