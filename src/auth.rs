@@ -1,16 +1,52 @@
-//! Token checks for WebSocket clients and publishers.
+//! Token checks for WebSocket clients and publishers: the static tokens of
+//! the configuration, and JWTs (`jwt`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::config::Config;
+use crate::error::ConfigError;
 use crate::route::pattern_covers;
+
+mod jwt;
+
+pub use jwt::{JwtError, JwtGrant, JwtVerifier};
 
 /// Which configured token a client presented (an index into `auth.tokens`).
 pub type TokenId = u16;
+
+/// What a client proved: a static token, or a JWT with its claims (shared
+/// between the session and the requests it makes; reactor-local).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    Token(TokenId),
+    Jwt(Rc<JwtGrant>),
+}
+
+/// Why a client credential was refused, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// Not a configured token, and JWTs are off.
+    UnknownToken,
+    Jwt(JwtError),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::UnknownToken => f.write_str("unknown token"),
+            AuthError::Jwt(e) => write!(f, "JWT refused: {e}"),
+        }
+    }
+}
 
 /// The configured tokens, ready to compare.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     clients: Vec<ClientToken>,
     publishers: Vec<Box<[u8]>>,
+    jwt: Option<Arc<JwtVerifier>>,
 }
 
 #[derive(Clone)]
@@ -29,16 +65,25 @@ impl std::fmt::Debug for ClientToken {
 }
 
 /// The outcome of checking an `Authorization: Bearer` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishAuth {
+    /// A publish token, or publish is open.
     Allowed,
+    /// A JWT: the channels it may publish to (its `publish` claim).
+    Scoped(Box<[Box<str>]>),
     Missing,
     Wrong,
 }
 
 impl Tokens {
-    pub fn from_config(config: &Config) -> Tokens {
-        Tokens {
+    /// Reads the JWT keys, if any; a bad key file is a configuration error.
+    pub fn from_config(config: &Config) -> Result<Tokens, ConfigError> {
+        let jwt = match &config.auth.jwt {
+            Some(jwt) => Some(Arc::new(JwtVerifier::from_config(jwt)?)),
+            None => None,
+        };
+        Ok(Tokens {
+            jwt,
             clients: config
                 .auth
                 .tokens
@@ -54,35 +99,43 @@ impl Tokens {
                 .iter()
                 .map(|t| t.as_bytes().into())
                 .collect(),
-        }
+        })
     }
 
     pub fn clients_required(&self) -> bool {
-        !self.clients.is_empty()
+        !self.clients.is_empty() || self.jwt.is_some()
     }
 
-    /// The id of the client token equal to `presented`, comparing every token
-    /// in full so the time taken says nothing about which bytes matched.
-    pub fn check_client(&self, presented: &str) -> Option<TokenId> {
+    /// Whether JWTs are accepted.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// Checks a client credential at wall-clock time `now` (`now_millis` on
+    /// the reactor's clock): a configured token (every one compared in
+    /// full, so the time taken says nothing about which bytes matched), else
+    /// a JWT when they are on.
+    pub fn check_client(
+        &self,
+        presented: &str,
+        now: SystemTime,
+        now_millis: u64,
+    ) -> Result<Grant, AuthError> {
         let mut found = None;
         for (i, token) in self.clients.iter().enumerate() {
             if constant_time_eq(&token.secret, presented.as_bytes()) {
                 found = Some(i as TokenId);
             }
         }
-        found
-    }
-
-    /// Whether a client holding `token` may subscribe to `pattern`. With
-    /// auth off every pattern is allowed.
-    pub fn allows(&self, token: Option<TokenId>, pattern: &str) -> bool {
-        let Some(id) = token else {
-            return !self.clients_required();
-        };
-        match self.clients.get(usize::from(id)).map(|t| &t.channels) {
-            Some(None) => true,
-            Some(Some(allowed)) => allowed.iter().any(|a| pattern_covers(a, pattern)),
-            None => false,
+        if let Some(id) = found {
+            return Ok(Grant::Token(id));
+        }
+        match &self.jwt {
+            Some(jwt) => jwt
+                .verify(presented, now, now_millis)
+                .map(|grant| Grant::Jwt(Rc::new(grant)))
+                .map_err(AuthError::Jwt),
+            None => Err(AuthError::UnknownToken),
         }
     }
 
@@ -102,9 +155,26 @@ impl Tokens {
             .collect()
     }
 
-    /// Checks a publisher's bearer token; open while none are configured.
-    pub fn check_publisher(&self, bearer: Option<&str>) -> PublishAuth {
-        if self.publishers.is_empty() {
+    /// Whether a client holding `grant` may subscribe to `pattern`. With
+    /// auth off every pattern is allowed.
+    pub fn allows(&self, grant: Option<&Grant>, pattern: &str) -> bool {
+        let covered = |allowed: &[Box<str>]| allowed.iter().any(|a| pattern_covers(a, pattern));
+        match grant {
+            None => !self.clients_required(),
+            Some(Grant::Jwt(jwt)) => covered(&jwt.channels),
+            Some(Grant::Token(id)) => match self.clients.get(usize::from(*id)).map(|t| &t.channels)
+            {
+                Some(None) => true,
+                Some(Some(allowed)) => allowed.iter().any(|a| pattern_covers(a, pattern)),
+                None => false,
+            },
+        }
+    }
+
+    /// Checks a publisher's bearer token at wall-clock time `now`: a
+    /// publish token, or a JWT. Open while neither is configured.
+    pub fn check_publisher(&self, bearer: Option<&str>, now: SystemTime) -> PublishAuth {
+        if self.publishers.is_empty() && self.jwt.is_none() {
             return PublishAuth::Allowed;
         }
         let Some(presented) = bearer else {
@@ -115,11 +185,18 @@ impl Tokens {
             ok |= constant_time_eq(secret, presented.as_bytes());
         }
         if ok {
-            PublishAuth::Allowed
-        } else {
-            PublishAuth::Wrong
+            return PublishAuth::Allowed;
+        }
+        match self.jwt.as_ref().map(|jwt| jwt.verify(presented, now, 0)) {
+            Some(Ok(grant)) => PublishAuth::Scoped(grant.publish),
+            _ => PublishAuth::Wrong,
         }
     }
+}
+
+/// Whether a JWT's `publish` claim covers `channel`.
+pub fn may_publish(scope: &[Box<str>], channel: &str) -> bool {
+    scope.iter().any(|p| pattern_covers(p, channel))
 }
 
 /// Equality whose time depends only on the lengths, not on where bytes differ.
@@ -149,33 +226,40 @@ mod tests {
             "#,
         )
         .expect("valid");
-        Tokens::from_config(&config)
+        Tokens::from_config(&config).expect("no key files")
     }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
 
     #[test]
     fn client_tokens_and_restrictions() {
         let t = tokens();
         assert!(t.clients_required());
-        assert_eq!(t.check_client("jobs-only"), Some(0));
-        assert_eq!(t.check_client("admin"), Some(1));
-        assert_eq!(t.check_client("admin2"), None);
-        assert_eq!(t.check_client(""), None);
-        assert!(t.allows(Some(0), "job.progress"));
-        assert!(t.allows(Some(0), "job.*"));
-        assert!(!t.allows(Some(0), "job.>"));
-        assert!(!t.allows(Some(0), "alert.*"));
-        assert!(t.allows(Some(1), ">"));
+        let jobs = t.check_client("jobs-only", NOW, 0).expect("known");
+        let admin = t.check_client("admin", NOW, 0).expect("known");
+        assert_eq!(jobs, Grant::Token(0));
+        assert_eq!(admin, Grant::Token(1));
+        assert_eq!(
+            t.check_client("admin2", NOW, 0),
+            Err(AuthError::UnknownToken)
+        );
+        assert_eq!(t.check_client("", NOW, 0), Err(AuthError::UnknownToken));
+        assert!(t.allows(Some(&jobs), "job.progress"));
+        assert!(t.allows(Some(&jobs), "job.*"));
+        assert!(!t.allows(Some(&jobs), "job.>"));
+        assert!(!t.allows(Some(&jobs), "alert.*"));
+        assert!(t.allows(Some(&admin), ">"));
         assert!(!t.allows(None, "job.progress"));
     }
 
     #[test]
     fn publisher_tokens() {
         let t = tokens();
-        assert_eq!(t.check_publisher(Some("pub-1")), PublishAuth::Allowed);
-        assert_eq!(t.check_publisher(Some("pub-2")), PublishAuth::Wrong);
-        assert_eq!(t.check_publisher(None), PublishAuth::Missing);
-        let open = Tokens::from_config(&Config::default());
-        assert_eq!(open.check_publisher(None), PublishAuth::Allowed);
+        assert_eq!(t.check_publisher(Some("pub-1"), NOW), PublishAuth::Allowed);
+        assert_eq!(t.check_publisher(Some("pub-2"), NOW), PublishAuth::Wrong);
+        assert_eq!(t.check_publisher(None, NOW), PublishAuth::Missing);
+        let open = Tokens::from_config(&Config::default()).expect("no keys");
+        assert_eq!(open.check_publisher(None, NOW), PublishAuth::Allowed);
         assert!(open.allows(None, ">"));
     }
 
@@ -193,7 +277,8 @@ mod tests {
                 "#,
             )
             .expect("valid"),
-        );
+        )
+        .expect("no keys");
         // "jobs-only" moved to index 1; "admin" is gone.
         assert_eq!(old.remap(&new), [Some(1), None]);
         assert_eq!(old.remap(&Tokens::default()), [None, None]);

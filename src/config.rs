@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+mod jwt;
+
+pub use jwt::JwtConfig;
+
 /// The values of `log_level` (and of `TIDINGS_LOG`), quietest first.
 pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
@@ -102,6 +106,9 @@ pub struct Limits {
     /// Events the reactor takes from the ingest queue per loop turn, so that
     /// a publish burst cannot starve socket I/O.
     pub ingest_batch: usize,
+    /// Connection closes each reactor logs one line for, per second; past
+    /// that they are counted and one line per second says how many.
+    pub close_log_per_second: u32,
 }
 
 /// How many reactor threads to run.
@@ -273,6 +280,9 @@ pub struct AuthConfig {
     /// browsers behind proxies that strip subprotocols. Off by default: URLs
     /// end up in proxy and access logs, and the token with them.
     pub allow_query_token: bool,
+    /// Accept JWTs too (`[auth.jwt]`): for clients, and on
+    /// `POST /api/publish`, which then requires a token.
+    pub jwt: Option<JwtConfig>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -362,6 +372,7 @@ impl Default for Limits {
             max_request_body: 1024 * 1024,
             ingest_capacity: 65_536,
             ingest_batch: 4096,
+            close_log_per_second: 100,
         }
     }
 }
@@ -521,6 +532,28 @@ impl Config {
                 validate_pattern(pattern, &subject).map_err(|e| {
                     ConfigError::invalid(
                         format!("auth.tokens[{i}].channels"),
+                        format!("{pattern:?}: {e}"),
+                    )
+                })?;
+            }
+        }
+        if let Some(jwt) = &self.auth.jwt {
+            if jwt.hs256_secret.is_none() && jwt.public_keys.is_empty() && jwt.jwks.is_none() {
+                return Err(ConfigError::invalid(
+                    "auth.jwt",
+                    "needs a key: set hs256_secret, public_keys or jwks",
+                ));
+            }
+            if jwt.hs256_secret.as_deref() == Some("") {
+                return Err(ConfigError::invalid(
+                    "auth.jwt.hs256_secret",
+                    "must not be empty",
+                ));
+            }
+            for pattern in &jwt.channels_when_absent {
+                validate_pattern(pattern, &subject).map_err(|e| {
+                    ConfigError::invalid(
+                        "auth.jwt.channels_when_absent",
                         format!("{pattern:?}: {e}"),
                     )
                 })?;

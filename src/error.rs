@@ -112,6 +112,9 @@ pub enum CloseReason {
     /// The relay's tokens were reloaded and this socket's no longer stands
     /// as it did; the text says how.
     AuthRevoked(&'static str),
+    /// The client's JWT expired and no refresh came within
+    /// `auth.jwt.refresh_grace`.
+    TokenExpired,
 }
 
 /// [`CloseReason::AuthRevoked`]: the socket's token was removed.
@@ -122,6 +125,32 @@ pub const NARROWED_TOKEN: &str = "token no longer allows a held subscription";
 /// [`CloseReason::AuthRevoked`]: client tokens were configured where there
 /// were none, and this socket never authenticated.
 pub const AUTH_NOW_REQUIRED: &str = "authentication is now required";
+
+/// Why WebSockets go, as the `reason` label of `tidings_closes_total`: one
+/// per kind of [`CloseReason`], then the two ways a socket goes without one.
+pub const CLOSE_KINDS: [&str; 16] = [
+    "client",
+    "shutdown",
+    "idle_timeout",
+    "protocol",
+    "binary_message",
+    "invalid_utf8",
+    "message_too_big",
+    "queue_overflow",
+    "write_stalled",
+    "rate_limited",
+    "auth_failed",
+    "auth_timeout",
+    "token_expired",
+    "auth_revoked",
+    "peer_gone",
+    "io_error",
+];
+
+/// [`CLOSE_KINDS`] index of a socket that went without a close frame.
+pub const CLOSE_PEER_GONE: usize = 14;
+/// [`CLOSE_KINDS`] index of a socket dropped on a read or write error.
+pub const CLOSE_IO_ERROR: usize = 15;
 
 impl CloseReason {
     pub fn code(&self) -> u16 {
@@ -137,6 +166,27 @@ impl CloseReason {
             CloseReason::MessageTooBig { .. } => 1009,
             CloseReason::AuthFailed | CloseReason::AuthRevoked(_) => 4001,
             CloseReason::AuthTimeout => 4008,
+            CloseReason::TokenExpired => 4003,
+        }
+    }
+
+    /// Its index in [`CLOSE_KINDS`].
+    pub fn kind(&self) -> usize {
+        match self {
+            CloseReason::Echo(_) => 0,
+            CloseReason::Shutdown => 1,
+            CloseReason::IdleTimeout => 2,
+            CloseReason::Protocol(_) => 3,
+            CloseReason::BinaryMessage => 4,
+            CloseReason::InvalidUtf8 => 5,
+            CloseReason::MessageTooBig { .. } => 6,
+            CloseReason::QueueOverflow => 7,
+            CloseReason::WriteStalled => 8,
+            CloseReason::RateLimited => 9,
+            CloseReason::AuthFailed => 10,
+            CloseReason::AuthTimeout => 11,
+            CloseReason::TokenExpired => 12,
+            CloseReason::AuthRevoked(_) => 13,
         }
     }
 
@@ -177,6 +227,7 @@ impl fmt::Display for CloseReason {
             CloseReason::AuthFailed => f.write_str("authentication failed"),
             CloseReason::AuthTimeout => f.write_str("authentication timeout"),
             CloseReason::AuthRevoked(how) => f.write_str(how),
+            CloseReason::TokenExpired => f.write_str("token expired"),
         }
     }
 }
@@ -208,10 +259,34 @@ mod tests {
             (CloseReason::AuthRevoked(REVOKED_TOKEN), 4001),
             (CloseReason::AuthRevoked(NARROWED_TOKEN), 4001),
             (CloseReason::AuthRevoked(AUTH_NOW_REQUIRED), 4001),
+            (CloseReason::TokenExpired, 4003),
         ];
         for (reason, code) in cases {
             assert_eq!(reason.code(), code, "{reason:?}");
             assert!(reason.to_string().len() <= 123, "{reason:?}");
         }
+    }
+
+    #[test]
+    fn close_kinds_are_distinct_and_named() {
+        let reasons = [
+            CloseReason::Echo(1000),
+            CloseReason::Shutdown,
+            CloseReason::IdleTimeout,
+            CloseReason::Protocol("x"),
+            CloseReason::BinaryMessage,
+            CloseReason::InvalidUtf8,
+            CloseReason::MessageTooBig { size: 2, max: 1 },
+            CloseReason::QueueOverflow,
+            CloseReason::WriteStalled,
+            CloseReason::RateLimited,
+            CloseReason::AuthFailed,
+            CloseReason::AuthTimeout,
+            CloseReason::TokenExpired,
+        ];
+        let kinds: Vec<usize> = reasons.iter().map(CloseReason::kind).collect();
+        assert_eq!(kinds, (0..reasons.len()).collect::<Vec<_>>());
+        assert_eq!(CLOSE_KINDS[CLOSE_PEER_GONE], "peer_gone");
+        assert_eq!(CLOSE_KINDS[CLOSE_IO_ERROR], "io_error");
     }
 }

@@ -60,6 +60,7 @@ impl Relay {
             .map(crate::io::tls::server_config)
             .transpose()?;
         warn_unsendable_tokens(&config);
+        let tokens = Tokens::from_config(&config)?;
         let count = config.reactors.count();
         let listeners = bind_all(&config, count)?;
         let addr = listeners[0].local_addr()?;
@@ -86,7 +87,7 @@ impl Relay {
             config.limits.max_connections_per_ip,
         ));
         let shutdown = Arc::new(AtomicBool::new(false));
-        let tokens = Arc::new(TokenSlot::new(Tokens::from_config(&config)));
+        let tokens = Arc::new(TokenSlot::new(tokens));
         let parts = polls
             .into_iter()
             .enumerate()
@@ -175,7 +176,7 @@ fn warn_unsendable_tokens(config: &Config) {
     let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     for (i, token) in config.auth.tokens.iter().enumerate() {
         if !token.token.bytes().all(tchar) {
-            log::warn!(
+            tracing::warn!(
                 "auth.tokens[{i}] has characters a browser cannot send as the Bearer \
                  subprotocol (allowed: letters, digits and !#$%&'*+-.^_`|~); clients must \
                  use the auth message or Authorization: Bearer, or pick such a token"
@@ -265,7 +266,7 @@ impl RelayHandle {
     pub fn reload_auth(&self, config: &Config) -> Result<(), Error> {
         config.validate()?;
         warn_unsendable_tokens(config);
-        self.shared.tokens.replace(Tokens::from_config(config));
+        self.shared.tokens.replace(Tokens::from_config(config)?);
         self.shared.sequencer.wake_all_now();
         Ok(())
     }

@@ -8,6 +8,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::error::CLOSE_KINDS;
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: AtomicU64,
@@ -28,6 +30,8 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     pub replayed: AtomicU64,
     pub origin_refusals: AtomicU64,
+    /// WebSocket closes, by `error::CLOSE_KINDS` index.
+    pub closes: [AtomicU64; CLOSE_KINDS.len()],
 }
 
 /// A copy of the counters at one moment.

@@ -1,6 +1,7 @@
 //! The only I/O: the reactor and the socket state it drives.
 
 pub(crate) mod admission;
+mod close_log;
 mod conn;
 mod outputs;
 pub(crate) mod reactor;

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use log::debug;
+use tracing::debug;
 
 use super::conn::Phase;
 use super::reactor::{HeldPublish, Reactor};
@@ -293,6 +293,7 @@ impl Reactor {
                     }
                 }
                 WsOutput::Close(reason) => self.close(key, reason),
+                WsOutput::WakeAt(at) => self.arm(key, at),
             }
         }
         if overflow {
@@ -344,7 +345,7 @@ impl Reactor {
                 let events = self.sequencer.snapshot(
                     std::slice::from_ref(&pattern),
                     |_| true,
-                    |channel| tokens.allows(token, channel),
+                    |channel| tokens.allows(token.as_ref(), channel),
                 );
                 let mut body = Vec::from(*b"[");
                 for (i, event) in events.iter().enumerate() {
@@ -392,7 +393,7 @@ impl Reactor {
         }
         let position = self.last_seq;
         let tokens = &self.tokens;
-        let allow = |channel: &str| tokens.allows(token, channel);
+        let allow = |channel: &str| tokens.allows(token.as_ref(), channel);
         let (recovery, mut events) = match &since {
             None => (None, Vec::new()),
             Some(since) => {

@@ -16,19 +16,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use tracing::{debug, info, warn};
 
 use super::admission::Admission;
+use super::close_log::CloseLog;
 use super::conn::{Closing, Conn, Phase, NOT_STALLED};
 use super::outputs::session_cx;
 use super::reload::TokenSlot;
 use super::timer::{Entry, Millis, TimerWheel};
 use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
-use crate::error::{CloseReason, Error};
+use crate::error::{CloseReason, Error, CLOSE_IO_ERROR, CLOSE_KINDS, CLOSE_PEER_GONE};
 use crate::fanout::coalesce::Coalescer;
 use crate::fanout::event::seq_of_frame;
 use crate::fanout::event::EncodedEvent;
@@ -135,6 +136,7 @@ pub(crate) struct Reactor {
     /// The deepest queue flushed so far, in bytes (mirrored in the stats).
     queue_bytes_high_water: u64,
     tls: Option<Arc<rustls::ServerConfig>>,
+    close_log: CloseLog,
 }
 
 /// A publish request waiting for room in the sequencer's log.
@@ -182,6 +184,7 @@ impl Reactor {
         let epoch: Arc<str> = parts.sequencer.epoch().into();
         Stats::set(&stats.write_interval_ms, coalescer.interval());
         let (tokens_generation, tokens) = parts.token_slot.current();
+        let close_log = CloseLog::new(parts.index, config.limits.close_log_per_second);
         Reactor {
             index: parts.index,
             poll: parts.poll,
@@ -226,6 +229,7 @@ impl Reactor {
             ip_of: HashMap::new(),
             queue_bytes_high_water: 0,
             tls: parts.tls,
+            close_log,
         }
     }
 
@@ -250,6 +254,7 @@ impl Reactor {
             self.expire_timers();
             self.flush_step();
             self.adapt_write_interval();
+            self.close_log.report(self.now);
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -450,7 +455,7 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("socket {key}: read failed: {e}");
+                    self.log_lost(key, CLOSE_IO_ERROR, &format!("read failed: {e}"));
                     self.drop_conn(key);
                     break;
                 }
@@ -477,11 +482,7 @@ impl Reactor {
     }
 
     fn on_eof(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get(key) {
-            if let Phase::WebSocket(_) = conn.phase {
-                debug!("socket {key}: peer went away without a close frame");
-            }
-        }
+        self.log_lost(key, CLOSE_PEER_GONE, "peer went away without a close frame");
         self.drop_conn(key);
     }
 
@@ -712,7 +713,7 @@ impl Reactor {
         let flushed = match result {
             Ok(flushed) => flushed,
             Err(e) => {
-                debug!("socket {key}: write failed: {e}");
+                self.log_lost(key, CLOSE_IO_ERROR, &format!("write failed: {e}"));
                 self.drop_conn(key);
                 return;
             }
@@ -770,25 +771,27 @@ impl Reactor {
             conn.out.discard_unsent();
         }
         conn.out.push_unbounded(encode_close(&reason));
-        let peer = peer_text(&conn.socket);
         Stats::sub(&self.stats.websockets, 1);
+        Stats::add(&self.stats.closes[reason.kind()], 1);
         if reason == CloseReason::AuthTimeout {
             Stats::add(&self.stats.auth_failures, 1);
         }
-        let code = reason.code();
         if reason.is_slow_consumer() {
             Stats::add(&self.stats.slow_consumer_closes, 1);
-            info!("closing {peer} (socket {key}) with {code}: {reason}");
         } else if reason.is_protocol_error() {
             Stats::add(&self.stats.protocol_closes, 1);
-            info!("closing {peer} (socket {key}) with {code}: {reason}");
-        } else if matches!(
-            reason,
-            CloseReason::AuthFailed | CloseReason::AuthTimeout | CloseReason::AuthRevoked(_)
-        ) {
-            info!("closing {peer} (socket {key}) with {code}: {reason}");
-        } else {
-            debug!("closing {peer} (socket {key}) with {code}: {reason}");
+        }
+        if self.close_log.admit(self.now) {
+            let peer = peer_text(&conn.socket);
+            let kind = CLOSE_KINDS[reason.kind()];
+            let code = reason.code();
+            info!(
+                peer,
+                socket = key,
+                code,
+                reason = kind,
+                "closing {peer} with {code}: {reason}"
+            );
         }
         if let Phase::WebSocket(ws) = old {
             self.unsubscribe_all(key, ws.patterns());
@@ -827,6 +830,24 @@ impl Reactor {
     pub(super) fn unsubscribe_all(&mut self, key: usize, patterns: &[Box<str>]) {
         for pattern in patterns {
             self.route_remove(key, pattern);
+        }
+    }
+
+    /// Counts and logs a WebSocket that goes without a close frame (the
+    /// caller then drops it); `kind` indexes `CLOSE_KINDS`.
+    fn log_lost(&mut self, key: usize, kind: usize, why: &str) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::WebSocket(_)) {
+            debug!("socket {key}: {why}");
+            return;
+        }
+        Stats::add(&self.stats.closes[kind], 1);
+        if self.close_log.admit(self.now) {
+            let peer = peer_text(&conn.socket);
+            let reason = CLOSE_KINDS[kind];
+            info!(peer, socket = key, reason, "lost {peer}: {why}");
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use log::info;
+use tracing::info;
 
 use super::conn::Phase;
 use super::outputs::{session_cx, Origin};

@@ -68,6 +68,8 @@ pub enum Command {
     Unsubscribe(Vec<String>),
     Ping,
     Auth(String),
+    /// `{"type":"refresh","token":"..."}`: a new JWT for this connection.
+    Refresh(String),
 }
 
 /// `{"type":"subscribe","channels":[...],"since"?:{...},"snapshot"?:bool}`.
@@ -225,16 +227,19 @@ fn command_of(value: serde_json::Value) -> Result<Command, CommandError> {
         })),
         "unsubscribe" => channels(fields.channels).map(Command::Unsubscribe),
         "ping" => Ok(Command::Ping),
-        "auth" => match fields.token {
-            Some(serde_json::Value::String(token)) => Ok(Command::Auth(token)),
+        "auth" | "refresh" => match fields.token {
+            Some(serde_json::Value::String(token)) if kind == "auth" => Ok(Command::Auth(token)),
+            Some(serde_json::Value::String(token)) => Ok(Command::Refresh(token)),
             _ => Err(CommandError::new(
                 ErrorCode::BadRequest,
-                "`auth` needs a string `token`",
+                format!("`{kind}` needs a string `token`"),
             )),
         },
         other => Err(CommandError::new(
             ErrorCode::UnknownType,
-            format!("unknown type {other:?}; expected subscribe, unsubscribe, ping or auth"),
+            format!(
+                "unknown type {other:?}; expected subscribe, unsubscribe, ping, auth or refresh"
+            ),
         )),
     }
 }
@@ -392,6 +397,32 @@ pub fn reply_authenticated(id: Option<&CommandId>) -> String {
     })
 }
 
+/// Sent when the connection's JWT expires: the client has
+/// `auth.jwt.refresh_grace` to send `refresh`.
+pub fn notice_refresh_required() -> String {
+    r#"{"type":"refresh_required"}"#.to_string()
+}
+
+/// The answer to an accepted `refresh`; `unsubscribed` lists the
+/// subscriptions the new token's scope no longer covers, which were removed.
+pub fn reply_refreshed(unsubscribed: &[String], id: Option<&CommandId>) -> String {
+    to_json(&RefreshedReply {
+        kind: "refreshed",
+        id,
+        unsubscribed,
+    })
+}
+
+#[derive(Serialize)]
+struct RefreshedReply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a CommandId>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    unsubscribed: &'a [String],
+}
+
 pub fn reply_error(error: &CommandError, id: Option<&CommandId>) -> String {
     to_json(&ErrorReply {
         kind: "error",
@@ -436,6 +467,10 @@ mod tests {
             (r#"{"type":"ping"}"#, Command::Ping),
             (r#"{"type":"auth","token":"t"}"#, Command::Auth("t".into())),
             (
+                r#"{"type":"refresh","token":"t"}"#,
+                Command::Refresh("t".into()),
+            ),
+            (
                 r#" {"channels":["x"],"type":"subscribe","extra":1,"since":null} "#,
                 Command::Subscribe(Subscribe {
                     channels: vec!["x".into()],
@@ -473,6 +508,7 @@ mod tests {
                 ErrorCode::BadRequest,
             ),
             (r#"{"type":"auth"}"#, ErrorCode::BadRequest),
+            (r#"{"type":"refresh","token":1}"#, ErrorCode::BadRequest),
             (
                 r#"{"type":"subscribe","channels":["a"],"since":{"seq":1}}"#,
                 ErrorCode::BadRequest,

@@ -5,7 +5,7 @@
 //! states (head, body, an answer the reactor owes) and drops the request's
 //! bytes only once it is answered.
 
-use log::debug;
+use tracing::debug;
 
 use super::{millis, Millis, Now, SessionContext};
 use crate::fanout::event::EncodedEvent;
@@ -62,7 +62,7 @@ pub enum Query {
     /// the client token's scope.
     Channels {
         pattern: String,
-        token: Option<crate::auth::TokenId>,
+        token: Option<crate::auth::Grant>,
     },
 }
 
@@ -101,6 +101,8 @@ struct Body {
     expect_continue: bool,
     /// `100 Continue` went out for this request.
     continue_sent: bool,
+    /// With a JWT: the channels it may publish to.
+    scope: Option<Box<[Box<str>]>>,
 }
 
 #[derive(Debug)]

@@ -9,9 +9,11 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::{millis, Millis, Now, SessionContext};
-use crate::auth::TokenId;
+use crate::auth::{Grant, JwtGrant, TokenId};
 use crate::error::CloseReason;
-use crate::proto::command::{reply_error, CommandError, CommandId, ErrorCode, Since};
+use crate::proto::command::{
+    notice_refresh_required, reply_error, CommandError, CommandId, ErrorCode, Since,
+};
 use crate::proto::frames::{encode_binary, encode_ping, encode_pong, encode_text};
 use crate::proto::frames::{Message, MessageReader};
 use crate::proto::keepalive::{self, KeepaliveTimeouts, SocketClocks, Verdict};
@@ -39,6 +41,9 @@ pub enum WsOutput {
     /// Send a close frame with this reason and stop reading; nothing follows.
     /// The router entries to remove are [`WsSession::patterns`].
     Close(CloseReason),
+    /// Call [`WsSession::handle_timeout`] no later than this (a JWT given
+    /// in the auth message expires then).
+    WakeAt(Millis),
 }
 
 /// See [`WsOutput::Subscribed`].
@@ -47,13 +52,13 @@ pub struct Subscribed {
     pub channels: Vec<String>,
     pub since: Option<Since>,
     pub snapshot: bool,
-    /// The connection's token, whose scope limits what history it gets.
-    pub token: Option<TokenId>,
+    /// The connection's credential, whose scope limits what history it gets.
+    pub token: Option<Grant>,
     /// The command's `id`, for the reply.
     pub id: Option<CommandId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     NotRequired,
     /// Auth is on and the client has until `deadline` to send `auth`.
@@ -61,13 +66,28 @@ pub enum Auth {
         deadline: Millis,
     },
     Authenticated(TokenId),
+    /// A JWT, until its `expires_at`.
+    Jwt(Rc<JwtGrant>),
+    /// A JWT that expired: `refresh_required` went out, and the client has
+    /// until `expires_at` + `auth.jwt.refresh_grace` to send `refresh`.
+    JwtExpired(Rc<JwtGrant>),
 }
 
 impl Auth {
-    pub fn token(self) -> Option<TokenId> {
+    pub fn grant(&self) -> Option<Grant> {
         match self {
-            Auth::Authenticated(id) => Some(id),
-            _ => None,
+            Auth::Authenticated(id) => Some(Grant::Token(*id)),
+            Auth::Jwt(jwt) | Auth::JwtExpired(jwt) => Some(Grant::Jwt(Rc::clone(jwt))),
+            Auth::NotRequired | Auth::Pending { .. } => None,
+        }
+    }
+}
+
+impl From<Grant> for Auth {
+    fn from(grant: Grant) -> Auth {
+        match grant {
+            Grant::Token(id) => Auth::Authenticated(id),
+            Grant::Jwt(jwt) => Auth::Jwt(jwt),
         }
     }
 }
@@ -88,6 +108,19 @@ impl Subs {
             Subs::Defaults(list) => list,
             Subs::Own(list) => list,
         }
+    }
+
+    /// Keeps the patterns `keep` accepts; returns those it removed.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<Box<str>> {
+        let (kept, removed): (Vec<Box<str>>, Vec<Box<str>>) =
+            self.patterns().iter().cloned().partition(|p| keep(p));
+        if !removed.is_empty() {
+            *self = match self {
+                Subs::Defaults(_) => Subs::Defaults(kept.into()),
+                _ => Subs::Own(kept),
+            };
+        }
+        removed
     }
 }
 
@@ -129,7 +162,7 @@ impl WsSession {
             next_ping: now + millis(timeouts.ping_interval),
             rate: TokenBucket::full(cx.config.limits.message_burst, now),
         };
-        if !matches!(auth, Auth::Pending { .. }) {
+        if !matches!(session.state, State::Open(Auth::Pending { .. })) {
             session.apply_defaults(cx, out);
         }
         session
@@ -141,9 +174,9 @@ impl WsSession {
     pub fn first_timeout(&self, now: Millis, cx: &SessionContext) -> Millis {
         let pong_wait = millis(cx.config.timeouts.pong_wait);
         let first = self.next_ping.min(now + pong_wait);
-        match self.state {
-            State::Open(Auth::Pending { deadline }) => first.min(deadline),
-            _ => first,
+        match &self.state {
+            State::Open(auth) => auth_deadline(auth, cx).map_or(first, |d| first.min(d)),
+            State::Closed => first,
         }
     }
 
@@ -238,7 +271,7 @@ impl WsSession {
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) -> Option<Millis> {
-        let State::Open(auth) = self.state else {
+        let State::Open(auth) = &self.state else {
             return None;
         };
         let timeouts = &cx.config.timeouts;
@@ -251,7 +284,7 @@ impl WsSession {
             last_rx,
             next_ping: self.next_ping,
             auth_deadline: match auth {
-                Auth::Pending { deadline } => Some(deadline),
+                Auth::Pending { deadline } => Some(*deadline),
                 _ => None,
             },
             stalled_since,
@@ -270,8 +303,39 @@ impl WsSession {
                 if ping {
                     out.push(WsOutput::Send(encode_ping()));
                 }
-                Some(wake_at)
+                let token_deadline = self.check_token_expiry(now, cx, out)?;
+                Some(token_deadline.map_or(wake_at, |d| wake_at.min(d)))
             }
+        }
+    }
+
+    /// A JWT past its `exp` gets `refresh_required`, then the close at the
+    /// end of the grace. Returns when to look again for it; `None` inside
+    /// when there is no JWT; `None` outside once closed.
+    fn check_token_expiry(
+        &mut self,
+        now: Millis,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) -> Option<Option<Millis>> {
+        let State::Open(auth) = &self.state else {
+            return None;
+        };
+        match auth {
+            Auth::Jwt(jwt) if now >= jwt.expires_at => {
+                let expired = Auth::JwtExpired(Rc::clone(jwt));
+                reply(&notice_refresh_required(), out);
+                self.state = State::Open(expired);
+            }
+            Auth::JwtExpired(jwt) if now >= jwt.expires_at + refresh_grace(cx) => {
+                self.close(CloseReason::TokenExpired, out);
+                return None;
+            }
+            _ => {}
+        }
+        match &self.state {
+            State::Open(auth) => Some(auth_deadline(auth, cx)),
+            State::Closed => None,
         }
     }
 
@@ -318,6 +382,26 @@ impl WsSession {
         self.state = State::Closed;
         self.inbound = None;
         out.push(WsOutput::Close(reason));
+    }
+}
+
+/// `auth.jwt.refresh_grace` on the reactor's clock.
+fn refresh_grace(cx: &SessionContext) -> Millis {
+    cx.config
+        .auth
+        .jwt
+        .as_ref()
+        .map_or(0, |jwt| millis(jwt.refresh_grace))
+}
+
+/// When the session must next look at its credential: the auth deadline,
+/// a JWT's expiry, or the end of its refresh grace.
+fn auth_deadline(auth: &Auth, cx: &SessionContext) -> Option<Millis> {
+    match auth {
+        Auth::Pending { deadline } => Some(*deadline),
+        Auth::Jwt(jwt) => Some(jwt.expires_at),
+        Auth::JwtExpired(jwt) => Some(jwt.expires_at + refresh_grace(cx)),
+        Auth::NotRequired | Auth::Authenticated(_) => None,
     }
 }
 

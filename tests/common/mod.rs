@@ -22,6 +22,9 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
+pub mod jwt;
+pub mod proc;
+
 /// Upper bound for anything the relay should do "soon". Generous on purpose.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -39,7 +39,7 @@ pub fn start(publisher: Publisher) {
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) {
     if let Err(e) = thread::Builder::new().name(name.into()).spawn(body) {
-        log::warn!("cannot start {name}: {e}");
+        tracing::warn!("cannot start {name}: {e}");
     }
 }
 
@@ -49,7 +49,7 @@ fn send(publisher: &Publisher, event: Result<Event, tidings::PublishError>) -> b
         Ok(_) => true,
         Err(tidings::PublishError::Closed) => false,
         Err(e) => {
-            log::warn!("demo event refused: {e}");
+            tracing::warn!("demo event refused: {e}");
             true
         }
     }

@@ -41,16 +41,20 @@ struct Args {
     /// without default channels, a client that sends nothing receives them
     #[arg(long)]
     demo: bool,
+    /// How log lines are written to stderr; the level comes from
+    /// TIDINGS_LOG (or RUST_LOG): off, error, warn, info, debug, trace
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = logger::LogFormat::Text)]
+    log_format: logger::LogFormat,
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
     // Exit 2, as for a bad flag: a typo in TIDINGS_LOG must not silently
     // log at another level than asked.
-    if let Err(message) = logger::init() {
+    if let Err(message) = logger::init(args.log_format) {
         eprintln!("tidings: {message}");
         return ExitCode::from(2);
     }
-    let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -102,7 +106,7 @@ fn run(args: Args) -> Result<(), String> {
     let _ = stdout.flush();
     if args.demo {
         demo::start(publisher);
-        log::info!(
+        tracing::info!(
             "demo producers publishing {} events",
             demo::CHANNELS.join(", ")
         );
@@ -112,7 +116,7 @@ fn run(args: Args) -> Result<(), String> {
             reload(args.config.as_deref(), &handle);
             continue;
         }
-        log::info!("received signal {signal}; closing every client with 1001");
+        tracing::info!("received signal {signal}; closing every client with 1001");
         break;
     }
     handle.shutdown().map_err(|e| e.to_string())
@@ -123,25 +127,25 @@ fn run(args: Args) -> Result<(), String> {
 /// load changes nothing.
 fn reload(path: Option<&Path>, handle: &RelayHandle) {
     let Some(path) = path else {
-        log::warn!("SIGHUP: started without --config, so there is nothing to reload");
+        tracing::warn!("SIGHUP: started without --config, so there is nothing to reload");
         return;
     };
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            log::error!("SIGHUP: keeping the configuration in force: {e}");
+            tracing::error!("SIGHUP: keeping the configuration in force: {e}");
             return;
         }
     };
     if let Err(e) = handle.reload_auth(&config) {
-        log::error!("SIGHUP: keeping the configuration in force: {e}");
+        tracing::error!("SIGHUP: keeping the configuration in force: {e}");
         return;
     }
     match logger::set_level(config.log_level.as_deref()) {
-        Ok(level) => log::info!(
+        Ok(level) => tracing::info!(
             "SIGHUP: reloaded {}: tokens, and log level {level}; other settings apply at restart",
             path.display()
         ),
-        Err(e) => log::error!("SIGHUP: tokens reloaded, log level unchanged: {e}"),
+        Err(e) => tracing::error!("SIGHUP: tokens reloaded, log level unchanged: {e}"),
     }
 }

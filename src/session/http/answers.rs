@@ -1,11 +1,11 @@
 //! What each request gets: the upgrade, publish checks, and the small
 //! endpoints.
 
-use log::{debug, info};
 use serde_json::json;
+use tracing::{debug, info};
 
 use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step};
-use crate::auth::PublishAuth;
+use crate::auth::{may_publish, PublishAuth};
 use crate::config::Config;
 use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
@@ -22,6 +22,7 @@ use crate::stats::Stats;
 /// Why a publish body is refused: the answer's status, `code` and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BadBody {
+    status: Status,
     code: &'static str,
     message: String,
 }
@@ -41,7 +42,7 @@ impl HttpSession {
             Route::WebSocket => return self.upgrade(head, now, cx, out),
             // The conformance echo server upgrades on any path.
             _ if cx.config.conformance_echo => return self.upgrade(head, now, cx, out),
-            Route::Publish => return self.on_publish(head, cx, out),
+            Route::Publish => return self.on_publish(head, now, cx, out),
             Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
             Route::Metrics => return self.owe(Owing::Metrics, HttpOutput::Metrics, head, out),
             Route::StatusPage => response(
@@ -58,7 +59,7 @@ impl HttpSession {
                 CLIENT.as_bytes(),
                 keep_alive,
             ),
-            Route::Stats | Route::Channels => match state_query(head, cx) {
+            Route::Stats | Route::Channels => match state_query(head, now, cx) {
                 Ok(query) => return self.owe(Owing::Query, HttpOutput::Query(query), head, out),
                 Err((status, code, message)) => json_error(status, code, &message, keep_alive),
             },
@@ -127,11 +128,11 @@ impl HttpSession {
             .clone()
             .or_else(|| query_token(head, cx))
         {
-            match cx.tokens.check_client(&token) {
-                Some(id) => Auth::Authenticated(id),
-                None => {
+            match cx.tokens.check_client(&token, now.wall, now.millis) {
+                Ok(grant) => Auth::from(grant),
+                Err(e) => {
                     Stats::add(&cx.stats.auth_failures, 1);
-                    debug!("bad bearer token in the upgrade");
+                    debug!("upgrade refused: {e}");
                     out.push(HttpOutput::SendAndClose(upgrade_refusal(
                         Status::Unauthorized,
                     )));
@@ -162,12 +163,18 @@ impl HttpSession {
     fn on_publish(
         &mut self,
         head: &RequestHead,
+        now: Now,
         cx: &SessionContext,
         out: &mut Vec<HttpOutput>,
     ) -> Step {
         let bearer = head.authorization.as_deref().and_then(bearer_token);
-        let refusal = match cx.tokens.check_publisher(bearer) {
+        let mut scope = None;
+        let refusal = match cx.tokens.check_publisher(bearer, now.wall) {
             PublishAuth::Allowed => None,
+            PublishAuth::Scoped(patterns) => {
+                scope = Some(patterns);
+                None
+            }
             PublishAuth::Missing => Some((
                 Status::Unauthorized,
                 "unauthorized",
@@ -214,6 +221,7 @@ impl HttpSession {
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
             continue_sent: false,
+            scope,
         });
         Step::Proceed
     }
@@ -235,7 +243,7 @@ impl HttpSession {
             Some(chunked) => chunked.body(),
             None => &self.buf[body.head_len..end],
         };
-        match publish_events(bytes, now, cx) {
+        match publish_events(bytes, body.scope.as_deref(), now, cx) {
             Ok((events, single)) => {
                 self.state = State::AwaitingAnswer(Owed {
                     what: Owing::Publish { single },
@@ -247,7 +255,7 @@ impl HttpSession {
                 Step::Wait
             }
             Err(bad) => {
-                let answer = json_error(Status::BadRequest, bad.code, &bad.message, keep_alive);
+                let answer = json_error(bad.status, bad.code, &bad.message, keep_alive);
                 if !keep_alive {
                     out.push(HttpOutput::SendAndClose(answer));
                     return Step::Finished;
@@ -278,13 +286,14 @@ const STATUS_PAGE: &str = include_str!("../../../client/status.html");
 /// configured, and see only what its scope allows.
 fn state_query(
     head: &RequestHead,
+    now: Now,
     cx: &SessionContext,
 ) -> Result<Query, (Status, &'static str, String)> {
     let token = if cx.tokens.clients_required() {
         let bearer = head.authorization.as_deref().and_then(bearer_token);
-        match bearer.and_then(|b| cx.tokens.check_client(b)) {
-            Some(id) => Some(id),
-            None => {
+        match bearer.map(|b| cx.tokens.check_client(b, now.wall, now.millis)) {
+            Some(Ok(grant)) => Some(grant),
+            _ => {
                 Stats::add(&cx.stats.auth_failures, 1);
                 return Err((
                     Status::Unauthorized,
@@ -311,7 +320,7 @@ fn state_query(
     if let Some(encoded) = head.path.strip_prefix("/api/channels/") {
         let channel = url_decode(encoded).unwrap_or_default();
         validate_channel(&channel, cx.subject_limits).map_err(invalid)?;
-        if !cx.tokens.allows(token, &channel) {
+        if !cx.tokens.allows(token.as_ref(), &channel) {
             return Err(forbidden(&channel));
         }
         return Ok(Query::Channel(channel));
@@ -328,7 +337,7 @@ fn state_query(
         ));
     };
     validate_pattern(&pattern, cx.subject_limits).map_err(invalid)?;
-    if !cx.tokens.allows(token, &pattern) {
+    if !cx.tokens.allows(token.as_ref(), &pattern) {
         return Err(forbidden(&pattern));
     }
     Ok(Query::Channels { pattern, token })
@@ -409,10 +418,12 @@ pub(super) fn body_too_large(size: u64, at_least: bool, max: usize) -> Vec<u8> {
 /// them stamped with `now`. Also says whether the body was a single object.
 fn publish_events(
     body: &[u8],
+    scope: Option<&[Box<str>]>,
     now: Now,
     cx: &SessionContext,
 ) -> Result<(Vec<EncodedEvent>, bool), BadBody> {
     let items = parse_publish_body(body).map_err(|message| BadBody {
+        status: Status::BadRequest,
         code: "bad_request",
         message,
     })?;
@@ -431,7 +442,22 @@ fn publish_events(
                 PublishError::ReservedType(_) => "reserved_type",
                 _ => "invalid_event",
             };
-            return Err(BadBody { code, message });
+            return Err(BadBody {
+                status: Status::BadRequest,
+                code,
+                message,
+            });
+        }
+        if let Some(scope) = scope {
+            if !may_publish(scope, event.channel()) {
+                Stats::add(&cx.stats.auth_failures, 1);
+                let message = format!("your token may not publish to {:?}", event.channel());
+                return Err(BadBody {
+                    status: Status::Forbidden,
+                    code: "forbidden",
+                    message,
+                });
+            }
         }
         events.push(event);
     }

@@ -14,6 +14,7 @@ use crate::stats::Stats;
 use super::{Auth, Millis, Now, SessionContext, WsOutput, WsSession};
 
 mod http;
+mod jwt;
 mod ws;
 
 pub(crate) use crate::proto::frames::tests::client_frame;
@@ -33,7 +34,7 @@ impl Fixture {
         let mut config = Config::default();
         tweak(&mut config);
         Fixture {
-            tokens: Tokens::from_config(&config),
+            tokens: Tokens::from_config(&config).expect("no key files"),
             defaults: config
                 .default_channels
                 .iter()
@@ -106,6 +107,7 @@ enum Got {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(CloseReason),
+    WakeAt(Millis),
 }
 
 /// Decodes one unmasked server frame (the whole of `frame`).
@@ -223,6 +225,7 @@ impl<'f> Client<'f> {
                     got.push(json(reply))
                 }
                 WsOutput::Close(reason) => got.push(Got::Close(reason)),
+                WsOutput::WakeAt(at) => got.push(Got::WakeAt(at)),
             }
         }
         let held: BTreeSet<String> = self

@@ -1,6 +1,7 @@
 //! `WsSession`: commands, auth, limits, frames and keepalive.
 
 use serde_json::json;
+use std::time::SystemTime;
 
 use super::*;
 use crate::proto::frames::MAX_HEADER_LEN;
@@ -540,8 +541,8 @@ fn a_token_reload_keeps_valid_tokens_and_closes_the_rest_with_4001() {
         ];
     });
     let open = |token: &str| {
-        let id = before.tokens.check_client(token);
-        let (mut client, _) = Client::open(&before, Auth::Authenticated(id.expect("known")));
+        let grant = before.tokens.check_client(token, SystemTime::UNIX_EPOCH, 0);
+        let (mut client, _) = Client::open(&before, grant.expect("known").into());
         client.command(r#"{"type":"subscribe","channels":["public.a"]}"#, 1);
         client
     };

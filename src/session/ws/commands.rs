@@ -1,15 +1,15 @@
-//! A WebSocket's JSON commands: auth, subscribe, unsubscribe, ping.
+//! A WebSocket's JSON commands: auth, refresh, subscribe, unsubscribe, ping.
 
 use std::rc::Rc;
 
-use log::info;
+use tracing::info;
 
-use super::{reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
-use crate::auth::TokenId;
+use super::{refresh_grace, reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
+use crate::auth::{Grant, JwtGrant, TokenId};
 use crate::error::{CloseReason, AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
 use crate::proto::command::{
-    parse_command, reply_authenticated, reply_error, reply_pong, reply_unsubscribed, Command,
-    CommandError, CommandId, ErrorCode, Subscribe,
+    parse_command, reply_authenticated, reply_error, reply_pong, reply_refreshed,
+    reply_unsubscribed, Command, CommandError, CommandId, ErrorCode, Subscribe,
 };
 use crate::route::validate_pattern;
 use crate::session::{Now, SessionContext};
@@ -29,7 +29,8 @@ impl WsSession {
         let result = match request.command {
             Err(e) => Err(e),
             Ok(Command::Ping) => Ok(reply_pong(&rfc3339_millis_string(now.wall), id.as_ref())),
-            Ok(Command::Auth(token)) => return self.on_auth(&token, id, cx, out),
+            Ok(Command::Auth(token)) => return self.on_auth(&token, id, now, cx, out),
+            Ok(Command::Refresh(token)) => return self.on_refresh(&token, id, now, cx, out),
             // The reactor answers an accepted subscribe (`Subscribed`).
             Ok(Command::Subscribe(subscribe)) => {
                 match self.subscribe(subscribe, id.clone(), cx, out) {
@@ -51,19 +52,26 @@ impl WsSession {
         &mut self,
         token: &str,
         id: Option<CommandId>,
+        now: Now,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) {
         if !cx.tokens.clients_required() {
             return reply(&reply_authenticated(id.as_ref()), out);
         }
-        let Some(token) = cx.tokens.check_client(token) else {
-            Stats::add(&cx.stats.auth_failures, 1);
-            info!("authentication failed");
-            return self.close(CloseReason::AuthFailed, out);
+        let grant = match cx.tokens.check_client(token, now.wall, now.millis) {
+            Ok(grant) => grant,
+            Err(e) => {
+                Stats::add(&cx.stats.auth_failures, 1);
+                info!("authentication failed: {e}");
+                return self.close(CloseReason::AuthFailed, out);
+            }
         };
+        if let Grant::Jwt(jwt) = &grant {
+            out.push(WsOutput::WakeAt(jwt.expires_at));
+        }
         let was_pending = matches!(self.state, State::Open(Auth::Pending { .. }));
-        self.state = State::Open(Auth::Authenticated(token));
+        self.state = State::Open(grant.into());
         if was_pending {
             self.apply_defaults(cx, out);
         }
@@ -82,37 +90,110 @@ impl WsSession {
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
     ) {
-        let State::Open(auth) = self.state else {
+        let State::Open(auth) = &self.state else {
             return;
         };
         if !cx.tokens.clients_required() {
+            let was_pending = matches!(auth, Auth::Pending { .. });
             self.state = State::Open(Auth::NotRequired);
-            if matches!(auth, Auth::Pending { .. }) {
+            if was_pending {
                 self.apply_defaults(cx, out);
             }
             return;
         }
-        let token = match auth {
+        let grant = match auth {
             Auth::Pending { .. } => return,
             Auth::NotRequired => {
                 return self.close(CloseReason::AuthRevoked(AUTH_NOW_REQUIRED), out)
             }
-            Auth::Authenticated(old) => match remap.get(usize::from(old)).copied().flatten() {
-                Some(new) => new,
+            // A JWT stands on its own signature and claims, not on the list
+            // of static tokens; a reload of the JWT keys is not one of these.
+            Auth::Jwt(_) | Auth::JwtExpired(_) => return,
+            Auth::Authenticated(old) => match remap.get(usize::from(*old)).copied().flatten() {
+                Some(new) => Grant::Token(new),
                 None => return self.close(CloseReason::AuthRevoked(REVOKED_TOKEN), out),
             },
         };
-        self.state = State::Open(Auth::Authenticated(token));
         let patterns = self.subs.patterns();
-        if !patterns.iter().all(|p| cx.tokens.allows(Some(token), p)) {
+        let allowed = patterns.iter().all(|p| cx.tokens.allows(Some(&grant), p));
+        self.state = State::Open(grant.into());
+        if !allowed {
             self.close(CloseReason::AuthRevoked(NARROWED_TOKEN), out);
         }
+    }
+
+    /// A new JWT for a connection authenticated with one. Its scope replaces
+    /// the old: subscriptions it does not cover are removed, and listed in
+    /// the reply.
+    fn on_refresh(
+        &mut self,
+        token: &str,
+        id: Option<CommandId>,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let old = match &self.state {
+            State::Open(Auth::Jwt(jwt)) => Rc::clone(jwt),
+            State::Open(Auth::JwtExpired(jwt))
+                if now.millis < jwt.expires_at + refresh_grace(cx) =>
+            {
+                Rc::clone(jwt)
+            }
+            State::Open(Auth::JwtExpired(_)) => return self.close(CloseReason::TokenExpired, out),
+            _ => {
+                let error = CommandError::new(
+                    ErrorCode::BadRequest,
+                    "refresh renews a JWT; this connection was not authenticated with one",
+                );
+                return reply(&reply_error(&error, id.as_ref()), out);
+            }
+        };
+        let jwt = match cx.tokens.check_client(token, now.wall, now.millis) {
+            Ok(Grant::Jwt(jwt)) => jwt,
+            Ok(Grant::Token(_)) => {
+                let error = CommandError::new(ErrorCode::BadRequest, "refresh takes a JWT");
+                return reply(&reply_error(&error, id.as_ref()), out);
+            }
+            Err(e) => {
+                Stats::add(&cx.stats.auth_failures, 1);
+                info!("token refresh failed: {e}");
+                return self.close(CloseReason::AuthFailed, out);
+            }
+        };
+        if jwt.sub != old.sub {
+            let error = CommandError::new(
+                ErrorCode::Forbidden,
+                "the new token is for another subject (`sub`) than the connection's",
+            );
+            return reply(&reply_error(&error, id.as_ref()), out);
+        }
+        self.narrow_to(&jwt, id, cx, out);
+        self.state = State::Open(Auth::Jwt(jwt));
+    }
+
+    /// Removes the subscriptions `jwt` does not cover, and says which.
+    fn narrow_to(
+        &mut self,
+        jwt: &Rc<JwtGrant>,
+        id: Option<CommandId>,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let grant = Some(Grant::Jwt(Rc::clone(jwt)));
+        let removed = self
+            .subs
+            .retain(|pattern| cx.tokens.allows(grant.as_ref(), pattern));
+        out.extend(removed.iter().cloned().map(WsOutput::Unsubscribe));
+        let removed: Vec<String> = removed.iter().map(|p| p.to_string()).collect();
+        reply(&reply_refreshed(&removed, id.as_ref()), out);
     }
 
     /// Subscribes a socket that has not chosen yet to the default channels
     /// its token allows.
     pub(super) fn apply_defaults(&mut self, cx: &SessionContext, out: &mut Vec<WsOutput>) {
         let token = self.token();
+        let token = token.as_ref();
         let tokens = cx.tokens;
         let defaults = if cx.defaults.iter().all(|p| tokens.allows(token, p)) {
             Rc::clone(cx.defaults)
@@ -138,7 +219,7 @@ impl WsSession {
         let channels = &subscribe.channels;
         let token = self.check_ready(channels, cx)?;
         for pattern in channels {
-            if !cx.tokens.allows(token, pattern) {
+            if !cx.tokens.allows(token.as_ref(), pattern) {
                 return Err(CommandError::new(
                     ErrorCode::Forbidden,
                     format!("your token may not subscribe to {pattern:?}"),
@@ -214,24 +295,33 @@ impl WsSession {
         &self,
         channels: &[String],
         cx: &SessionContext,
-    ) -> Result<Option<TokenId>, CommandError> {
+    ) -> Result<Option<Grant>, CommandError> {
         for pattern in channels {
             validate_pattern(pattern, cx.subject_limits).map_err(|e| {
                 CommandError::new(ErrorCode::InvalidChannel, format!("{pattern:?}: {e}"))
             })?;
         }
-        if let State::Open(Auth::Pending { .. }) = self.state {
-            return Err(CommandError::new(
-                ErrorCode::NotAuthenticated,
-                "send {\"type\":\"auth\",\"token\":\"...\"} first",
-            ));
+        match self.state {
+            State::Open(Auth::Pending { .. }) => {
+                return Err(CommandError::new(
+                    ErrorCode::NotAuthenticated,
+                    "send {\"type\":\"auth\",\"token\":\"...\"} first",
+                ))
+            }
+            State::Open(Auth::JwtExpired(_)) => {
+                return Err(CommandError::new(
+                    ErrorCode::NotAuthenticated,
+                    "your token expired: send {\"type\":\"refresh\",\"token\":\"...\"} first",
+                ))
+            }
+            _ => {}
         }
         Ok(self.token())
     }
 
-    fn token(&self) -> Option<TokenId> {
-        match self.state {
-            State::Open(auth) => auth.token(),
+    fn token(&self) -> Option<Grant> {
+        match &self.state {
+            State::Open(auth) => auth.grant(),
             State::Closed => None,
         }
     }

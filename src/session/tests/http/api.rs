@@ -176,7 +176,7 @@ fn state_reads_need_a_client_token_and_stay_in_its_scope() {
             "K200",
             "K403",
             "K403",
-            "QChannels { pattern: \"public.*\", token: Some(1) }",
+            "QChannels { pattern: \"public.*\", token: Some(Token(1)) }",
             "K200",
         ]
     );
