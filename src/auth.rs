@@ -73,6 +73,12 @@ impl Tokens {
         found
     }
 
+    /// The secret of client token `id`, for the embedder's hooks.
+    pub fn client_token(&self, id: TokenId) -> Option<&str> {
+        let secret = &self.clients.get(usize::from(id))?.secret;
+        std::str::from_utf8(secret).ok()
+    }
+
     /// Whether a client holding `token` may subscribe to `pattern`. With
     /// auth off every pattern is allowed.
     pub fn allows(&self, token: Option<TokenId>, pattern: &str) -> bool {

@@ -2,6 +2,7 @@
 
 pub(crate) mod admission;
 mod conn;
+mod hooks;
 mod outputs;
 pub(crate) mod reactor;
 pub(crate) mod reload;
