@@ -74,7 +74,8 @@ pub trait Hooks: Send + Sync + 'static {
     /// the token, within `limits.max_subscriptions`). A subscribe is all or
     /// nothing: one `Deny` refuses the whole command with the error
     /// `forbidden` naming the pattern and the reason, and the connection's
-    /// subscriptions stay as they were.
+    /// subscriptions stay as they were. The configured `default_channels`
+    /// are not asked about: the operator chose them.
     fn on_subscribe(&self, subscriber: &Subscriber<'_>, pattern: &str) -> Verdict {
         let _ = (subscriber, pattern);
         Verdict::Allow
