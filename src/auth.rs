@@ -139,6 +139,12 @@ impl Tokens {
         }
     }
 
+    /// The secret of client token `id`, for the embedder's hooks.
+    pub fn client_token(&self, id: TokenId) -> Option<&str> {
+        let secret = &self.clients.get(usize::from(id))?.secret;
+        std::str::from_utf8(secret).ok()
+    }
+
     /// For each client token of `self`, its id in `new`, or `None` if `new`
     /// no longer has it: what a reload (`RelayHandle::reload_auth`) makes
     /// of the sockets authenticated with it. Tokens are matched by their

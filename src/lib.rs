@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod hooks;
 mod io;
 pub mod proto;
 pub mod rate;
@@ -24,6 +25,7 @@ pub use config::{
 pub use error::{CloseReason, ConfigError, Error};
 pub use fanout::event::Event;
 pub use fanout::publisher::{PublishError, Publisher};
+pub use hooks::{ConnectRequest, Hooks, Subscriber, Verdict};
 pub use relay::{Relay, RelayHandle};
 pub use stats::StatsSnapshot;
 

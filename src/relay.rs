@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::fanout::history::{new_epoch, History};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
+use crate::hooks::Hooks;
 use crate::io::admission::Admission;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
 use crate::io::reload::TokenSlot;
@@ -102,6 +103,7 @@ impl Relay {
                 stats: stats.clone(),
                 tls: tls.clone(),
                 token_slot: Arc::clone(&tokens),
+                hooks: None,
             })
             .collect();
         Ok(Relay {
@@ -119,6 +121,17 @@ impl Relay {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Sets the embedder's rules for connections and subscriptions
+    /// ([`Hooks`]). They are called on the reactor threads and must not
+    /// block.
+    pub fn hooks(mut self, hooks: impl Hooks) -> Relay {
+        let hooks: Arc<dyn Hooks> = Arc::new(hooks);
+        for part in &mut self.parts {
+            part.hooks = Some(Arc::clone(&hooks));
+        }
+        self
     }
 
     /// A handle producer threads publish through; clone it freely.

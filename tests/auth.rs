@@ -118,7 +118,13 @@ fn subscribe_before_auth_is_not_authenticated() {
 fn unauthenticated_socket_gets_no_events() {
     // Not stated outright in the protocol, but implied by not_authenticated:
     // default channels must not leak events to a socket without a token.
-    let relay = auth_relay(|c| c.default_channels = vec!["job.*".into()]);
+    // One reactor: the observer's copy must prove that the client's reactor
+    // fanned the event out too. With two, the client's reactor may reach it
+    // only after the client authenticated, when it may rightly have it.
+    let relay = auth_relay(|c| {
+        c.default_channels = vec!["job.*".into()];
+        c.reactors = tidings::Reactors::Count(1);
+    });
     let mut client = connect(relay.addr);
     let mut observer = connect(relay.addr);
     authenticate(&mut observer, ALL);

@@ -168,3 +168,29 @@ fn tokio_producer_publishes_from_both_tasks_and_stops() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn team_permissions_denies_by_pattern_and_refuses_a_scraper() {
+    let output = run_example("team_permissions", &["127.0.0.1:0"]);
+    let lines = relay_lines("team_permissions", &output);
+    let messages = client_messages(&lines);
+    assert_eq!(messages.len(), 2, "{lines:?}");
+    assert_eq!(
+        messages[0],
+        serde_json::json!({"type":"subscribed","id":"sub","channels":["team-a.deploys","team-a.alerts.>"],
+            "epoch":messages[0]["epoch"],"seq":0})
+    );
+    assert_eq!(messages[1]["type"], "error", "{lines:?}");
+    assert_eq!(messages[1]["id"], "sub", "{lines:?}");
+    assert_eq!(messages[1]["data"]["code"], "forbidden", "{lines:?}");
+    let message = messages[1]["data"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("\"team-b.deploys\""), "{message}");
+    assert!(
+        message.contains("your team sees only team-a.*"),
+        "{message}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "scraper: refused with 403"),
+        "{lines:?}"
+    );
+}

@@ -40,6 +40,8 @@ enum Op {
 struct Input {
     auth_on: bool,
     with_defaults: bool,
+    /// An embedder's subscribe hook, refusing patterns under `job.`.
+    with_hooks: bool,
     mask: [u8; 4],
     ops: Vec<Op>,
 }
@@ -129,7 +131,8 @@ impl Harness<'_> {
     }
 
     fn apply(&mut self, out: Vec<WsOutput>) {
-        for output in out {
+        let mut queue = std::collections::VecDeque::from(out);
+        while let Some(output) = queue.pop_front() {
             assert!(!self.closed, "output after a close: {output:?}");
             match output {
                 WsOutput::Send(frame) => assert!(!frame.is_empty()),
@@ -140,6 +143,20 @@ impl Harness<'_> {
                     assert!(self.trie.remove(&pattern, ID), "{pattern} not held");
                 }
                 WsOutput::Subscribed(subscribed) => assert!(!subscribed.channels.is_empty()),
+                WsOutput::AskSubscribe(ask) => {
+                    assert!(queue.is_empty(), "output after an AskSubscribe");
+                    assert!(!ask.patterns.is_empty());
+                    let denied = ask
+                        .patterns
+                        .iter()
+                        .find(|p| p.starts_with("job."))
+                        .map(|p| (p.clone(), "no jobs".to_string()));
+                    let now = self.at();
+                    let mut more = Vec::new();
+                    self.session
+                        .subscribe_decided(*ask, denied, now, &self.cx, &mut more);
+                    queue.extend(more);
+                }
                 WsOutput::Close(_) => self.closed = true,
             }
         }
@@ -205,6 +222,7 @@ fuzz_target!(|input: Input| {
         defaults: &defaults,
         subject_limits: &subject_limits,
         stats: &stats,
+        hooks_set: input.with_hooks,
     };
     let auth = if input.auth_on {
         Auth::Pending { deadline: 3_000 }

@@ -3,6 +3,7 @@
 pub(crate) mod admission;
 mod close_log;
 mod conn;
+mod hooks;
 mod outputs;
 pub(crate) mod reactor;
 pub(crate) mod reload;

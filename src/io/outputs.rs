@@ -47,6 +47,7 @@ macro_rules! session_cx {
             defaults: &$reactor.defaults,
             subject_limits: &$reactor.subject_limits,
             stats: &$reactor.stats,
+            hooks_set: $reactor.hooks.is_some(),
         }
     };
 }
@@ -89,6 +90,22 @@ impl Reactor {
         )
     }
 
+    /// Calls the socket's WebSocket session, if it still has one; returns
+    /// its outputs.
+    fn ws_call(
+        &mut self,
+        key: usize,
+        call: impl FnOnce(&mut WsSession, Now, &SessionContext, &mut Vec<WsOutput>),
+    ) -> Vec<WsOutput> {
+        let now = self.now_for_sessions();
+        let cx = session_cx!(self);
+        let mut out = Vec::new();
+        if let Some(Phase::WebSocket(session)) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+            call(session, now, &cx, &mut out);
+        }
+        out
+    }
+
     /// Calls the socket's HTTP session, if it still has one.
     pub(super) fn http_call<T>(
         &mut self,
@@ -123,7 +140,14 @@ impl Reactor {
                     response,
                     session,
                     outputs,
-                } => self.upgrade(key, response, session, outputs),
+                    request,
+                } => {
+                    if let Some(refusal) = request.and_then(|r| self.ask_on_connect(key, &r)) {
+                        self.respond_and_close(key, refusal);
+                    } else {
+                        self.upgrade(key, response, session, outputs);
+                    }
+                }
                 HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
                 HttpOutput::Query(query) => {
                     let (status, body) = self.answer_query(query);
@@ -267,7 +291,8 @@ impl Reactor {
     pub(super) fn apply_ws(&mut self, key: usize, out: Vec<WsOutput>, origin: Origin) {
         let limits = self.queue_limits;
         let mut overflow = false;
-        for output in out {
+        let mut queue = VecDeque::from(out);
+        while let Some(output) = queue.pop_front() {
             match output {
                 WsOutput::Send(frame) => {
                     let Some(conn) = self.conns.get_mut(key) else {
@@ -291,6 +316,12 @@ impl Reactor {
                     if !overflow && !self.answer_subscribe(key, *subscribed) {
                         overflow = true;
                     }
+                }
+                WsOutput::AskSubscribe(ask) => {
+                    let denied = self.ask_on_subscribe(key, &ask);
+                    queue.extend(self.ws_call(key, |s, now, cx, out| {
+                        s.subscribe_decided(*ask, denied, now, cx, out)
+                    }));
                 }
                 WsOutput::Close(reason) => self.close(key, reason),
                 WsOutput::WakeAt(at) => self.arm(key, at),

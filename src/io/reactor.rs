@@ -36,6 +36,7 @@ use crate::fanout::event::EncodedEvent;
 use crate::fanout::queue::OutQueue;
 use crate::fanout::queue::{Frame, Push, QueueLimits};
 use crate::fanout::sequencer::{Sequenced, Sequencer};
+use crate::hooks::Hooks;
 use crate::proto::command::notice_resync;
 use crate::proto::frames::{encode_close, encode_text};
 use crate::proto::http::Status;
@@ -137,6 +138,8 @@ pub(crate) struct Reactor {
     queue_bytes_high_water: u64,
     tls: Option<Arc<rustls::ServerConfig>>,
     close_log: CloseLog,
+    /// The embedder's hooks, called on this thread (`io::hooks`).
+    pub(super) hooks: Option<Arc<dyn Hooks>>,
 }
 
 /// A publish request waiting for room in the sequencer's log.
@@ -160,6 +163,7 @@ pub(crate) struct ReactorParts {
     pub stats: StatsSet,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub token_slot: Arc<TokenSlot>,
+    pub hooks: Option<Arc<dyn Hooks>>,
 }
 
 impl Reactor {
@@ -230,6 +234,7 @@ impl Reactor {
             queue_bytes_high_water: 0,
             tls: parts.tls,
             close_log,
+            hooks: parts.hooks,
         }
     }
 
@@ -988,7 +993,7 @@ fn drop_oldest(
 }
 
 /// The peer's address for a log line, or why there is none.
-fn peer_text(socket: &mio::net::TcpStream) -> String {
+pub(super) fn peer_text(socket: &mio::net::TcpStream) -> String {
     match socket.peer_addr() {
         Ok(addr) => addr.to_string(),
         Err(_) => "a peer already gone".to_string(),

@@ -142,6 +142,24 @@ pub fn parse_head(
     Ok(Some(head))
 }
 
+/// Every header of the complete request head at the start of `buf`, names
+/// and values as sent (values lossily as UTF-8), for an embedder's hook.
+pub fn header_list(buf: &[u8], max_headers: usize) -> Vec<(String, String)> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut request = httparse::Request::new(&mut headers);
+    if request.parse(buf).is_err() {
+        return Vec::new();
+    }
+    request
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value).trim().to_string();
+            (h.name.to_string(), value)
+        })
+        .collect()
+}
+
 impl RequestHead {
     /// Whether the head announces a body, by length or by transfer coding.
     pub fn has_body(&self) -> bool {

@@ -35,10 +35,15 @@ pub enum HttpOutput {
     /// switch the socket to `session` and apply `outputs` as any
     /// `WsOutput`: the default subscriptions, and whatever the frames the
     /// client sent right behind its request produced. Nothing follows.
+    ///
+    /// With hooks set (`SessionContext::hooks_set`), `request` carries what
+    /// the embedder's `on_connect` hook sees; if it refuses, the reactor
+    /// answers `403` instead and drops `session` and `outputs` unapplied.
     Upgrade {
         response: Vec<u8>,
         session: WsSession,
         outputs: Vec<WsOutput>,
+        request: Option<Box<UpgradeRequest>>,
     },
     /// A complete, valid `POST /api/publish`, every event checked (a bad one
     /// publishes none) and encoded. The reactor fans them out in order and
@@ -50,6 +55,17 @@ pub enum HttpOutput {
     /// A read of the relay's state (`/api/stats`, `/api/channels`), auth
     /// already checked: the reactor calls [`HttpSession::query_done`].
     Query(Query),
+}
+
+/// An upgrade request's details, for the embedder's `on_connect` hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    pub path: String,
+    pub query: Option<String>,
+    /// Every header, in order, as sent.
+    pub headers: Vec<(String, String)>,
+    /// The client token presented in the upgrade, if auth is on.
+    pub token: Option<String>,
 }
 
 /// What a state read asks for.

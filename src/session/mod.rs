@@ -21,8 +21,8 @@ pub mod ws;
 #[cfg(test)]
 mod tests;
 
-pub use http::{HttpOutput, HttpSession, Query};
-pub use ws::{Auth, Subscribed, WsOutput, WsSession};
+pub use http::{HttpOutput, HttpSession, Query, UpgradeRequest};
+pub use ws::{Auth, SubscribeAsk, Subscribed, WsOutput, WsSession};
 
 /// Milliseconds since the reactor started (the same clock as `io::timer`).
 pub type Millis = u64;
@@ -46,6 +46,10 @@ pub struct SessionContext<'a> {
     /// Atomic counters; sessions count what they decide (auth failures,
     /// answered HTTP requests), the reactor counts the rest.
     pub stats: &'a Stats,
+    /// The embedder set hooks (`crate::hooks`): upgrades carry the
+    /// request's details, and subscribes are asked about
+    /// (`WsOutput::AskSubscribe`) before they take effect.
+    pub hooks_set: bool,
 }
 
 /// A configured timeout on the reactor's clock.

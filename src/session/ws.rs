@@ -12,7 +12,7 @@ use super::{millis, Millis, Now, SessionContext};
 use crate::auth::{Grant, JwtGrant, TokenId};
 use crate::error::CloseReason;
 use crate::proto::command::{
-    notice_refresh_required, reply_error, CommandError, CommandId, ErrorCode, Since,
+    notice_refresh_required, reply_error, CommandError, CommandId, ErrorCode, Since, Subscribe,
 };
 use crate::proto::frames::{encode_binary, encode_ping, encode_pong, encode_text};
 use crate::proto::frames::{Message, MessageReader};
@@ -38,6 +38,12 @@ pub enum WsOutput {
     /// relay's order stands, and a resume or snapshot sends history), then
     /// applies them, in one step with no event in between.
     Subscribed(Box<Subscribed>),
+    /// The embedder's `on_subscribe` hook must be asked about the patterns
+    /// of a subscribe that passed the session's own checks; the reactor
+    /// answers with [`WsSession::subscribe_decided`]. Always the last output
+    /// of its call: the session reads no further input until answered, so
+    /// commands keep their order.
+    AskSubscribe(Box<SubscribeAsk>),
     /// Send a close frame with this reason and stop reading; nothing follows.
     /// The router entries to remove are [`WsSession::patterns`].
     Close(CloseReason),
@@ -56,6 +62,17 @@ pub struct Subscribed {
     pub token: Option<Grant>,
     /// The command's `id`, for the reply.
     pub id: Option<CommandId>,
+}
+
+/// See [`WsOutput::AskSubscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeAsk {
+    /// The patterns the subscribe would add, each to be asked about.
+    pub patterns: Vec<Box<str>>,
+    /// The connection's token.
+    pub token: Option<Grant>,
+    subscribe: Subscribe,
+    id: Option<CommandId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +146,9 @@ impl Subs {
 struct Inbound {
     reader: MessageReader,
     leftover: Vec<u8>,
+    /// A subscribe waits for the embedder's hook (`AskSubscribe`): input
+    /// is kept, not read, until the reactor answers.
+    paused: bool,
 }
 
 /// Open, with what the client proved so far; or closed, after which the
@@ -197,6 +217,39 @@ impl WsSession {
         self.inbound.is_some()
     }
 
+    /// Answers an [`WsOutput::AskSubscribe`]: `denied` names the first
+    /// pattern the hook refused and its reason, else the subscribe goes
+    /// ahead. Then reads the input held meanwhile.
+    pub fn subscribe_decided(
+        &mut self,
+        ask: SubscribeAsk,
+        denied: Option<(Box<str>, String)>,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) {
+        let SubscribeAsk {
+            patterns,
+            token,
+            subscribe,
+            id,
+        } = ask;
+        match denied {
+            Some((pattern, reason)) => {
+                let error = CommandError::new(
+                    ErrorCode::Forbidden,
+                    format!("subscribing to {pattern:?} was refused: {reason}"),
+                );
+                reply(&reply_error(&error, id.as_ref()), out);
+            }
+            None => self.commit_subscribe(subscribe, id, token, patterns, out),
+        }
+        if let Some(inbound) = self.inbound.as_mut() {
+            inbound.paused = false;
+        }
+        self.handle_bytes(&mut [], now, cx, out);
+    }
+
     /// Feeds bytes read from the socket (unmasked in place). Handles every
     /// complete message and keeps an incomplete frame; stops after a
     /// `Close`.
@@ -219,9 +272,15 @@ impl WsSession {
                     MessageReader::default()
                 },
                 leftover: Vec::new(),
+                paused: false,
             },
             |b| *b,
         );
+        if inbound.paused {
+            inbound.leftover.extend_from_slice(data);
+            self.inbound = Some(Box::new(inbound));
+            return;
+        }
         // Parse in place from the caller's read buffer unless earlier bytes wait.
         let held = !inbound.leftover.is_empty();
         if held {
@@ -239,6 +298,10 @@ impl WsSession {
                         if self.is_closed() {
                             return;
                         }
+                        if matches!(out.last(), Some(WsOutput::AskSubscribe(_))) {
+                            inbound.paused = true;
+                            break;
+                        }
                     }
                 }
                 Err(reason) => {
@@ -250,7 +313,7 @@ impl WsSession {
         // Keep only an incomplete frame, which the reader bounded by the
         // message size limit when it saw the frame's header.
         inbound.leftover = buf[at..].to_vec();
-        if !inbound.leftover.is_empty() || inbound.reader.in_message() {
+        if inbound.paused || !inbound.leftover.is_empty() || inbound.reader.in_message() {
             self.inbound = Some(Box::new(inbound));
         }
     }

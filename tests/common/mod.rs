@@ -961,8 +961,13 @@ pub fn ensure_fd_limit(needed: libc::rlim_t) {
 pub struct TempFile(pub std::path::PathBuf);
 
 impl TempFile {
+    /// A file of its own, even for tests of one process that run at once
+    /// and pass the same `name`.
     pub fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("tidings-it-{}-{name}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tidings-it-{}-{n}-{name}", std::process::id()));
         std::fs::write(&path, text).expect("write temp file");
         TempFile(path)
     }

@@ -4,12 +4,12 @@
 use serde_json::json;
 use tracing::{debug, info};
 
-use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step};
+use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step, UpgradeRequest};
 use crate::auth::{may_publish, PublishAuth};
 use crate::config::Config;
 use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
-use crate::proto::handshake::{check_upgrade, upgrade_refusal, RequestHead};
+use crate::proto::handshake::{check_upgrade, header_list, upgrade_refusal, RequestHead};
 use crate::proto::http::{
     bearer_token, json_error, json_response, method_not_allowed, parse_publish_body, query_param,
     response, route, url_decode, Route, Status,
@@ -121,14 +121,18 @@ impl HttpSession {
             out.push(HttpOutput::SendAndClose(upgrade_refusal(Status::Forbidden)));
             return Step::Finished;
         }
+        let presented = if cx.tokens.clients_required() {
+            upgrade
+                .bearer_token
+                .clone()
+                .or_else(|| query_token(head, cx))
+        } else {
+            None
+        };
         let auth = if !cx.tokens.clients_required() {
             Auth::NotRequired
-        } else if let Some(token) = upgrade
-            .bearer_token
-            .clone()
-            .or_else(|| query_token(head, cx))
-        {
-            match cx.tokens.check_client(&token, now.wall, now.millis) {
+        } else if let Some(token) = &presented {
+            match cx.tokens.check_client(token, now.wall, now.millis) {
                 Ok(grant) => Auth::from(grant),
                 Err(e) => {
                     Stats::add(&cx.stats.auth_failures, 1);
@@ -151,10 +155,19 @@ impl HttpSession {
         if !early.is_empty() {
             session.handle_bytes(&mut early, now, cx, &mut outputs);
         }
+        let request = cx.hooks_set.then(|| {
+            Box::new(UpgradeRequest {
+                path: head.path.clone(),
+                query: head.query.clone(),
+                headers: header_list(&self.buf[..head.len], cx.config.limits.max_headers),
+                token: presented,
+            })
+        });
         out.push(HttpOutput::Upgrade {
             response: upgrade.response(),
             session,
             outputs,
+            request,
         });
         Step::Finished
     }

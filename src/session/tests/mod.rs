@@ -26,6 +26,9 @@ struct Fixture {
     defaults: Rc<[Box<str>]>,
     subject_limits: SubjectLimits,
     stats: Stats,
+    /// Plays the embedder's `on_subscribe` hook when set: patterns starting
+    /// with one of these are refused.
+    hook_denies: Option<Vec<&'static str>>,
 }
 
 impl Fixture {
@@ -42,7 +45,16 @@ impl Fixture {
                 .collect(),
             subject_limits: config.subject_limits(),
             stats: Stats::default(),
+            hook_denies: None,
             config,
+        }
+    }
+
+    /// Like `new`, with a subscribe hook refusing patterns under `denied`.
+    fn with_hook(denied: &[&'static str], tweak: impl FnOnce(&mut Config)) -> Fixture {
+        Fixture {
+            hook_denies: Some(denied.to_vec()),
+            ..Fixture::new(tweak)
         }
     }
 
@@ -53,6 +65,7 @@ impl Fixture {
             defaults: &self.defaults,
             subject_limits: &self.subject_limits,
             stats: &self.stats,
+            hooks_set: self.hook_denies.is_some(),
         }
     }
 
@@ -108,6 +121,8 @@ enum Got {
     Pong(Vec<u8>),
     Close(CloseReason),
     WakeAt(Millis),
+    /// The session asked the subscribe hook about these patterns.
+    Asked(Vec<String>),
 }
 
 /// Decodes one unmasked server frame (the whole of `frame`).
@@ -201,7 +216,8 @@ impl<'f> Client<'f> {
     /// `patterns()` agree.
     fn apply(&mut self, out: Vec<WsOutput>) -> Vec<Got> {
         let mut got = Vec::new();
-        for output in out {
+        let mut queue = std::collections::VecDeque::from(out);
+        while let Some(output) = queue.pop_front() {
             assert!(
                 !matches!(got.last(), Some(Got::Close(_))),
                 "output after a close: {output:?}"
@@ -223,6 +239,23 @@ impl<'f> Client<'f> {
                         reply["id"] = serde_json::to_value(id).expect("an id is JSON");
                     }
                     got.push(json(reply))
+                }
+                WsOutput::AskSubscribe(ask) => {
+                    assert!(queue.is_empty(), "output after an AskSubscribe");
+                    got.push(Got::Asked(
+                        ask.patterns.iter().map(|p| p.to_string()).collect(),
+                    ));
+                    let denies = self.fx.hook_denies.as_ref().expect("asked without hooks");
+                    let denied = ask
+                        .patterns
+                        .iter()
+                        .find(|p| denies.iter().any(|d| p.starts_with(d)))
+                        .map(|p| (p.clone(), "not on your plan".to_string()));
+                    let mut more = Vec::new();
+                    let now = at(self.last_rx);
+                    self.session
+                        .subscribe_decided(*ask, denied, now, &self.fx.cx(), &mut more);
+                    queue.extend(more);
                 }
                 WsOutput::Close(reason) => got.push(Got::Close(reason)),
                 WsOutput::WakeAt(at) => got.push(Got::WakeAt(at)),

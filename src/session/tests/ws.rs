@@ -571,3 +571,45 @@ fn a_token_reload_keeps_valid_tokens_and_closes_the_rest_with_4001() {
     let got = waiting.command(r#"{"type":"subscribe","channels":["x"]}"#, 3);
     assert_eq!(got, [subscribed(&["x"])]);
 }
+
+#[test]
+fn with_hooks_a_subscribe_waits_for_the_answer_and_the_commands_behind_it_too() {
+    let fx = Fixture::with_hook(&["admin."], |_| {});
+    let (mut client, _) = Client::open(&fx, Auth::NotRequired);
+    // Three commands in one read: the second waits for the first's answer,
+    // the third for the second's, so replies keep the commands' order.
+    let mut bytes = command(r#"{"type":"subscribe","channels":["job.*","a"],"id":1}"#);
+    bytes.extend(command(
+        r#"{"type":"subscribe","channels":["job.*","admin.users"],"id":2}"#,
+    ));
+    bytes.extend(command(r#"{"type":"ping","id":3}"#));
+    let got = client.send(&bytes, 1);
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got[0], Got::Asked(vec!["job.*".into(), "a".into()]));
+    assert_eq!(
+        got[1],
+        json(json!({"type":"subscribed","id":1,"channels":["job.*","a"]}))
+    );
+    // Only the pattern not held yet is asked about; one refusal refuses all.
+    assert_eq!(got[2], Got::Asked(vec!["admin.users".into()]));
+    assert!(error("forbidden")(&got[3]), "{got:?}");
+    assert_eq!(value(&got[3])["id"], 2);
+    let message = value(&got[3])["data"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("\"admin.users\""), "{message}");
+    assert!(message.contains("not on your plan"), "{message}");
+    assert_eq!(value(&got[4])["type"], "pong");
+    assert_eq!(client.patterns(), ["job.*", "a"]);
+    assert!(!client.session.holds_input());
+    // A subscribe of held patterns only asks nothing.
+    let got = client.command(r#"{"type":"subscribe","channels":["a"]}"#, 2);
+    assert_eq!(got, [subscribed(&["a"])]);
+    // A command split across reads behind a held one.
+    let mut bytes = command(r#"{"type":"subscribe","channels":["b"]}"#);
+    let ping = command(r#"{"type":"ping"}"#);
+    bytes.extend_from_slice(&ping[..3]);
+    let got = client.send(&bytes, 3);
+    assert_eq!(got[..2], [Got::Asked(vec!["b".into()]), subscribed(&["b"])]);
+    assert!(client.session.holds_input());
+    let got = client.send(&ping[3..], 4);
+    assert_eq!(value(&got[0])["type"], "pong");
+}

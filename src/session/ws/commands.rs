@@ -4,7 +4,9 @@ use std::rc::Rc;
 
 use tracing::info;
 
-use super::{refresh_grace, reply, Auth, State, Subs, Subscribed, WsOutput, WsSession};
+use super::{
+    refresh_grace, reply, Auth, State, Subs, SubscribeAsk, Subscribed, WsOutput, WsSession,
+};
 use crate::auth::{Grant, JwtGrant, TokenId};
 use crate::error::{CloseReason, AUTH_NOW_REQUIRED, NARROWED_TOKEN, REVOKED_TOKEN};
 use crate::proto::command::{
@@ -245,6 +247,29 @@ impl WsSession {
             ));
         }
         let added: Vec<Box<str>> = added.into_iter().map(Box::from).collect();
+        if cx.hooks_set && !added.is_empty() {
+            out.push(WsOutput::AskSubscribe(Box::new(SubscribeAsk {
+                patterns: added,
+                token,
+                subscribe,
+                id,
+            })));
+            return Ok(());
+        }
+        self.commit_subscribe(subscribe, id, token, added, out);
+        Ok(())
+    }
+
+    /// Carries out a subscribe that passed every check: `added` are the
+    /// patterns not held yet.
+    pub(super) fn commit_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        id: Option<CommandId>,
+        token: Option<Grant>,
+        added: Vec<Box<str>>,
+        out: &mut Vec<WsOutput>,
+    ) {
         out.push(WsOutput::Subscribed(Box::new(Subscribed {
             channels: subscribe.channels,
             since: subscribe.since,
@@ -264,7 +289,6 @@ impl WsSession {
             list.push(pattern);
         }
         self.subs = Subs::Own(list);
-        Ok(())
     }
 
     fn unsubscribe(

@@ -7,7 +7,7 @@ use serde_json::json;
 use super::*;
 use crate::proto::handshake::tests::UPGRADE;
 use crate::proto::http::Status;
-use crate::session::{HttpOutput, HttpSession, Query};
+use crate::session::{HttpOutput, HttpSession, Query, UpgradeRequest};
 
 mod api;
 mod publish;
@@ -25,6 +25,8 @@ enum Reply {
         response: String,
         session: WsSession,
         outputs: Vec<WsOutput>,
+        /// For the embedder's `on_connect` hook, with hooks set.
+        request: Option<Box<UpgradeRequest>>,
     },
     /// `Publish`, with each event's channel; answered with the next seqs.
     Published(Vec<String>),
@@ -102,10 +104,12 @@ impl<'f> Peer<'f> {
                     response,
                     session,
                     outputs,
+                    request,
                 } => replies.push(Reply::Upgrade {
                     response: text(response),
                     session,
                     outputs,
+                    request,
                 }),
                 HttpOutput::Publish(events) => {
                     let count = events.len();

@@ -10,10 +10,13 @@ fn upgrade_is_accepted_with_the_rfc_accept_key() {
         response,
         session,
         outputs,
+        request,
     } = only(peer.send(UPGRADE, 5))
     else {
         panic!("not upgraded")
     };
+    // Without hooks, no details are gathered for them.
+    assert_eq!(request, None);
     assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
     assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     assert_eq!(outputs, [WsOutput::Subscribe("news.>".into())]);
@@ -163,4 +166,26 @@ fn conformance_echo_upgrades_on_any_path() {
         only(Peer::new(&fx).send(request, 1)),
         Reply::Upgrade { .. }
     ));
+}
+
+#[test]
+fn with_hooks_the_upgrade_carries_the_request_for_on_connect() {
+    let fx = Fixture::with_hook(&[], with_tokens);
+    let mut peer = Peer::new(&fx);
+    let request = with_header(UPGRADE, "Authorization: Bearer scoped");
+    let request = request.replacen("/ws", "/ws?room=7", 1);
+    let Reply::Upgrade { request, .. } = only(peer.send(&request, 5)) else {
+        panic!("not upgraded")
+    };
+    let request = request.expect("details for the hook");
+    assert_eq!(request.path, "/ws");
+    assert_eq!(request.query.as_deref(), Some("room=7"));
+    assert_eq!(request.token.as_deref(), Some("scoped"));
+    assert!(request
+        .headers
+        .contains(&("Authorization".to_string(), "Bearer scoped".to_string())));
+    assert!(request
+        .headers
+        .iter()
+        .any(|(name, value)| name == "Sec-WebSocket-Version" && value == "13"));
 }
