@@ -1,4 +1,5 @@
-//! Token checks for WebSocket clients and publishers.
+//! Token checks for WebSocket clients, publishers and operators. Every
+//! configured secret lives here, in one value a reload can replace.
 
 use crate::config::Config;
 use crate::route::pattern_covers;
@@ -11,6 +12,7 @@ pub type TokenId = u16;
 pub struct Tokens {
     clients: Vec<ClientToken>,
     publishers: Vec<Box<[u8]>>,
+    admins: Vec<Box<[u8]>>,
 }
 
 #[derive(Clone)]
@@ -26,6 +28,17 @@ impl std::fmt::Debug for ClientToken {
             .field("channels", &self.channels)
             .finish_non_exhaustive()
     }
+}
+
+/// The outcome of checking an `Authorization: Bearer` header for the
+/// admin views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// No admin tokens are configured: the views do not exist.
+    Off,
+    Allowed,
+    /// No token, or a wrong one.
+    Refused,
 }
 
 /// The outcome of checking an `Authorization: Bearer` header.
@@ -50,6 +63,12 @@ impl Tokens {
                 .collect(),
             publishers: config
                 .publish
+                .tokens
+                .iter()
+                .map(|t| t.as_bytes().into())
+                .collect(),
+            admins: config
+                .admin
                 .tokens
                 .iter()
                 .map(|t| t.as_bytes().into())
@@ -102,6 +121,26 @@ impl Tokens {
             PublishAuth::Allowed
         } else {
             PublishAuth::Wrong
+        }
+    }
+}
+
+impl Tokens {
+    /// Checks an operator's bearer token against `admin.tokens`, every one
+    /// in full.
+    pub fn check_admin(&self, bearer: Option<&str>) -> AdminAuth {
+        if self.admins.is_empty() {
+            return AdminAuth::Off;
+        }
+        let presented = bearer.unwrap_or_default().as_bytes();
+        let mut ok = false;
+        for secret in &self.admins {
+            ok |= constant_time_eq(secret, presented);
+        }
+        if ok {
+            AdminAuth::Allowed
+        } else {
+            AdminAuth::Refused
         }
     }
 }
@@ -161,6 +200,22 @@ mod tests {
         let open = Tokens::from_config(&Config::default());
         assert_eq!(open.check_publisher(None), PublishAuth::Allowed);
         assert!(open.allows(None, ">"));
+    }
+
+    #[test]
+    fn admin_tokens() {
+        let off = Tokens::from_config(&Config::default());
+        assert_eq!(off.check_admin(Some("anything")), AdminAuth::Off);
+        let config =
+            Config::from_toml_str("[admin]\ntokens = [\"ops-1\", \"ops-2\"]").expect("valid");
+        let t = Tokens::from_config(&config);
+        assert_eq!(t.check_admin(Some("ops-2")), AdminAuth::Allowed);
+        assert_eq!(t.check_admin(Some("ops-3")), AdminAuth::Refused);
+        assert_eq!(t.check_admin(Some("")), AdminAuth::Refused);
+        assert_eq!(t.check_admin(None), AdminAuth::Refused);
+        // Admin tokens are not client or publish tokens.
+        assert_eq!(t.check_client("ops-1"), None);
+        assert!(!t.clients_required());
     }
 
     #[test]

@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+mod operations;
+pub use operations::{AdminConfig, ShutdownConfig};
+
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +43,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    /// The operator's views, behind their own tokens.
+    pub admin: AdminConfig,
+    /// How a stopping relay sends its clients away.
+    pub shutdown: ShutdownConfig,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -77,6 +84,10 @@ pub struct Limits {
     pub listen_backlog: u32,
     /// Open sockets from one client IP address; 0 for no limit.
     pub max_connections_per_ip: usize,
+    /// New connections accepted per second over the whole relay (a token
+    /// bucket holding a tenth of a second's worth); above it they wait in
+    /// the kernel's listen backlog. 0: no pacing.
+    pub accept_rate: u32,
     /// Messages per second a client may send, on average (a token bucket).
     pub messages_per_second: u32,
     /// Messages a client may send in a burst above that rate.
@@ -312,6 +323,8 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
             conformance_echo: false,
         }
     }
@@ -338,6 +351,10 @@ impl Default for Limits {
             listen_backlog: 4096,
             // Off by default: load balancers and NAT put many clients behind one address.
             max_connections_per_ip: 0,
+            // Off by default: pacing trades a returning crowd's wait for the
+            // reactors' latency to the clients still connected; see
+            // docs/operations.md for sizing it.
+            accept_rate: 0,
             // Clients send a handful of commands and a ping every 30 s. The
             // burst lets a client that reconnects resubscribe every pattern
             // it may hold one message at a time, plus auth and a ping or
@@ -503,6 +520,8 @@ impl Config {
             }
         }
         self.validate_history(&subject)?;
+        self.admin.validate()?;
+        self.shutdown.validate()?;
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",

@@ -1,7 +1,9 @@
 //! The only I/O: the reactor and the socket state it drives.
 
+mod admin;
 pub(crate) mod admission;
 mod conn;
+pub(crate) mod gather;
 mod outputs;
 pub(crate) mod reactor;
 pub(crate) mod timer;

@@ -21,7 +21,7 @@ pub mod ws;
 #[cfg(test)]
 mod tests;
 
-pub use http::{HttpOutput, HttpSession, Query};
+pub use http::{ConnectionSort, HttpOutput, HttpSession, Query};
 pub use ws::{Auth, Subscribed, WsOutput, WsSession};
 
 /// Milliseconds since the reactor started (the same clock as `io::timer`).

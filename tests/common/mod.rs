@@ -22,6 +22,8 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
+pub mod process;
+
 /// Upper bound for anything the relay should do "soon". Generous on purpose.
 pub const WAIT: Duration = Duration::from_secs(10);
 
