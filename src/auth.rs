@@ -1,5 +1,6 @@
-//! Token checks for WebSocket clients and publishers: the static tokens of
-//! the configuration, and JWTs (`jwt`).
+//! Token checks for WebSocket clients, publishers and operators: the
+//! static tokens of the configuration, and JWTs (`jwt`). Every configured
+//! secret lives here, in one value a reload can replace.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub struct Tokens {
     clients: Vec<ClientToken>,
     publishers: Vec<Box<[u8]>>,
     jwt: Option<Arc<JwtVerifier>>,
+    admins: Vec<Box<[u8]>>,
 }
 
 #[derive(Clone)]
@@ -62,6 +64,17 @@ impl std::fmt::Debug for ClientToken {
             .field("channels", &self.channels)
             .finish_non_exhaustive()
     }
+}
+
+/// The outcome of checking an `Authorization: Bearer` header for the
+/// admin views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// No admin tokens are configured: the views do not exist.
+    Off,
+    Allowed,
+    /// No token, or a wrong one.
+    Refused,
 }
 
 /// The outcome of checking an `Authorization: Bearer` header.
@@ -95,6 +108,12 @@ impl Tokens {
                 .collect(),
             publishers: config
                 .publish
+                .tokens
+                .iter()
+                .map(|t| t.as_bytes().into())
+                .collect(),
+            admins: config
+                .admin
                 .tokens
                 .iter()
                 .map(|t| t.as_bytes().into())
@@ -205,6 +224,26 @@ pub fn may_publish(scope: &[Box<str>], channel: &str) -> bool {
     scope.iter().any(|p| pattern_covers(p, channel))
 }
 
+impl Tokens {
+    /// Checks an operator's bearer token against `admin.tokens`, every one
+    /// in full.
+    pub fn check_admin(&self, bearer: Option<&str>) -> AdminAuth {
+        if self.admins.is_empty() {
+            return AdminAuth::Off;
+        }
+        let presented = bearer.unwrap_or_default().as_bytes();
+        let mut ok = false;
+        for secret in &self.admins {
+            ok |= constant_time_eq(secret, presented);
+        }
+        if ok {
+            AdminAuth::Allowed
+        } else {
+            AdminAuth::Refused
+        }
+    }
+}
+
 /// Equality whose time depends only on the lengths, not on where bytes differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -289,6 +328,22 @@ mod tests {
         assert_eq!(old.remap(&new), [Some(1), None]);
         assert_eq!(old.remap(&Tokens::default()), [None, None]);
         assert_eq!(Tokens::default().remap(&old), []);
+    }
+
+    #[test]
+    fn admin_tokens() {
+        let off = Tokens::from_config(&Config::default()).expect("no keys");
+        assert_eq!(off.check_admin(Some("anything")), AdminAuth::Off);
+        let config =
+            Config::from_toml_str("[admin]\ntokens = [\"ops-1\", \"ops-2\"]").expect("valid");
+        let t = Tokens::from_config(&config).expect("no keys");
+        assert_eq!(t.check_admin(Some("ops-2")), AdminAuth::Allowed);
+        assert_eq!(t.check_admin(Some("ops-3")), AdminAuth::Refused);
+        assert_eq!(t.check_admin(Some("")), AdminAuth::Refused);
+        assert_eq!(t.check_admin(None), AdminAuth::Refused);
+        // Admin tokens are not client or publish tokens.
+        assert!(t.check_client("ops-1", SystemTime::UNIX_EPOCH, 0).is_err());
+        assert!(!t.clients_required());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub use jwt::JwtConfig;
 
 /// The values of `log_level` (and of `TIDINGS_LOG`), quietest first.
 pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+mod operations;
+pub use operations::{AdminConfig, ShutdownConfig};
 
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
@@ -51,6 +53,10 @@ pub struct Config {
     /// SIGHUP. Unset, `TIDINGS_LOG` decides (info by default). Embedders
     /// set up their own logging; the library does not read it.
     pub log_level: Option<String>,
+    /// The operator's views, behind their own tokens.
+    pub admin: AdminConfig,
+    /// How a stopping relay sends its clients away.
+    pub shutdown: ShutdownConfig,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -88,6 +94,10 @@ pub struct Limits {
     pub listen_backlog: u32,
     /// Open sockets from one client IP address; 0 for no limit.
     pub max_connections_per_ip: usize,
+    /// New connections accepted per second over the whole relay (a token
+    /// bucket holding a tenth of a second's worth); above it they wait in
+    /// the kernel's listen backlog. 0: no pacing.
+    pub accept_rate: u32,
     /// Messages per second a client may send, on average (a token bucket).
     pub messages_per_second: u32,
     /// Messages a client may send in a burst above that rate.
@@ -333,6 +343,8 @@ impl Default for Config {
             tls: None,
             history: HistoryConfig::default(),
             log_level: None,
+            admin: AdminConfig::default(),
+            shutdown: ShutdownConfig::default(),
             conformance_echo: false,
         }
     }
@@ -359,6 +371,10 @@ impl Default for Limits {
             listen_backlog: 4096,
             // Off by default: load balancers and NAT put many clients behind one address.
             max_connections_per_ip: 0,
+            // Off by default: pacing trades a returning crowd's wait for the
+            // reactors' latency to the clients still connected; see
+            // docs/operations.md for sizing it.
+            accept_rate: 0,
             // Clients send a handful of commands and a ping every 30 s. The
             // burst lets a client that reconnects resubscribe every pattern
             // it may hold one message at a time, plus auth and a ping or
@@ -560,6 +576,8 @@ impl Config {
             }
         }
         self.validate_history(&subject)?;
+        self.admin.validate()?;
+        self.shutdown.validate()?;
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",

@@ -89,8 +89,11 @@ impl std::error::Error for ConfigError {}
 pub enum CloseReason {
     /// The client sent a close frame; we echo its code (RFC 6455 5.5.1).
     Echo(u16),
-    /// The relay is stopping.
-    Shutdown,
+    /// The relay is stopping; the client should wait `retry_after_ms`
+    /// before reconnecting (`shutdown.reconnect_spread`).
+    Shutdown {
+        retry_after_ms: u64,
+    },
     /// Nothing arrived within `timeouts.pong_wait`.
     IdleTimeout,
     /// A frame broke RFC 6455; the text says which rule.
@@ -156,7 +159,7 @@ impl CloseReason {
     pub fn code(&self) -> u16 {
         match self {
             CloseReason::Echo(code) => *code,
-            CloseReason::Shutdown | CloseReason::IdleTimeout => 1001,
+            CloseReason::Shutdown { .. } | CloseReason::IdleTimeout => 1001,
             CloseReason::Protocol(_) => 1002,
             CloseReason::BinaryMessage => 1003,
             CloseReason::InvalidUtf8 => 1007,
@@ -174,7 +177,7 @@ impl CloseReason {
     pub fn kind(&self) -> usize {
         match self {
             CloseReason::Echo(_) => 0,
-            CloseReason::Shutdown => 1,
+            CloseReason::Shutdown { .. } => 1,
             CloseReason::IdleTimeout => 2,
             CloseReason::Protocol(_) => 3,
             CloseReason::BinaryMessage => 4,
@@ -213,7 +216,11 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CloseReason::Echo(_) => Ok(()),
-            CloseReason::Shutdown => f.write_str("server shutting down"),
+            // JSON, so a client can read the hint without parsing prose.
+            CloseReason::Shutdown { retry_after_ms } => write!(
+                f,
+                r#"{{"reason":"server shutting down","retry_after_ms":{retry_after_ms}}}"#
+            ),
             CloseReason::IdleTimeout => f.write_str("idle timeout: nothing received"),
             CloseReason::Protocol(rule) => f.write_str(rule),
             CloseReason::BinaryMessage => f.write_str("binary messages are not supported"),
@@ -240,7 +247,12 @@ mod tests {
     fn close_codes() {
         let cases = [
             (CloseReason::Echo(1000), 1000),
-            (CloseReason::Shutdown, 1001),
+            (
+                CloseReason::Shutdown {
+                    retry_after_ms: 3_600_000,
+                },
+                1001,
+            ),
             (CloseReason::Protocol("x"), 1002),
             (CloseReason::BinaryMessage, 1003),
             (CloseReason::InvalidUtf8, 1007),
@@ -271,7 +283,7 @@ mod tests {
     fn close_kinds_are_distinct_and_named() {
         let reasons = [
             CloseReason::Echo(1000),
-            CloseReason::Shutdown,
+            CloseReason::Shutdown { retry_after_ms: 0 },
             CloseReason::IdleTimeout,
             CloseReason::Protocol("x"),
             CloseReason::BinaryMessage,
@@ -283,10 +295,22 @@ mod tests {
             CloseReason::AuthFailed,
             CloseReason::AuthTimeout,
             CloseReason::TokenExpired,
+            CloseReason::AuthRevoked(REVOKED_TOKEN),
         ];
         let kinds: Vec<usize> = reasons.iter().map(CloseReason::kind).collect();
         assert_eq!(kinds, (0..reasons.len()).collect::<Vec<_>>());
         assert_eq!(CLOSE_KINDS[CLOSE_PEER_GONE], "peer_gone");
         assert_eq!(CLOSE_KINDS[CLOSE_IO_ERROR], "io_error");
+    }
+
+    #[test]
+    fn shutdown_reason_is_json_with_the_hint() {
+        let text = CloseReason::Shutdown {
+            retry_after_ms: 4210,
+        }
+        .to_string();
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["retry_after_ms"], 4210);
+        assert_eq!(v["reason"], "server shutting down");
     }
 }

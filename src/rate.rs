@@ -1,4 +1,5 @@
-//! A token bucket for client messages. Time is passed in, in milliseconds.
+//! Token buckets: one per client for its messages, one per reactor for
+//! accepting connections. Time is passed in, in milliseconds.
 
 /// What the bucket says about one more message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +50,78 @@ impl TokenBucket {
     }
 }
 
+/// Paces an action to `per_second` on average with bursts of a tenth of a
+/// second's worth (at least one): `limits.accept_rate`, per reactor.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    per_second: u64,
+    /// Tokens in thousandths, as in [`TokenBucket`].
+    milli_tokens: u64,
+    cap: u64,
+    last_refill: u64,
+}
+
+impl Pace {
+    pub fn new(per_second: u32, now: u64) -> Pace {
+        let per_second = u64::from(per_second.max(1));
+        let cap = (per_second * 100).max(1000);
+        Pace {
+            per_second,
+            milli_tokens: cap,
+            cap,
+            last_refill: now,
+        }
+    }
+
+    /// Takes a token if there is one at `now`.
+    pub fn try_take(&mut self, now: u64) -> bool {
+        let elapsed = now.saturating_sub(self.last_refill);
+        self.milli_tokens = (self.milli_tokens + elapsed * self.per_second).min(self.cap);
+        self.last_refill = now;
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token will be there (now, if one is).
+    pub fn next_token_at(&self, now: u64) -> u64 {
+        let elapsed = now.saturating_sub(self.last_refill);
+        let have = (self.milli_tokens + elapsed * self.per_second).min(self.cap);
+        let missing = 1000u64.saturating_sub(have);
+        now + missing.div_ceil(self.per_second)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_allows_a_tenth_of_a_second_then_the_rate() {
+        let mut pace = Pace::new(1000, 0);
+        let burst = (0..1000).take_while(|_| pace.try_take(0)).count();
+        assert_eq!(burst, 100);
+        assert_eq!(pace.next_token_at(0), 1);
+        assert!(!pace.try_take(0));
+        // 1000 a second: one a millisecond.
+        assert!(pace.try_take(1));
+        assert!(!pace.try_take(1));
+        let in_a_second = (0..5000).filter(|_| pace.try_take(1001)).count();
+        assert_eq!(in_a_second, 100, "refills up to the burst only");
+    }
+
+    #[test]
+    fn slow_pace_keeps_a_burst_of_one() {
+        let mut pace = Pace::new(2, 0);
+        assert!(pace.try_take(0));
+        assert!(!pace.try_take(0));
+        assert_eq!(pace.next_token_at(0), 500);
+        assert!(!pace.try_take(499));
+        assert!(pace.try_take(500));
+    }
 
     #[test]
     fn burst_then_warn_then_exceeded() {

@@ -16,6 +16,7 @@ use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
 use crate::hooks::Hooks;
 use crate::io::admission::Admission;
+use crate::io::gather::Mailboxes;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
 use crate::io::reload::TokenSlot;
 use crate::stats::{StatsSet, StatsSnapshot};
@@ -89,6 +90,7 @@ impl Relay {
         ));
         let shutdown = Arc::new(AtomicBool::new(false));
         let tokens = Arc::new(TokenSlot::new(tokens));
+        let mail = Arc::new(Mailboxes::new(count));
         let parts = polls
             .into_iter()
             .enumerate()
@@ -104,6 +106,7 @@ impl Relay {
                 tls: tls.clone(),
                 token_slot: Arc::clone(&tokens),
                 hooks: None,
+                mail: Arc::clone(&mail),
             })
             .collect();
         Ok(Relay {
@@ -198,38 +201,37 @@ fn warn_unsendable_tokens(config: &Config) {
     }
 }
 
-/// One listener per reactor on one port. With several, each has
-/// `SO_REUSEPORT` and the kernel spreads new connections over them by a
-/// hash of their addresses: no acceptor thread, no hand-over, and a reactor
-/// never waits on another to get a socket (BENCHMARKS.md reports how evenly
-/// they spread).
+/// One listener per reactor on one port, each with `SO_REUSEPORT`: the
+/// kernel spreads new connections over them by a hash of their addresses
+/// (no acceptor thread, and a reactor never waits on another to get a
+/// socket; BENCHMARKS.md reports how evenly they spread). The same option
+/// lets a new relay, run by the same user, join the port while this one
+/// stops: the zero-downtime restart of docs/operations.md. A port held by
+/// another program without it still fails to bind.
 fn bind_all(config: &Config, count: usize) -> Result<Vec<TcpListener>, Error> {
-    let reuse_port = count > 1;
-    let first =
-        bind(config.listen, config.limits.listen_backlog, reuse_port).map_err(|e| Error::Bind {
-            addr: config.listen,
-            error: e,
-        })?;
+    let first = bind(config.listen, config.limits.listen_backlog).map_err(|e| Error::Bind {
+        addr: config.listen,
+        error: e,
+    })?;
     // Port 0 picks a free port once; the others join it.
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..count {
-        let listener = bind(addr, config.limits.listen_backlog, true)
-            .map_err(|e| Error::Bind { addr, error: e })?;
+        let listener =
+            bind(addr, config.limits.listen_backlog).map_err(|e| Error::Bind { addr, error: e })?;
         listeners.push(listener);
     }
     Ok(listeners)
 }
 
-/// A non-blocking listener with our backlog (mio's own `bind` uses 128).
-fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
+/// A non-blocking listener with our backlog (mio's own `bind` uses 128),
+/// joining the port's `SO_REUSEPORT` group.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Restart without waiting out TIME_WAIT from the previous run.
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;

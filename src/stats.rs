@@ -134,6 +134,11 @@ impl PatternCounts {
         }
     }
 
+    /// Every pattern with its subscribers, most first.
+    pub fn all(&self) -> Vec<(String, u64)> {
+        self.top(usize::MAX)
+    }
+
     /// The `limit` patterns with the most subscribers, most first.
     pub fn top(&self, limit: usize) -> Vec<(String, u64)> {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());

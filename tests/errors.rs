@@ -471,7 +471,13 @@ fn handle_shutdown_closes_clients_1001_and_stops_listening() {
     relay.shutdown();
     let (closed, reason) = raw.expect_close_reason();
     assert_eq!(closed, Closed::Code(1001));
-    assert_eq!(reason, "server shutting down");
+    let reason: serde_json::Value = serde_json::from_str(&reason).expect("a JSON reason");
+    assert_eq!(reason["reason"], "server shutting down");
+    let retry = reason["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(
+        retry <= 10_000,
+        "retry_after_ms {retry} past the default spread"
+    );
     assert_eq!(client.expect_close(), Closed::Code(1001));
     assert!(
         std::net::TcpStream::connect(addr).is_err(),

@@ -24,6 +24,11 @@ pub(crate) struct Conn {
     pub timer_at: Millis,
     /// On the reactor's list of sockets to flush this turn.
     pub dirty: bool,
+    /// When it was accepted, in seconds of the reactor's clock (for the
+    /// admin view; 4 bytes fit in the padding after `dirty`).
+    pub opened_s: u32,
+    /// Times frames were dropped for it with a `resync` notice (saturating).
+    pub resyncs: u16,
 }
 
 pub(crate) const NOT_STALLED: Millis = Millis::MAX;
@@ -57,6 +62,8 @@ impl Conn {
             stalled_since: NOT_STALLED,
             timer_at: Millis::MAX,
             dirty: false,
+            opened_s: (now / 1000) as u32,
+            resyncs: 0,
         }
     }
 }
@@ -71,8 +78,10 @@ mod tests {
     fn conn_stays_small() {
         let size = std::mem::size_of::<slab::Slab<Conn>>();
         let entry = std::mem::size_of::<Conn>();
-        // mio keeps a selector id in each socket when debug assertions are on.
-        let limit = if cfg!(debug_assertions) { 176 } else { 168 };
+        // mio keeps a selector id in each socket when debug assertions are
+        // on (12 more bytes, and the padding that then no longer holds
+        // `opened_s` and `resyncs`).
+        let limit = if cfg!(debug_assertions) { 184 } else { 168 };
         assert!(entry <= limit, "Conn grew to {entry} bytes (slab {size})");
     }
 }

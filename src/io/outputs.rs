@@ -149,6 +149,9 @@ impl Reactor {
                     }
                 }
                 HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
+                HttpOutput::Query(Query::Connections { sort, limit }) => {
+                    self.start_gathering(key, sort, limit);
+                }
                 HttpOutput::Query(query) => {
                     let (status, body) = self.answer_query(query);
                     if let Some(((), more)) = self.http_call(key, |s, now, cx, out| {
@@ -197,6 +200,9 @@ impl Reactor {
         // coalesced) pass: a reconnect storm waits on it.
         self.flush_soon(key);
         self.apply_ws(key, outputs, Origin::Client);
+        if self.is_stopping() {
+            self.send_away(key);
+        }
     }
 
     /// Hands a publish request's events to the sequencer; the answer, or
@@ -332,9 +338,26 @@ impl Reactor {
         }
     }
 
+    /// Answers a `Query` the socket's session is waiting on, after the
+    /// call that handed it out has returned (an answer gathered from
+    /// other reactors, or a refusal at its deadline).
+    pub(super) fn answer_owed_query(&mut self, key: usize, status: Status, body: Vec<u8>) {
+        if let Some(((), more)) = self.http_call(key, |s, now, cx, out| {
+            s.query_done(status, &body, now, cx, out)
+        }) {
+            self.apply_http(key, more);
+        }
+    }
+
     /// The JSON answer to a read of the relay's state.
     fn answer_query(&self, query: Query) -> (Status, Vec<u8>) {
         match query {
+            Query::Subscriptions { limit } => self.answer_subscriptions(limit),
+            // Answered from every reactor (`start_gathering`), not here.
+            Query::Connections { .. } => {
+                let body = r#"{"error":{"code":"bug","message":"not gathered"}}"#;
+                (Status::ServiceUnavailable, body.as_bytes().to_vec())
+            }
             Query::Stats => {
                 let s = self.all_stats.snapshot();
                 let top: Vec<serde_json::Value> = self

@@ -8,7 +8,9 @@
 //! vectored write per socket that got output). A long pass spans turns, so
 //! new input and events are taken in between steps, never inside one.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -21,9 +23,11 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
+use super::admin::PendingGather;
 use super::admission::Admission;
 use super::close_log::CloseLog;
 use super::conn::{Closing, Conn, Phase, NOT_STALLED};
+use super::gather::Mailboxes;
 use super::outputs::session_cx;
 use super::reload::TokenSlot;
 use super::timer::{Entry, Millis, TimerWheel};
@@ -40,6 +44,7 @@ use crate::hooks::Hooks;
 use crate::proto::command::notice_resync;
 use crate::proto::frames::{encode_close, encode_text};
 use crate::proto::http::Status;
+use crate::rate::Pace;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
 use crate::stats::{Stats, StatsSet};
@@ -59,6 +64,10 @@ const FLUSH_STEP: usize = 256;
 const READ_CHUNK: usize = 64;
 /// Resolution of the timer wheel.
 const TIMER_TICK: Duration = Duration::from_millis(10);
+/// Connections accepted per turn: a reconnect storm's handshakes take turns
+/// with the sockets already open instead of holding the reactor until the
+/// backlog is empty.
+const ACCEPTS_PER_TURN: usize = 256;
 
 pub(crate) struct Reactor {
     pub(super) index: usize,
@@ -140,6 +149,29 @@ pub(crate) struct Reactor {
     close_log: CloseLog,
     /// The embedder's hooks, called on this thread (`io::hooks`).
     pub(super) hooks: Option<Arc<dyn Hooks>>,
+    /// `limits.accept_rate`, this reactor's share of it.
+    accept_pace: Option<Pace>,
+    /// Connections were left in the listen backlog (the turn's or the
+    /// pace's budget ran out): accept again without a new readiness, which
+    /// an edge-triggered listener would not give.
+    accept_waiting: bool,
+    /// Keys the hash that draws each client's `retry_after_ms` at shutdown.
+    retry_draw: RandomState,
+    /// Every reactor's mailbox, for answers that need them all.
+    pub(super) mail: Arc<Mailboxes>,
+    /// Admin connection views this reactor owes, waiting on the others.
+    pub(super) gathers: Vec<PendingGather>,
+}
+
+/// What one accept did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accepted {
+    /// Took a connection from the backlog; there may be more.
+    One,
+    /// The backlog is empty (or accepting failed, or there is no listener).
+    Empty,
+    /// `limits.accept_rate` has no token now.
+    Paced,
 }
 
 /// A publish request waiting for room in the sequencer's log.
@@ -164,6 +196,7 @@ pub(crate) struct ReactorParts {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub token_slot: Arc<TokenSlot>,
     pub hooks: Option<Arc<dyn Hooks>>,
+    pub mail: Arc<Mailboxes>,
 }
 
 impl Reactor {
@@ -185,6 +218,9 @@ impl Reactor {
             0,
         );
         let stats = Arc::clone(&parts.stats.reactors[parts.index]);
+        let reactors = parts.stats.reactors.len() as u32;
+        let accept_pace = (config.limits.accept_rate > 0)
+            .then(|| Pace::new(config.limits.accept_rate.div_ceil(reactors), 0));
         let epoch: Arc<str> = parts.sequencer.epoch().into();
         Stats::set(&stats.write_interval_ms, coalescer.interval());
         let (tokens_generation, tokens) = parts.token_slot.current();
@@ -235,6 +271,11 @@ impl Reactor {
             tls: parts.tls,
             close_log,
             hooks: parts.hooks,
+            accept_pace,
+            accept_waiting: false,
+            retry_draw: RandomState::new(),
+            mail: parts.mail,
+            gathers: Vec::new(),
         }
     }
 
@@ -252,6 +293,10 @@ impl Reactor {
             let timeout = self.poll_timeout();
             self.poll_and_dispatch(&mut events, timeout)?;
             self.take_reloaded_tokens();
+            if self.accept_waiting {
+                self.accept_all();
+            }
+            self.read_mail();
             self.retry_reads();
             self.retry_held_publishes();
             self.flush_urgent();
@@ -338,7 +383,14 @@ impl Reactor {
         // Replies queued after this turn's urgent writes (answers to publishes
         // fanned out, timer responses) go out on the next turn, at once.
         let replies = !self.urgent.is_empty();
+        let accept = self.accept_waiting.then(|| {
+            let at = self
+                .accept_pace
+                .map_or(self.now, |p| p.next_token_at(self.now));
+            Duration::from_millis(at.saturating_sub(self.now))
+        });
         if !self.read_again.is_empty()
+            || accept == Some(Duration::ZERO)
             || self.intake_paused
             || self.more_events
             || pass_left
@@ -352,30 +404,58 @@ impl Reactor {
             let window = self.coalescer.interval();
             Duration::from_millis((self.last_flush + window).saturating_sub(self.now))
         });
-        let timer = match (self.timers.next_timeout(self.now), flush) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timer = [self.timers.next_timeout(self.now), flush, accept]
+            .into_iter()
+            .flatten()
+            .min();
         if self.stopping_until.is_some() {
             return Some(timer.map_or(TIMER_TICK, |t| t.min(TIMER_TICK)));
         }
         timer
     }
 
+    /// Accepts what the listen backlog holds, within this turn's budget and
+    /// `limits.accept_rate`; what is left waits there (`accept_waiting`).
     fn accept_all(&mut self) {
+        self.accept_waiting = false;
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.accept_one() {
+                Accepted::One => {}
+                Accepted::Empty => return,
+                Accepted::Paced => break,
+            }
+        }
+        self.accept_waiting = true;
+    }
+
+    /// Accepts every connection the listen backlog holds now, whatever the
+    /// budgets: closing the listener would reset them.
+    fn accept_backlog(&mut self) {
+        self.accept_pace = None;
+        while self.accept_one() == Accepted::One {}
+        self.accept_waiting = false;
+    }
+
+    /// Accepts one connection (or refuses it at the admission limits).
+    fn accept_one(&mut self) -> Accepted {
         loop {
             let Some(listener) = self.listener.as_ref() else {
-                return;
+                return Accepted::Empty;
             };
+            if let Some(pace) = self.accept_pace.as_mut() {
+                if !pace.try_take(self.now) {
+                    return Accepted::Paced;
+                }
+            }
             let (mut socket, peer) = match listener.accept() {
                 Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::Empty,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and the like: log, and try again on the next
                     // readiness rather than spin.
                     warn!("accept failed: {e}");
-                    return;
+                    return Accepted::Empty;
                 }
             };
             if let Err(limit) = self.admission.admit(peer.ip()) {
@@ -387,7 +467,7 @@ impl Reactor {
                     // Best effort on a fresh socket, which has room for a few bytes.
                     let _ = io::Write::write(&mut socket, &refusal);
                 }
-                continue;
+                return Accepted::One;
             }
             let _ = socket.set_nodelay(true);
             let send_buffer = self.config.limits.socket_send_buffer;
@@ -430,6 +510,7 @@ impl Reactor {
             Stats::add(&self.stats.accepted, 1);
             Stats::add(&self.stats.connections, 1);
             self.arm(key, deadline);
+            return Accepted::One;
         }
     }
 
@@ -556,6 +637,7 @@ impl Reactor {
                             let (count, kept) = drop_oldest(&mut conn.out, &frame, limits, epoch);
                             dropped += count;
                             resyncs += 1;
+                            conn.resyncs = conn.resyncs.saturating_add(1);
                             if !kept {
                                 continue;
                             }
@@ -567,6 +649,7 @@ impl Reactor {
                             let notice = notice_resync("overflow", epoch, event.seq);
                             conn.out.push_unbounded(encode_text(notice.as_bytes()));
                             resyncs += 1;
+                            conn.resyncs = conn.resyncs.saturating_add(1);
                             if !conn.dirty {
                                 conn.dirty = true;
                                 self.dirty.push(key);
@@ -913,7 +996,7 @@ impl Reactor {
         };
         match &mut conn.phase {
             Phase::Http(_) => {
-                if self.expire_held_publish(key) {
+                if self.expire_held_publish(key) || self.expire_gathering(key) {
                     return;
                 }
                 let timed =
@@ -941,23 +1024,53 @@ impl Reactor {
         }
     }
 
+    /// Stops accepting and sends every WebSocket away with 1001 and its
+    /// own `retry_after_ms`. HTTP requests under way are still answered (an
+    /// upgrade among them is sent away the same way) until the sockets are
+    /// gone or `timeouts.close_linger` has passed.
     fn begin_shutdown(&mut self) {
+        // Connections the kernel completed for this listener are reset when
+        // it closes: take them first. A relay started on the same port
+        // (SO_REUSEPORT) gets every connection after that.
+        self.accept_backlog();
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
         info!(
             "reactor {}: shutting down: closing {} sockets",
             self.index,
             self.conns.len()
         );
         self.sequencer.close();
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.close(key, CloseReason::Shutdown);
+        let websockets: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| matches!(conn.phase, Phase::WebSocket(_)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in websockets {
+            self.send_away(key);
         }
         // Closing sockets get one linger to finish their handshakes.
         let linger = self.config.timeouts.close_linger.as_millis() as Millis;
         self.stopping_until = Some(self.now + linger);
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping_until.is_some()
+    }
+
+    /// Closes a WebSocket for shutdown, telling it when to come back: a
+    /// delay drawn for it from `shutdown.reconnect_spread`, so a crowd of
+    /// clients returns spread out.
+    pub(super) fn send_away(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let spread = self.config.shutdown.reconnect_spread.as_millis() as u64;
+        let draw = self.retry_draw.hash_one((self.index, conn.id));
+        let retry_after_ms = draw % (spread + 1);
+        self.close(key, CloseReason::Shutdown { retry_after_ms });
     }
 }
 

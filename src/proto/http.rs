@@ -71,6 +71,10 @@ pub enum Route {
     Stats,
     /// `/api/channels/{channel}` (latest event) or `/api/channels?pattern=P`.
     Channels,
+    /// `/api/admin/connections`: the slowest sockets first.
+    AdminConnections,
+    /// `/api/admin/subscriptions`: channels and patterns with subscribers.
+    AdminSubscriptions,
     Publish,
     Health,
     Metrics,
@@ -88,6 +92,11 @@ pub fn route(method: &str, path: &str) -> Route {
         ("/", "GET" | "HEAD") => Route::StatusPage,
         ("/tidings.js", "GET" | "HEAD") => Route::Client,
         ("/api/stats", "GET" | "HEAD") => Route::Stats,
+        ("/api/admin/connections", "GET" | "HEAD") => Route::AdminConnections,
+        ("/api/admin/subscriptions", "GET" | "HEAD") => Route::AdminSubscriptions,
+        ("/api/admin/connections" | "/api/admin/subscriptions", _) => {
+            Route::MethodNotAllowed("GET, HEAD")
+        }
         (p, "GET" | "HEAD") if p == "/api/channels" || p.starts_with("/api/channels/") => {
             Route::Channels
         }

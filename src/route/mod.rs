@@ -11,7 +11,7 @@ pub mod subject;
 pub mod trie;
 
 pub use subject::{
-    pattern_covers, pattern_matches, validate_channel, validate_pattern, SubjectError,
+    is_literal, pattern_covers, pattern_matches, validate_channel, validate_pattern, SubjectError,
     SubjectLimits,
 };
 pub use trie::{SubscriberId, SubscriptionTrie};

@@ -176,7 +176,7 @@ pub fn pattern_covers(allowed: &str, requested: &str) -> bool {
 }
 
 /// True if the pattern matches exactly one channel: itself.
-pub(super) fn is_literal(pattern: &str) -> bool {
+pub fn is_literal(pattern: &str) -> bool {
     let mut last = "";
     for segment in pattern.split('.') {
         if segment == "*" {

@@ -15,6 +15,7 @@ use crate::proto::http::{json_error, response, Status};
 use crate::session::ws::{WsOutput, WsSession};
 use crate::stats::Stats;
 
+mod admin;
 mod answers;
 
 /// What an [`HttpSession`] asks of the reactor, in order.
@@ -52,8 +53,9 @@ pub enum HttpOutput {
     Publish(Vec<EncodedEvent>),
     /// `GET /metrics`: the reactor calls [`HttpSession::metrics_done`].
     Metrics,
-    /// A read of the relay's state (`/api/stats`, `/api/channels`), auth
-    /// already checked: the reactor calls [`HttpSession::query_done`].
+    /// A read of the relay's state (`/api/stats`, `/api/channels`,
+    /// `/api/admin/...`), auth already checked: the reactor calls
+    /// [`HttpSession::query_done`].
     Query(Query),
 }
 
@@ -80,6 +82,26 @@ pub enum Query {
         pattern: String,
         token: Option<crate::auth::Grant>,
     },
+    /// The `limit` sockets that come first by `sort`, over every reactor.
+    Connections {
+        sort: ConnectionSort,
+        limit: usize,
+    },
+    /// Every channel and pattern with its subscribers, at most `limit` of each.
+    Subscriptions {
+        limit: usize,
+    },
+}
+
+/// The order of `/api/admin/connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionSort {
+    /// Most bytes queued first: the sockets falling behind.
+    Queue,
+    /// Most resyncs (frames dropped for it) first.
+    Resyncs,
+    /// Oldest first.
+    Age,
 }
 
 #[derive(Debug)]

@@ -21,7 +21,7 @@ pub mod ws;
 #[cfg(test)]
 mod tests;
 
-pub use http::{HttpOutput, HttpSession, Query, UpgradeRequest};
+pub use http::{ConnectionSort, HttpOutput, HttpSession, Query, UpgradeRequest};
 pub use ws::{Auth, SubscribeAsk, Subscribed, WsOutput, WsSession};
 
 /// Milliseconds since the reactor started (the same clock as `io::timer`).

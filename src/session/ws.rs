@@ -173,13 +173,24 @@ impl WsSession {
     /// A socket just upgraded, with `auth` as the HTTP session decided it.
     /// Unless auth is pending, it holds the default channels its token
     /// allows from the start: pushes a `Subscribe` for each.
-    pub fn new(auth: Auth, now: Millis, cx: &SessionContext, out: &mut Vec<WsOutput>) -> WsSession {
-        let timeouts = &cx.config.timeouts;
+    ///
+    /// `ping_seed` spreads the first ping: it comes at a point in the
+    /// second half of `timeouts.ping_interval` picked by the seed (0: at the
+    /// full interval), so sockets that connected together, after a restart,
+    /// do not all ping, and all answer, in the same turn ever after.
+    pub fn new(
+        auth: Auth,
+        now: Millis,
+        ping_seed: u64,
+        cx: &SessionContext,
+        out: &mut Vec<WsOutput>,
+    ) -> WsSession {
+        let interval = millis(cx.config.timeouts.ping_interval);
         let mut session = WsSession {
             state: State::Open(auth),
             subs: Subs::None,
             inbound: None,
-            next_ping: now + millis(timeouts.ping_interval),
+            next_ping: now + interval - ping_seed % (interval / 2 + 1),
             rate: TokenBucket::full(cx.config.limits.message_burst, now),
         };
         if !matches!(session.state, State::Open(Auth::Pending { .. })) {

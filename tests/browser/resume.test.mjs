@@ -90,7 +90,9 @@ test('every event arrives exactly once and in order across cut and stalled conne
 
 test('after a relay restart the page is told to resync, with "epoch"', { timeout: 60000 }, async () => {
   const port = await freePort();
-  let relay = await new Relay(port).start();
+  // The relay tells clients when to come back: keep that short here.
+  const quick = '[shutdown]\nreconnect_spread = "300ms"\n';
+  let relay = await new Relay(port, quick).start();
   const browser = await launchBrowser();
   try {
     const script = clientScript(relay.ws, { channels: ['job.*'], options: FAST });
@@ -102,7 +104,7 @@ test('after a relay restart the page is told to resync, with "epoch"', { timeout
     await relay.stop();
     await waitFor('the page to notice', () => page.evaluate(() => window.client.state === 'connecting'));
     await relay.dispose();
-    relay = await new Relay(port).start();
+    relay = await new Relay(port, quick).start();
 
     await waitFor('onResync', () => page.evaluate(() => window.resyncs.length > 0), { timeout: 15000 });
     assert.deepEqual(await page.evaluate(() => window.resyncs), ['epoch']);

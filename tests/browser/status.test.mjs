@@ -106,3 +106,37 @@ test('with auth on, the status page asks for a token and then shows everything',
     await relay.dispose();
   }
 });
+
+test('the status page shows the admin views with a token kept in the page only', { timeout: 60000 }, async () => {
+  const relay = await new Relay(await freePort(), '[admin]\ntokens = ["ops-token-7"]\n').start();
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1200 } });
+    const errors = [];
+    page.on('pageerror', (error) => errors.push(error));
+    await page.goto(`${relay.http}/`);
+    await waitFor('the socket to open', async () => (await text(page, '#ws-state')) === 'open');
+    assert.equal(await page.locator('#admin a[href^="/api/admin/connections"]').count(), 1);
+    assert.equal(await page.locator('#admin a[href="/api/admin/subscriptions"]').count(), 1);
+
+    await page.fill('#admin-token', 'not-the-token');
+    await page.click('button[value="connections"]');
+    await waitFor('the refusal', async () => (await text(page, '#admin-note')).includes('refused'));
+
+    await page.fill('#admin-token', 'ops-token-7');
+    await page.click('button[value="connections"]');
+    // The page's own WebSocket, subscribed to everything.
+    await waitFor('the page\'s socket in the table', async () => (await text(page, '#admin-out')).includes('127.0.0.1:'));
+    assert.match(await text(page, '#admin-note'), /1 of 1 sockets/);
+    await page.click('button[value="subscriptions"]');
+    await waitFor('the subscriptions', async () => (await text(page, '#admin-note')).includes('1 patterns'));
+    assert.match(await text(page, '#admin-out'), />\s+1/);
+
+    const stored = await page.evaluate(() => JSON.stringify({ ...sessionStorage }) + JSON.stringify({ ...localStorage }));
+    assert.ok(!stored.includes('ops-token-7'), `the admin token was stored: ${stored}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await relay.dispose();
+  }
+});

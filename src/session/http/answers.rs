@@ -63,6 +63,15 @@ impl HttpSession {
                 Ok(query) => return self.owe(Owing::Query, HttpOutput::Query(query), head, out),
                 Err((status, code, message)) => json_error(status, code, &message, keep_alive),
             },
+            Route::AdminConnections | Route::AdminSubscriptions => {
+                let connections = route(&head.method, &head.path) == Route::AdminConnections;
+                match super::admin::admin_query(head, connections, cx) {
+                    Ok(query) => {
+                        return self.owe(Owing::Query, HttpOutput::Query(query), head, out)
+                    }
+                    Err((status, code, message)) => json_error(status, code, &message, keep_alive),
+                }
+            }
             Route::NotFound => json_error(
                 Status::NotFound,
                 "not_found",
@@ -151,7 +160,10 @@ impl HttpSession {
         // Frames the client sent right behind its request.
         let mut early = self.buf.split_off(head.len);
         let mut outputs = Vec::new();
-        let mut session = WsSession::new(auth, now.millis, cx, &mut outputs);
+        // The client's random key seeds the first ping's jitter: no clock
+        // or RNG in the session, and a client choosing it only moves its own.
+        let ping_seed = head.ws_key.as_deref().map_or(0, seed_of);
+        let mut session = WsSession::new(auth, now.millis, ping_seed, cx, &mut outputs);
         if !early.is_empty() {
             session.handle_bytes(&mut early, now, cx, &mut outputs);
         }
@@ -354,6 +366,13 @@ fn state_query(
         return Err(forbidden(&pattern));
     }
     Ok(Query::Channels { pattern, token })
+}
+
+/// FNV-1a over the text: a spread of seeds from distinct keys.
+fn seed_of(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A body on a request that takes none would be read as the next request.

@@ -167,8 +167,13 @@ struct Client<'f> {
 impl<'f> Client<'f> {
     /// A session made at time 0 with `auth`; returns it and what `new` said.
     fn open(fx: &'f Fixture, auth: Auth) -> (Client<'f>, Vec<Got>) {
+        Client::open_seeded(fx, auth, 0)
+    }
+
+    /// As `open`, with a seed for the first ping's jitter.
+    fn open_seeded(fx: &'f Fixture, auth: Auth, ping_seed: u64) -> (Client<'f>, Vec<Got>) {
         let mut out = Vec::new();
-        let session = WsSession::new(auth, 0, &fx.cx(), &mut out);
+        let session = WsSession::new(auth, 0, ping_seed, &fx.cx(), &mut out);
         let mut client = Client {
             fx,
             session,

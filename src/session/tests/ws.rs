@@ -408,6 +408,32 @@ fn keepalive_pings_then_closes_a_silent_peer() {
 }
 
 #[test]
+fn first_ping_is_spread_over_the_second_half_of_the_interval() {
+    let fx = Fixture::new(|_| {});
+    let interval = ms(fx.config.timeouts.ping_interval);
+    let mut firsts = std::collections::BTreeSet::new();
+    for seed in [1u64, 7, 1_000, 12_345, 99_999, u64::MAX] {
+        let (mut client, _) = Client::open_seeded(&fx, Auth::NotRequired, seed);
+        let first = client.session.first_timeout(0, &fx.cx());
+        assert!(
+            (interval / 2..=interval).contains(&first),
+            "seed {seed}: first ping at {first} ms"
+        );
+        let (next, got) = client.timer(first);
+        assert_eq!(got, [Got::Ping(vec![])], "seed {seed}");
+        // Later pings keep the full interval from the last one.
+        assert!(client.send(&client_frame(PONG, b""), first + 5).is_empty());
+        let (_, got) = client.timer(next.expect("open"));
+        assert!(got.is_empty() || got == [Got::Ping(vec![])], "{got:?}");
+        firsts.insert(first);
+    }
+    assert!(
+        firsts.len() >= 5,
+        "seeds gave the same first ping: {firsts:?}"
+    );
+}
+
+#[test]
 fn keepalive_keeps_a_peer_that_answers() {
     let fx = Fixture::new(|_| {});
     let ping_interval = ms(fx.config.timeouts.ping_interval);
