@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
 
+mod delivery;
+pub use delivery::{key_segments, CompressionMode, DeliveryPolicy, DeliveryRule};
+
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +43,15 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    /// Per channel pattern, what a reader's queue does with its events
+    /// (`all`, `latest`, `never_drop`); the first matching rule wins.
+    pub delivery: Vec<DeliveryRule>,
+    /// permessage-deflate for clients that offer it: `"off"` (the default)
+    /// or `"on"`.
+    pub compression: CompressionMode,
+    /// Events smaller than this (their JSON, in bytes) always travel plain:
+    /// deflate saves little on them and costs the client an inflate.
+    pub compression_min_size: usize,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -312,6 +324,9 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            delivery: Vec::new(),
+            compression: CompressionMode::Off,
+            compression_min_size: 128,
             conformance_echo: false,
         }
     }
@@ -503,6 +518,7 @@ impl Config {
             }
         }
         self.validate_history(&subject)?;
+        delivery::validate(&self.delivery, &subject)?;
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",

@@ -10,6 +10,7 @@ use mio::{Interest, Poll, Waker};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fanout::delivery::Shaping;
 use crate::fanout::history::{new_epoch, History};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
@@ -76,6 +77,7 @@ impl Relay {
             wakeups,
             Arc::clone(&stats.relay),
             history,
+            Shaping::new(&config),
         ));
         let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
         let admission = Arc::new(Admission::new(

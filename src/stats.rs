@@ -28,6 +28,7 @@ pub struct Stats {
     pub resyncs: AtomicU64,
     pub replayed: AtomicU64,
     pub origin_refusals: AtomicU64,
+    pub replaced_events: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -69,6 +70,9 @@ pub struct StatsSnapshot {
     pub replayed: u64,
     /// Upgrades refused (403) because their `Origin` is not allowed.
     pub origin_refusals: u64,
+    /// Queued events replaced by a newer one of their channel (and key)
+    /// under `[[delivery]]` policy `latest`.
+    pub replaced_events: u64,
 }
 
 impl Stats {
@@ -187,6 +191,7 @@ impl StatsSnapshot {
         self.resyncs += get(&stats.resyncs);
         self.replayed += get(&stats.replayed);
         self.origin_refusals += get(&stats.origin_refusals);
+        self.replaced_events += get(&stats.replaced_events);
         self.queue_bytes_high_water = self
             .queue_bytes_high_water
             .max(get(&stats.queue_bytes_high_water));
@@ -196,7 +201,7 @@ impl StatsSnapshot {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 18] = [
+        let rows: [(&str, &str, &str, u64); 19] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -298,6 +303,12 @@ impl StatsSnapshot {
                 "counter",
                 "WebSocket upgrades refused (403) for an Origin not in allowed_origins.",
                 self.origin_refusals,
+            ),
+            (
+                "tidings_replaced_events_total",
+                "counter",
+                "Queued events replaced by a newer one of their channel (and key): delivery policy latest.",
+                self.replaced_events,
             ),
             (
                 "tidings_queue_bytes_high_water",

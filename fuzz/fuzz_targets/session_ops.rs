@@ -117,7 +117,7 @@ impl Harness<'_> {
         let mut data = bytes.to_vec();
         let mut out = Vec::new();
         let now = self.at();
-        self.session.handle_bytes(&mut data, now, &self.cx, &mut out);
+        self.session.handle_bytes(&mut data, false, now, &self.cx, &mut out);
         self.apply(out);
     }
 
@@ -199,12 +199,14 @@ fuzz_target!(|input: Input| {
         .collect();
     let subject_limits = config.subject_limits();
     let stats = Stats::default();
+    let shaping = tidings::fanout::delivery::Shaping::new(&config);
     let cx = SessionContext {
         config: &config,
         tokens: &tokens,
         defaults: &defaults,
         subject_limits: &subject_limits,
         stats: &stats,
+        shaping: &shaping,
     };
     let auth = if input.auth_on {
         Auth::Pending { deadline: 3_000 }

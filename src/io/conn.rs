@@ -24,6 +24,9 @@ pub(crate) struct Conn {
     pub timer_at: Millis,
     /// On the reactor's list of sockets to flush this turn.
     pub dirty: bool,
+    /// The client agreed to permessage-deflate: events with a deflated
+    /// frame go to it deflated, and its messages may be compressed.
+    pub deflate: bool,
 }
 
 pub(crate) const NOT_STALLED: Millis = Millis::MAX;
@@ -57,6 +60,7 @@ impl Conn {
             stalled_since: NOT_STALLED,
             timer_at: Millis::MAX,
             dirty: false,
+            deflate: false,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! session call has returned, so nothing writes from inside command handling.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 
 use log::debug;
 
@@ -15,7 +14,7 @@ use crate::error::CloseReason;
 use crate::fanout::event::payload_of_frame;
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::history::Replay;
-use crate::fanout::queue::Push;
+use crate::fanout::queue::{Push, SharedFrame};
 use crate::fanout::sequencer::AppendError;
 use crate::proto::command::{reply_subscribed, Recovery};
 use crate::proto::frames::encode_text;
@@ -47,6 +46,7 @@ macro_rules! session_cx {
             defaults: &$reactor.defaults,
             subject_limits: &$reactor.subject_limits,
             stats: &$reactor.stats,
+            shaping: $reactor.sequencer.shaping(),
         }
     };
 }
@@ -76,7 +76,7 @@ impl Reactor {
             }
             Phase::WebSocket(session) => {
                 let mut out = Vec::new();
-                session.handle_bytes(data, now, &cx, &mut out);
+                session.handle_bytes(data, conn.deflate, now, &cx, &mut out);
                 self.apply_ws(key, out, Origin::Client);
             }
             // After our close frame, input is read only to see the peer's
@@ -121,9 +121,10 @@ impl Reactor {
                 HttpOutput::Drop => self.drop_conn(key),
                 HttpOutput::Upgrade {
                     response,
+                    deflate,
                     session,
                     outputs,
-                } => self.upgrade(key, response, session, outputs),
+                } => self.upgrade(key, response, deflate, session, outputs),
                 HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
                 HttpOutput::Query(query) => {
                     let (status, body) = self.answer_query(query);
@@ -156,6 +157,7 @@ impl Reactor {
         &mut self,
         key: usize,
         response: Vec<u8>,
+        deflate: bool,
         session: WsSession,
         outputs: Vec<WsOutput>,
     ) {
@@ -165,6 +167,7 @@ impl Reactor {
             return;
         };
         conn.out.push_unbounded(response.into());
+        conn.deflate = deflate;
         conn.phase = Phase::WebSocket(session);
         conn.last_rx = now;
         Stats::add(&self.stats.websockets, 1);
@@ -276,7 +279,9 @@ impl Reactor {
                     if origin == Origin::Timer {
                         conn.out.push_unbounded(frame);
                         self.mark_dirty(key);
-                    } else if overflow || conn.out.push(&frame.into(), limits) == Push::Full {
+                    } else if overflow
+                        || conn.out.push(&SharedFrame::plain(frame), limits) == Push::Full
+                    {
                         // A client that sends commands but never reads is a
                         // slow consumer like any other. Router changes
                         // still apply, so teardown finds them all.
@@ -323,6 +328,7 @@ impl Reactor {
                     "slow_consumer_closes": s.slow_consumer_closes,
                     "resyncs": s.resyncs,
                     "dropped_frames": s.dropped_frames,
+                    "replaced_events": s.replaced_events,
                     "replayed": s.replayed,
                     "history_events": history_events,
                     "history_bytes": history_bytes,
@@ -431,13 +437,14 @@ impl Reactor {
         // as usual, so a client that does not read them is still cut.
         if conn
             .out
-            .push(&Rc::new(encode_text(reply.as_bytes())), limits)
+            .push(&SharedFrame::plain(encode_text(reply.as_bytes())), limits)
             == Push::Full
         {
             return false;
         }
         for event in &events {
-            conn.out.push_past_limits(&Rc::new(event.frame.clone()));
+            let deflated = event.deflated.is_some() && conn.deflate;
+            conn.out.push_past_limits(&event.shared_frame(deflated));
         }
         if !events.is_empty() {
             Stats::add(&self.stats.replayed, events.len() as u64);

@@ -1,6 +1,7 @@
 //! The sans-I/O protocol core: no sockets, no clock. Bytes in, decisions out.
 
 pub mod command;
+pub mod deflate;
 pub mod frames;
 pub mod handshake;
 pub mod http;

@@ -36,6 +36,9 @@ pub enum HttpOutput {
     /// client sent right behind its request produced. Nothing follows.
     Upgrade {
         response: Vec<u8>,
+        /// permessage-deflate was agreed: pass it to every
+        /// `WsSession::handle_bytes`, and send events deflated.
+        deflate: bool,
         session: WsSession,
         outputs: Vec<WsOutput>,
     },

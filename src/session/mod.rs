@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::fanout::delivery::Shaping;
 use crate::route::SubjectLimits;
 use crate::stats::Stats;
 
@@ -46,6 +47,8 @@ pub struct SessionContext<'a> {
     /// Atomic counters; sessions count what they decide (auth failures,
     /// answered HTTP requests), the reactor counts the rest.
     pub stats: &'a Stats,
+    /// Delivery rules and compression, applied to events published here.
+    pub shaping: &'a Shaping,
 }
 
 /// A configured timeout on the reactor's clock.

@@ -164,10 +164,14 @@ impl WsSession {
 
     /// Feeds bytes read from the socket (unmasked in place). Handles every
     /// complete message and keeps an incomplete frame; stops after a
-    /// `Close`.
+    /// `Close`. With `deflate` (permessage-deflate was agreed at the
+    /// upgrade, and the caller keeps that), compressed messages are
+    /// inflated. The flag is the caller's so that it costs a session no
+    /// byte.
     pub fn handle_bytes(
         &mut self,
         data: &mut [u8],
+        deflate: bool,
         now: Now,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
@@ -178,11 +182,7 @@ impl WsSession {
         let max = cx.config.limits.max_message_size;
         let mut inbound = self.inbound.take().map_or_else(
             || Inbound {
-                reader: if cx.config.conformance_echo {
-                    MessageReader::accepting_binary()
-                } else {
-                    MessageReader::default()
-                },
+                reader: MessageReader::new(cx.config.conformance_echo, deflate),
                 leftover: Vec::new(),
             },
             |b| *b,

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step};
 use crate::auth::PublishAuth;
-use crate::config::Config;
+use crate::config::{CompressionMode, Config};
 use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, upgrade_refusal, RequestHead};
@@ -103,7 +103,7 @@ impl HttpSession {
         cx: &SessionContext,
         out: &mut Vec<HttpOutput>,
     ) -> Step {
-        let upgrade = match check_upgrade(head) {
+        let mut upgrade = match check_upgrade(head) {
             Ok(upgrade) => upgrade,
             Err(status) => {
                 debug!("upgrade refused with {}", status.code());
@@ -147,11 +147,14 @@ impl HttpSession {
         let mut early = self.buf.split_off(head.len);
         let mut outputs = Vec::new();
         let mut session = WsSession::new(auth, now.millis, cx, &mut outputs);
+        upgrade.deflate = cx.config.compression == CompressionMode::On
+            && crate::proto::deflate::accepts(&head.ws_extensions);
         if !early.is_empty() {
-            session.handle_bytes(&mut early, now, cx, &mut outputs);
+            session.handle_bytes(&mut early, upgrade.deflate, now, cx, &mut outputs);
         }
         out.push(HttpOutput::Upgrade {
             response: upgrade.response(),
+            deflate: upgrade.deflate,
             session,
             outputs,
         });
@@ -372,6 +375,9 @@ fn publish_events(
         }
         events.push(event);
     }
-    let events = events.into_iter().map(|e| e.encode(now.wall)).collect();
+    let events = events
+        .into_iter()
+        .map(|e| e.encode_shaped(now.wall, cx.shaping))
+        .collect();
     Ok((events, single))
 }

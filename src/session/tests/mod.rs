@@ -25,6 +25,7 @@ struct Fixture {
     defaults: Rc<[Box<str>]>,
     subject_limits: SubjectLimits,
     stats: Stats,
+    shaping: crate::fanout::delivery::Shaping,
 }
 
 impl Fixture {
@@ -41,6 +42,7 @@ impl Fixture {
                 .collect(),
             subject_limits: config.subject_limits(),
             stats: Stats::default(),
+            shaping: crate::fanout::delivery::Shaping::new(&config),
             config,
         }
     }
@@ -52,6 +54,7 @@ impl Fixture {
             defaults: &self.defaults,
             subject_limits: &self.subject_limits,
             stats: &self.stats,
+            shaping: &self.shaping,
         }
     }
 
@@ -169,7 +172,7 @@ impl<'f> Client<'f> {
         let mut out = Vec::new();
         self.last_rx = millis;
         self.session
-            .handle_bytes(&mut data, at(millis), &self.fx.cx(), &mut out);
+            .handle_bytes(&mut data, false, at(millis), &self.fx.cx(), &mut out);
         self.apply(out)
     }
 

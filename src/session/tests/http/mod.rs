@@ -102,6 +102,7 @@ impl<'f> Peer<'f> {
                     response,
                     session,
                     outputs,
+                    ..
                 } => replies.push(Reply::Upgrade {
                     response: text(response),
                     session,
