@@ -783,6 +783,27 @@ impl Raw {
         })
     }
 
+    /// Every frame that arrives until the connection stays quiet for
+    /// `quiet` (or ends): for a reader that stalled and now catches up.
+    pub fn drain_frames(&mut self, quiet: Duration) -> Vec<Frame> {
+        let mut idle_since = Instant::now();
+        loop {
+            match self.fill() {
+                Ok(true) => idle_since = Instant::now(),
+                Ok(false) if idle_since.elapsed() < quiet => {}
+                Ok(false) | Err(_) => break,
+            }
+        }
+        let mut frames = Vec::new();
+        while !self.buf.is_empty() {
+            match self.read_frame() {
+                Some(frame) => frames.push(frame),
+                None => break,
+            }
+        }
+        frames
+    }
+
     /// Reads frames until a close frame; returns its code (`Closed::Dropped`
     /// if the connection ended without one). Data and pings are skipped.
     pub fn expect_close(&mut self) -> Closed {
