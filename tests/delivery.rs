@@ -49,11 +49,7 @@ fn read_all(raw: &mut Raw) -> Vec<Value> {
 fn a_stalled_reader_under_latest_gets_the_newest_value_per_key_and_no_backlog() {
     let relay = TestRelay::with(|c| {
         stalling(c);
-        c.delivery = vec![rule(
-            "metrics.>",
-            DeliveryPolicy::Latest,
-            Some("data.node"),
-        )];
+        c.delivery = vec![rule("metrics.>", DeliveryPolicy::Latest, Some("data.node"))];
     });
     let mut slow = stuck_client(&relay, r#"["metrics.>"]"#);
     let pad = "x".repeat(2000);
@@ -94,7 +90,10 @@ fn a_stalled_reader_under_latest_gets_the_newest_value_per_key_and_no_backlog() 
             "node {node} ends on its newest value"
         );
     }
-    assert_eq!(last.get(&("metrics.disk".into(), "-".into())), Some(&(ROUNDS - 1)));
+    assert_eq!(
+        last.get(&("metrics.disk".into(), "-".into())),
+        Some(&(ROUNDS - 1))
+    );
     assert_eq!(
         metric(relay.addr, "tidings_replaced_events_total"),
         Some(relay.stats().replaced_events as f64)
@@ -126,7 +125,11 @@ fn never_drop_events_survive_drop_oldest() {
         .filter(|e| e["type"] == "alert.error")
         .map(|e| e["data"]["n"].as_u64().expect("n"))
         .collect();
-    assert_eq!(alerts, (0..ALERTS).collect::<Vec<_>>(), "every alert, in order");
+    assert_eq!(
+        alerts,
+        (0..ALERTS).collect::<Vec<_>>(),
+        "every alert, in order"
+    );
     let notices = got.iter().filter(|e| e["type"] == "resync").count();
     let floods = got.iter().filter(|e| e["type"] == "flood.x").count() as u64;
     assert!(notices > 0, "the dropped flood events were announced");
