@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 use std::rc::Rc;
-use tidings::fanout::queue::{Frame, OutQueue, QueueLimits};
+use tidings::fanout::delivery::Fate;
+use tidings::fanout::queue::{Frame, OutQueue, QueueLimits, SharedFrame};
 use tidings::proto::command::parse_command;
 use tidings::proto::handshake::{check_upgrade, parse_head};
 use tidings::route::SubscriptionTrie;
@@ -73,7 +74,7 @@ fn frame_building(c: &mut Criterion) {
 }
 
 fn fan_out(c: &mut Criterion) {
-    let frame: Frame = Rc::new(sample_event().encode(SystemTime::now()).frame(1));
+    let frame: Frame = SharedFrame::plain(sample_event().encode(SystemTime::now()).frame(1));
     let limits = QueueLimits {
         max_messages: 1024,
         max_bytes: 1 << 20,
@@ -89,6 +90,29 @@ fn fan_out(c: &mut Criterion) {
             // Empty them without I/O so every iteration starts alike.
             for queue in queues.iter_mut() {
                 queue.discard_unsent();
+            }
+        })
+    });
+    // `[[delivery]] policy = "latest"`: each queue already holds 8 frames
+    // of other slots, and the new frame replaces the one of its slot.
+    let latest = |slot| {
+        Rc::new(SharedFrame {
+            bytes: frame.bytes.clone(),
+            fate: Fate::Latest(slot),
+        })
+    };
+    let others: Vec<Frame> = (1..=8).map(latest).collect();
+    let newest = latest(4);
+    group.bench_function("one_latest_event_into_10k_queues_of_8", |b| {
+        let mut queues: Vec<OutQueue> = (0..10_000).map(|_| OutQueue::default()).collect();
+        for queue in queues.iter_mut() {
+            for other in &others {
+                queue.push(other, limits);
+            }
+        }
+        b.iter(|| {
+            for queue in queues.iter_mut() {
+                black_box(queue.push(&newest, limits));
             }
         })
     });
@@ -113,7 +137,7 @@ impl Write for CountingSink {
 }
 
 fn flushing(c: &mut Criterion) {
-    let frame: Frame = Rc::new(sample_event().encode(SystemTime::now()).frame(1));
+    let frame: Frame = SharedFrame::plain(sample_event().encode(SystemTime::now()).frame(1));
     let limits = QueueLimits {
         max_messages: 4096,
         max_bytes: 16 << 20,

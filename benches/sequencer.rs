@@ -48,7 +48,13 @@ impl Readers {
         // The default history, as a relay has: its append is part of the
         // serial cost.
         let history = History::new(&HistoryConfig::default(), new_epoch());
-        let sequencer = Arc::new(Sequencer::new(65_536, wakeups, Arc::default(), history));
+        let sequencer = Arc::new(Sequencer::new(
+            65_536,
+            wakeups,
+            Arc::default(),
+            history,
+            Default::default(),
+        ));
         let read: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..count)

@@ -14,8 +14,13 @@
 //   (it restarted, or no longer holds what was missed), `onResync(reason)`
 //   tells the page to reload its state;
 // - follows the relay's `resync` message the same way;
-// - never passes on an event whose `seq` is not above the last one passed on;
+// - never passes on an event twice: it remembers the highest `seq`s it passed
+//   on, since on channels under a `latest` delivery rule an event may arrive
+//   ahead of others with a lower `seq` (docs/protocol.md, "Delivery rules");
 // - sends `{"type":"ping"}` every 30 s and reconnects when no pong comes.
+
+/** How many of the highest `seq`s passed on are remembered, to tell a late event from a repeat. */
+const REMEMBERED_SEQS = 4096;
 
 const MESSAGE_TYPES = new Set(['subscribed', 'unsubscribed', 'pong', 'authenticated', 'error', 'resync']);
 
@@ -62,7 +67,7 @@ export class TidingsClient {
   channels = new Set();
   /** The relay run the client follows, from the last `subscribed` reply. */
   epoch = null;
-  /** The `seq` of the last event passed to `onEvent` in this epoch. */
+  /** The highest `seq` passed to `onEvent` in this epoch: where a resume starts. */
   seq = null;
   /** @type {'connecting'|'open'|'closed'} Starts as "connecting" (not reported). */
   state = 'connecting';
@@ -85,6 +90,8 @@ export class TidingsClient {
   #barrier = null;
   /** Set while resuming after a `resync` message: what onResync reports if that fails. */
   #resyncReason = null;
+  /** The highest `seq`s passed on in this epoch, ascending, at most REMEMBERED_SEQS. */
+  #passed = [];
 
   /**
    * Connects at once, and keeps connecting until `close()`.
@@ -208,9 +215,36 @@ export class TidingsClient {
 
   #event(event) {
     if (this.#barrier) return; // included in the replay (or not ours)
-    if (this.seq !== null && event.seq <= this.seq) return;
-    this.seq = event.seq;
+    if (!this.#remember(event.seq)) return;
+    this.seq = Math.max(this.seq ?? event.seq, event.seq);
     this.#options.onEvent?.(event);
+  }
+
+  /**
+   * Whether `seq` is new, remembering it if so. Above the highest passed on
+   * (and the subscription's start) it is; below that, it is new only if it is not among the highest ones
+   * remembered, and not older than all of them (an event that old is taken
+   * for a repeat).
+   */
+  #remember(seq) {
+    // At or before where the subscription started: not ours.
+    if (this.#floor !== null && seq <= this.#floor) return false;
+    const passed = this.#passed;
+    if (this.seq !== null && seq <= this.seq) {
+      if (passed.length >= REMEMBERED_SEQS && seq < passed[0]) return false;
+      let low = 0;
+      let high = passed.length;
+      while (low < high) {
+        const mid = (low + high) >> 1;
+        if (passed[mid] < seq) low = mid + 1; else high = mid;
+      }
+      if (passed[low] === seq) return false;
+      passed.splice(low, 0, seq);
+    } else {
+      passed.push(seq);
+    }
+    if (passed.length > REMEMBERED_SEQS) passed.shift();
+    return true;
   }
 
   #subscribed(reply) {
@@ -221,11 +255,13 @@ export class TidingsClient {
       // Another relay run: its seqs start again.
       this.epoch = reply.epoch;
       this.seq = null;
+      this.#passed = [];
       this.#floor = null;
     }
     if (reply.recovered === false) {
       // Nothing is replayed: what follows (a snapshot, then live events) is all new.
       this.seq = null;
+      this.#passed = [];
       this.#floor = null;
     }
     // The first subscribe of a connection (or the first at all) fixes where a

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use tidings::config::CompressionMode;
 use tidings::{Config, Relay};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.limits.messages_per_second = 1_000_000;
     config.limits.message_burst = 1_000_000;
     config.timeouts.write_deadline = Duration::from_secs(60);
+    // permessage-deflate for Autobahn sections 12 and 13: client messages
+    // inflate under the same limit; echoes go back plain, as RFC 7692
+    // allows (the sender chooses per message).
+    config.compression = CompressionMode::On;
     let relay = Relay::new(config)?;
     println!("echo server on ws://{}/ws", relay.local_addr());
     relay.run()?;

@@ -22,6 +22,8 @@ pub use jwt::JwtConfig;
 pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 mod operations;
 pub use operations::{AdminConfig, ShutdownConfig};
+mod delivery;
+pub use delivery::{key_segments, CompressionMode, DeliveryPolicy, DeliveryRule};
 
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
@@ -57,6 +59,15 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How a stopping relay sends its clients away.
     pub shutdown: ShutdownConfig,
+    /// Per channel pattern, what a reader's queue does with its events
+    /// (`all`, `latest`, `never_drop`); the first matching rule wins.
+    pub delivery: Vec<DeliveryRule>,
+    /// permessage-deflate for clients that offer it: `"off"` (the default)
+    /// or `"on"`.
+    pub compression: CompressionMode,
+    /// Events smaller than this (their JSON, in bytes) always travel plain:
+    /// deflate saves little on them and costs the client an inflate.
+    pub compression_min_size: usize,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -345,6 +356,9 @@ impl Default for Config {
             log_level: None,
             admin: AdminConfig::default(),
             shutdown: ShutdownConfig::default(),
+            delivery: Vec::new(),
+            compression: CompressionMode::Off,
+            compression_min_size: 128,
             conformance_echo: false,
         }
     }
@@ -578,6 +592,7 @@ impl Config {
         self.validate_history(&subject)?;
         self.admin.validate()?;
         self.shutdown.validate()?;
+        delivery::validate(&self.delivery, &subject)?;
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",

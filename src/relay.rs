@@ -11,6 +11,7 @@ use mio::{Interest, Poll, Waker};
 use crate::auth::Tokens;
 use crate::config::Config;
 use crate::error::Error;
+use crate::fanout::delivery::Shaping;
 use crate::fanout::history::{new_epoch, History};
 use crate::fanout::publisher::Publisher;
 use crate::fanout::sequencer::{Sequencer, Wakeup};
@@ -82,6 +83,7 @@ impl Relay {
             wakeups,
             Arc::clone(&stats.relay),
             history,
+            Shaping::new(&config),
         ));
         let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
         let admission = Arc::new(Admission::new(

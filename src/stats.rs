@@ -32,6 +32,7 @@ pub struct Stats {
     pub origin_refusals: AtomicU64,
     /// WebSocket closes, by `error::CLOSE_KINDS` index.
     pub closes: [AtomicU64; CLOSE_KINDS.len()],
+    pub replaced_events: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -73,6 +74,9 @@ pub struct StatsSnapshot {
     pub replayed: u64,
     /// Upgrades refused (403) because their `Origin` is not allowed.
     pub origin_refusals: u64,
+    /// Queued events replaced by a newer one of their channel (and key)
+    /// under `[[delivery]]` policy `latest`.
+    pub replaced_events: u64,
 }
 
 impl Stats {
@@ -196,6 +200,7 @@ impl StatsSnapshot {
         self.resyncs += get(&stats.resyncs);
         self.replayed += get(&stats.replayed);
         self.origin_refusals += get(&stats.origin_refusals);
+        self.replaced_events += get(&stats.replaced_events);
         self.queue_bytes_high_water = self
             .queue_bytes_high_water
             .max(get(&stats.queue_bytes_high_water));
@@ -205,7 +210,7 @@ impl StatsSnapshot {
 impl StatsSnapshot {
     /// The Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 18] = [
+        let rows: [(&str, &str, &str, u64); 19] = [
             (
                 "tidings_connections",
                 "gauge",
@@ -307,6 +312,12 @@ impl StatsSnapshot {
                 "counter",
                 "WebSocket upgrades refused (403) for an Origin not in allowed_origins.",
                 self.origin_refusals,
+            ),
+            (
+                "tidings_replaced_events_total",
+                "counter",
+                "Queued events replaced by a newer one of their channel (and key): delivery policy latest.",
+                self.replaced_events,
             ),
             (
                 "tidings_queue_bytes_high_water",

@@ -201,13 +201,14 @@ fn an_expiring_token_is_refreshed_and_the_scope_narrowed() {
         return;
     }
     let relay = hs_relay(|c| c.auth.jwt.as_mut().unwrap().refresh_grace = Duration::from_secs(30));
-    let short = hs256(SECRET, &claims(json!({"exp_in": 1, "channels": [">"]})));
+    let short = hs256(SECRET, &claims(json!({"exp_in": 3, "channels": [">"]})));
     let mut client = connect(relay.addr);
     let reply = client.request(&json!({"type": "auth", "token": short}));
     assert_eq!(reply, json!({"type": "authenticated"}));
     client.subscribe(&["job.a"]);
     client.subscribe(&["alert.a"]);
-    // Within a second or two (exp has a one-second resolution).
+    // Within a few seconds (exp has a one-second resolution; three seconds
+    // leave room for a loaded machine between minting and subscribing).
     let notice = client.next_json_within(WAIT);
     assert_eq!(notice, json!({"type": "refresh_required"}));
     let narrow = hs256(
@@ -232,7 +233,7 @@ fn no_refresh_within_the_grace_closes_4003_token_expired() {
     }
     let relay =
         hs_relay(|c| c.auth.jwt.as_mut().unwrap().refresh_grace = Duration::from_millis(200));
-    let short = hs256(SECRET, &claims(json!({"exp_in": 1})));
+    let short = hs256(SECRET, &claims(json!({"exp_in": 3})));
     let (mut raw, response) = Raw::upgrade_with(
         relay.addr,
         &format!("Sec-WebSocket-Protocol: Bearer, {short}\r\n"),

@@ -119,7 +119,7 @@ impl Harness<'_> {
         let mut data = bytes.to_vec();
         let mut out = Vec::new();
         let now = self.at();
-        self.session.handle_bytes(&mut data, now, &self.cx, &mut out);
+        self.session.handle_bytes(&mut data, false, now, &self.cx, &mut out);
         self.apply(out);
     }
 
@@ -154,7 +154,7 @@ impl Harness<'_> {
                     let now = self.at();
                     let mut more = Vec::new();
                     self.session
-                        .subscribe_decided(*ask, denied, now, &self.cx, &mut more);
+                        .subscribe_decided(*ask, denied, false, now, &self.cx, &mut more);
                     queue.extend(more);
                 }
                 WsOutput::Close(_) => self.closed = true,
@@ -216,6 +216,7 @@ fuzz_target!(|input: Input| {
         .collect();
     let subject_limits = config.subject_limits();
     let stats = Stats::default();
+    let shaping = tidings::fanout::delivery::Shaping::new(&config);
     let cx = SessionContext {
         config: &config,
         tokens: &tokens,
@@ -223,6 +224,7 @@ fuzz_target!(|input: Input| {
         subject_limits: &subject_limits,
         stats: &stats,
         hooks_set: input.with_hooks,
+        shaping: &shaping,
     };
     let auth = if input.auth_on {
         Auth::Pending { deadline: 3_000 }

@@ -10,8 +10,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::delivery::{Fate, Shaping};
 use super::publisher::PublishError;
-use crate::proto::frames::{header_len, put_header};
+use crate::proto::deflate::{deflate_piece, stored_block_header, STORED_BLOCK_HEADER};
+use crate::proto::frames::{header_len, put_compressed_header, put_header};
 use crate::time::rfc3339_millis;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -65,8 +67,17 @@ impl Event {
         self.event_type.as_deref()
     }
 
-    /// Serializes the event stamped with `at`, leaving a slot for `seq`.
+    /// Serializes the event stamped with `at`, leaving a slot for `seq`,
+    /// with the default delivery rule and no deflated frame.
     pub fn encode(self, at: SystemTime) -> EncodedEvent {
+        self.encode_shaped(at, &Shaping::default())
+    }
+
+    /// [`Event::encode`] with the relay's delivery rules and compression:
+    /// the event's fate and, if it is to travel deflated, all the deflating,
+    /// so that the sequencer only splices in the `seq`.
+    pub fn encode_shaped(self, at: SystemTime, shaping: &Shaping) -> EncodedEvent {
+        let fate = shaping.fate(&self.channel, &self.data);
         let mut body = Vec::with_capacity(64 + self.channel.len() * 2 + self.data.get().len());
         body.extend_from_slice(b"{\"type\":");
         match &self.event_type {
@@ -84,10 +95,18 @@ impl Event {
         body.extend_from_slice(b",\"data\":");
         body.extend_from_slice(self.data.get().as_bytes());
         body.push(b'}');
+        // The part before `seq` goes stored (uncompressed) with the digits:
+        // it is the relay's short envelope, and deflating it separately
+        // would save little. The rest, with the data, is deflated here.
+        let deflated_tail = shaping
+            .deflates(body.len())
+            .then(|| deflate_piece(&body[seq_at..]));
         EncodedEvent {
             channel: self.channel.into_boxed_str(),
             body,
             seq_at,
+            fate,
+            deflated_tail,
         }
     }
 }
@@ -103,6 +122,11 @@ pub struct EncodedEvent {
     body: Vec<u8>,
     /// Where the decimal `seq` goes in `body`.
     seq_at: usize,
+    /// What readers' queues do with it (`[[delivery]]`).
+    pub fate: Fate,
+    /// `body` after `seq_at`, deflated on its own (RFC 7692, no context
+    /// takeover), when the event is to travel deflated too.
+    deflated_tail: Option<Vec<u8>>,
 }
 
 impl EncodedEvent {
@@ -117,6 +141,25 @@ impl EncodedEvent {
         out.put_slice(digits);
         out.put_slice(&self.body[self.seq_at..]);
         out.freeze()
+    }
+
+    /// The same message as a compressed frame (RSV1 set), for subscribers
+    /// that negotiated permessage-deflate; `None` unless the event was
+    /// encoded to travel deflated. Its payload: one stored block with
+    /// everything up to the `seq` digits, then the deflated rest.
+    pub fn deflated_frame(&self, seq: u64) -> Option<Bytes> {
+        let tail = self.deflated_tail.as_ref()?;
+        let mut digits = [0u8; 20];
+        let digits = format_u64(seq, &mut digits);
+        let stored = self.seq_at + digits.len();
+        let len = STORED_BLOCK_HEADER + stored + tail.len();
+        let mut out = BytesMut::with_capacity(header_len(len) + len);
+        put_compressed_header(&mut out, OpCode::Data(Data::Text), len);
+        out.put_slice(&stored_block_header(stored));
+        out.put_slice(&self.body[..self.seq_at]);
+        out.put_slice(digits);
+        out.put_slice(tail);
+        Some(out.freeze())
     }
 }
 

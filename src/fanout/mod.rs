@@ -2,6 +2,7 @@
 //! per-socket queues, and the producer handle.
 
 pub mod coalesce;
+pub mod delivery;
 pub mod event;
 pub mod history;
 pub mod publisher;

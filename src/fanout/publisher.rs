@@ -121,7 +121,7 @@ impl Publisher {
 
     fn prepare(&self, event: Event) -> Result<EncodedEvent, PublishError> {
         validate_event(&event, &self.shared.limits)?;
-        Ok(event.encode(SystemTime::now()))
+        Ok(event.encode_shaped(SystemTime::now(), self.shared.sequencer.shaping()))
     }
 }
 

@@ -2,20 +2,51 @@
 //!
 //! It holds shared handles to frames built once per event, counts messages
 //! and bytes, and writes many frames per syscall. It holds no allocation
-//! while empty, so idle sockets cost nothing here.
+//! while empty, so idle sockets cost nothing here. It applies the delivery
+//! rules (`[[delivery]]`): a `latest` frame replaces a queued one of its
+//! slot in place, and `drop_oldest` passes over `never_drop` frames.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::ops::Deref;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
-/// A frame as queues hold it: the event's one `Bytes`, shared by every
-/// subscriber's queue through a plain (non-atomic) count. The reactor is a
-/// single thread, and under load an atomic increment and decrement per
-/// delivery (cloning `Bytes` itself) cost about a sixth of its CPU; an
-/// `Rc` is also a quarter of a `Bytes` in the ring.
-pub type Frame = Rc<Bytes>;
+use super::delivery::Fate;
+
+/// A frame as queues hold it: the event's one `Bytes` and its fate, shared
+/// by every subscriber's queue through a plain (non-atomic) count. The
+/// reactor is a single thread, and under load an atomic increment and
+/// decrement per delivery (cloning `Bytes` itself) cost about a sixth of
+/// its CPU; an `Rc` is also a quarter of a `Bytes` in the ring.
+pub type Frame = Rc<SharedFrame>;
+
+/// See [`Frame`].
+#[derive(Debug)]
+pub struct SharedFrame {
+    pub bytes: Bytes,
+    pub fate: Fate,
+}
+
+impl SharedFrame {
+    /// A frame the delivery rules do not touch (replies, notices, tests).
+    pub fn plain(bytes: Bytes) -> Frame {
+        Rc::new(SharedFrame {
+            bytes,
+            fate: Fate::All,
+        })
+    }
+}
+
+/// A queued frame reads as its bytes.
+impl Deref for SharedFrame {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
 
 /// Frames handed to one `writev`: Linux's limit. Each syscall costs a few
 /// microseconds whatever it carries and each frame in it tens of
@@ -38,8 +69,20 @@ pub struct QueueLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     Queued,
+    /// A `latest` frame took the place of a queued one of its slot.
+    Replaced,
     /// The frame did not fit; nothing was queued.
     Full,
+}
+
+/// What [`OutQueue::drop_oldest_for`] dropped.
+#[derive(Debug)]
+pub struct Dropped {
+    pub count: usize,
+    pub last: Option<Frame>,
+    /// Where the last dropped frame was: the `never_drop` frames kept before
+    /// it are older, everything after it newer.
+    pub gap_at: usize,
 }
 
 /// What a flush achieved.
@@ -84,8 +127,14 @@ impl OutQueue {
         self.frames.len() * 2 > limits.max_messages || self.bytes() * 2 > limits.max_bytes
     }
 
-    /// Queues a data frame if it fits within `limits`.
+    /// Queues a data frame if it fits within `limits`, or puts a `latest`
+    /// frame in the place of the queued one of its slot.
     pub fn push(&mut self, frame: &Frame, limits: QueueLimits) -> Push {
+        if let Fate::Latest(slot) = frame.fate {
+            if self.replace(slot, frame, Some(limits)) {
+                return Push::Replaced;
+            }
+        }
         if self.frames.len() >= limits.max_messages || self.bytes() + frame.len() > limits.max_bytes
         {
             return Push::Full;
@@ -94,11 +143,46 @@ impl OutQueue {
         Push::Queued
     }
 
-    /// Queues a shared frame past the limits: for a socket that is keeping
-    /// up, whose queue the intake pause bounds instead (`Reactor::fan_out`:
-    /// at most half the limits plus one frame).
-    pub fn push_past_limits(&mut self, frame: &Frame) {
+    /// Queues a shared frame past the limits (or replaces one, as `push`
+    /// does): for a socket that is keeping up, whose queue the intake pause
+    /// bounds instead (`Reactor::fan_out`: at most half the limits plus one
+    /// frame).
+    pub fn push_past_limits(&mut self, frame: &Frame) -> Push {
+        if let Fate::Latest(slot) = frame.fate {
+            if self.replace(slot, frame, None) {
+                return Push::Replaced;
+            }
+        }
         self.push_shared(Rc::clone(frame));
+        Push::Queued
+    }
+
+    /// Puts `frame` in the place of the unsent queued frame of `slot`, if
+    /// there is one (and, with `limits`, if the new size fits them). A
+    /// partly written front frame is never replaced: its rest must follow.
+    ///
+    /// A linear scan from the back, only for `latest` frames: under
+    /// `latest` alone a queue holds one frame per slot, and any queue at
+    /// most `max_messages` (or half of it while its reader keeps up).
+    fn replace(&mut self, slot: u64, frame: &Frame, limits: Option<QueueLimits>) -> bool {
+        let keep = usize::from(self.front_sent > 0);
+        let Some(at) = self
+            .frames
+            .iter()
+            .skip(keep)
+            .rposition(|queued| queued.fate == Fate::Latest(slot))
+            .map(|at| at + keep)
+        else {
+            return false;
+        };
+        let old = self.frames[at].len();
+        let bytes = self.bytes() - old + frame.len();
+        if limits.is_some_and(|l| bytes > l.max_bytes) {
+            return false;
+        }
+        self.bytes = bytes as u32;
+        self.frames[at] = Rc::clone(frame);
+        true
     }
 
     /// Queues a frame whatever the limits: what the relay itself must say,
@@ -107,7 +191,7 @@ impl OutQueue {
     /// notice after the backlog was dropped. Replies to client commands go
     /// through `push`, within the limits.
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.push_shared(Rc::new(frame));
+        self.push_shared(SharedFrame::plain(frame));
     }
 
     fn push_shared(&mut self, frame: Frame) {
@@ -118,40 +202,47 @@ impl OutQueue {
         self.frames.push_back(frame);
     }
 
-    /// Drops whole unsent frames from the front until `incoming` more bytes
-    /// and one more frame fit. Returns how many frames were dropped, and the
-    /// last of them.
-    pub fn drop_oldest_for(
-        &mut self,
-        incoming: usize,
-        limits: QueueLimits,
-    ) -> (usize, Option<Frame>) {
-        let mut dropped = 0;
-        let mut last = None;
+    /// Drops whole unsent frames, oldest first, until `incoming` more bytes
+    /// and one more frame fit; `never_drop` frames stay. Returns what went
+    /// (which may not be enough if `never_drop` frames fill the queue).
+    pub fn drop_oldest_for(&mut self, incoming: usize, limits: QueueLimits) -> Dropped {
+        let mut dropped = Dropped {
+            count: 0,
+            last: None,
+            gap_at: 0,
+        };
         // A partly written front frame must finish, or the stream breaks.
-        let keep = usize::from(self.front_sent > 0);
-        while self.frames.len() > keep
+        let mut at = usize::from(self.front_sent > 0);
+        dropped.gap_at = at;
+        while at < self.frames.len()
             && (self.frames.len() >= limits.max_messages
                 || self.bytes() + incoming > limits.max_bytes)
         {
+            if self.frames[at].fate == Fate::NeverDrop {
+                at += 1;
+                continue;
+            }
             let frame = self
                 .frames
-                .remove(keep)
+                .remove(at)
                 .expect("bug: index checked against len");
             self.bytes -= frame.len() as u32;
-            dropped += 1;
-            last = Some(frame);
+            dropped.count += 1;
+            dropped.last = Some(frame);
+            dropped.gap_at = at;
         }
-        (dropped, last)
+        dropped
     }
 
-    /// Queues a frame ahead of every unsent one (after a partly written
-    /// front frame): the notice of what `drop_oldest_for` dropped goes where
-    /// the gap is. Like `push_unbounded`, whatever the limits.
-    pub fn push_front_unsent(&mut self, frame: Bytes) {
-        let at = usize::from(self.front_sent > 0).min(self.frames.len());
+    /// Queues a frame at `at` among the unsent ones (never before a partly
+    /// written front frame): the notice of what `drop_oldest_for` dropped
+    /// goes where the gap is. Like `push_unbounded`, whatever the limits.
+    pub fn insert_unsent(&mut self, at: usize, frame: Bytes) {
+        let at = at
+            .max(usize::from(self.front_sent > 0))
+            .min(self.frames.len());
         self.bytes = self.bytes.saturating_add(frame.len() as u32);
-        self.frames.insert(at, Rc::new(frame));
+        self.frames.insert(at, SharedFrame::plain(frame));
     }
 
     /// Drops every frame not yet started, keeping a partly written front frame
@@ -287,7 +378,25 @@ mod tests {
     }
 
     fn frame(byte: u8, len: usize) -> Frame {
-        Rc::new(Bytes::from(vec![byte; len]))
+        SharedFrame::plain(Bytes::from(vec![byte; len]))
+    }
+
+    fn with_fate(byte: u8, len: usize, fate: Fate) -> Frame {
+        Rc::new(SharedFrame {
+            bytes: Bytes::from(vec![byte; len]),
+            fate,
+        })
+    }
+
+    fn drain(q: &mut OutQueue) -> Vec<u8> {
+        let mut sink = Sink {
+            out: vec![],
+            per_call: usize::MAX,
+            total: usize::MAX,
+            calls: 0,
+        };
+        q.flush_to(&mut sink).expect("flush");
+        sink.out
     }
 
     #[test]
@@ -440,9 +549,9 @@ mod tests {
             calls: 0,
         };
         q.flush_to(&mut sink).expect("flush");
-        let (dropped, last) = q.drop_oldest_for(20, LIMITS);
-        assert_eq!(dropped, 1);
-        assert_eq!(last.as_deref().map(|f| f[0]), Some(1), "frame 1 went");
+        let dropped = q.drop_oldest_for(20, LIMITS);
+        assert_eq!(dropped.count, 1);
+        assert_eq!(dropped.last.map(|f| f[0]), Some(1), "frame 1 went");
         assert_eq!(q.push(&frame(9, 20), LIMITS), Push::Queued);
         sink.total = 1000;
         sink.per_call = 1000;
@@ -470,16 +579,16 @@ mod tests {
             calls: 0,
         };
         q.flush_to(&mut sink).expect("flush");
-        let (dropped, last) = q.drop_oldest_for(
+        let dropped = q.drop_oldest_for(
             10,
             QueueLimits {
                 max_messages: 3,
                 ..LIMITS
             },
         );
-        assert_eq!(dropped, 1);
-        assert_eq!(last.as_deref().map(|f| f[0]), Some(1));
-        q.push_front_unsent(Bytes::from(vec![7; 3]));
+        assert_eq!(dropped.count, 1);
+        assert_eq!(dropped.last.map(|f| f[0]), Some(1));
+        q.insert_unsent(dropped.gap_at, Bytes::from(vec![7; 3]));
         assert_eq!(q.bytes(), 6 + 3 + 10);
         sink.total = 1000;
         sink.per_call = 1000;
@@ -491,5 +600,93 @@ mod tests {
             sink.out, expected,
             "frame 0 finished, then the notice, then frame 2"
         );
+    }
+
+    #[test]
+    fn latest_replaces_in_place_and_counts_bytes() {
+        let mut q = OutQueue::default();
+        q.push(&with_fate(1, 10, Fate::Latest(7)), LIMITS);
+        q.push(&frame(2, 10), LIMITS);
+        q.push(&with_fate(3, 10, Fate::Latest(8)), LIMITS);
+        assert_eq!(
+            q.push(&with_fate(4, 20, Fate::Latest(7)), LIMITS),
+            Push::Replaced
+        );
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.bytes(), 40);
+        assert_eq!(
+            q.push(&with_fate(5, 5, Fate::Latest(8)), LIMITS),
+            Push::Replaced
+        );
+        let mut expected = vec![4; 20];
+        expected.extend([2; 10]);
+        expected.extend([5; 5]);
+        assert_eq!(drain(&mut q), expected, "each in its predecessor's place");
+        // Nothing of the slot queued: an ordinary push.
+        assert_eq!(
+            q.push(&with_fate(6, 10, Fate::Latest(7)), LIMITS),
+            Push::Queued
+        );
+        // A replacement that would break the byte limit is refused.
+        q.push(&frame(0, 80), LIMITS);
+        assert_eq!(
+            q.push(&with_fate(6, 30, Fate::Latest(7)), LIMITS),
+            Push::Full
+        );
+        assert_eq!(
+            q.push_past_limits(&with_fate(6, 30, Fate::Latest(7))),
+            Push::Replaced
+        );
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn a_partly_written_frame_is_not_replaced() {
+        let mut q = OutQueue::default();
+        q.push(&with_fate(1, 10, Fate::Latest(7)), LIMITS);
+        let mut sink = Sink {
+            out: vec![],
+            per_call: 4,
+            total: 4,
+            calls: 0,
+        };
+        q.flush_to(&mut sink).expect("flush");
+        assert_eq!(
+            q.push(&with_fate(2, 10, Fate::Latest(7)), LIMITS),
+            Push::Queued
+        );
+        assert_eq!(
+            q.push(&with_fate(3, 10, Fate::Latest(7)), LIMITS),
+            Push::Replaced
+        );
+        let mut expected = vec![1; 6];
+        expected.extend([3; 10]);
+        assert_eq!(drain(&mut q), expected);
+    }
+
+    #[test]
+    fn drop_oldest_passes_over_never_drop_and_marks_the_gap() {
+        let mut q = OutQueue::default();
+        q.push(&with_fate(1, 10, Fate::NeverDrop), LIMITS);
+        q.push(&frame(2, 10), LIMITS);
+        q.push(&with_fate(3, 10, Fate::NeverDrop), LIMITS);
+        q.push(&frame(4, 10), LIMITS);
+        let dropped = q.drop_oldest_for(10, LIMITS);
+        assert_eq!(dropped.count, 1, "one slot was needed");
+        assert_eq!(dropped.last.map(|f| f[0]), Some(2));
+        assert_eq!(dropped.gap_at, 1);
+        q.insert_unsent(dropped.gap_at, Bytes::from(vec![9; 1]));
+        let mut expected = vec![1; 10];
+        expected.extend([9; 1]);
+        expected.extend([3; 10]);
+        expected.extend([4; 10]);
+        assert_eq!(drain(&mut q), expected);
+        // A queue of never_drop frames only gives nothing up.
+        for _ in 0..4 {
+            q.push(&with_fate(1, 10, Fate::NeverDrop), LIMITS);
+        }
+        let dropped = q.drop_oldest_for(10, LIMITS);
+        assert_eq!(dropped.count, 0);
+        assert_eq!(q.push(&frame(5, 10), LIMITS), Push::Full);
     }
 }

@@ -23,14 +23,17 @@
 //!   reactor (bursts larger than a reactor takes in one turn).
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::delivery::{Fate, Shaping};
 use super::event::EncodedEvent;
 use super::history::{History, Replay};
+use super::queue::{Frame, SharedFrame};
 use crate::stats::Stats;
 
 /// An event with its place in the order: built once, shared by every reactor.
@@ -40,8 +43,32 @@ pub struct Sequenced {
     pub channel: Box<str>,
     /// The complete WebSocket text frame every subscriber gets.
     pub frame: Bytes,
+    /// The same message compressed (permessage-deflate), for subscribers
+    /// that negotiated it; only with `compression = "on"`, for events of at
+    /// least `compression_min_size` bytes.
+    pub deflated: Option<Bytes>,
+    /// What readers' queues do with it (`[[delivery]]`).
+    pub fate: Fate,
     /// When it was appended, in ms on the sequencer's clock.
     pub appended_ms: u64,
+}
+
+impl Sequenced {
+    /// A handle to the plain or the deflated frame (which must exist) with
+    /// the event's fate, as queues hold it.
+    pub fn shared_frame(&self, deflated: bool) -> Frame {
+        let bytes = if deflated {
+            self.deflated
+                .clone()
+                .expect("bug: no deflated frame to share")
+        } else {
+            self.frame.clone()
+        };
+        Rc::new(SharedFrame {
+            bytes,
+            fate: self.fate,
+        })
+    }
 }
 
 /// Producers wait while the oldest event a reactor has not read yet is
@@ -160,6 +187,8 @@ pub struct Sequencer {
     epoch: Arc<str>,
     /// The history's clock (age limits).
     started: Instant,
+    /// Delivery rules and compression, which producers apply as they encode.
+    shaping: Shaping,
 }
 
 impl Sequencer {
@@ -168,6 +197,7 @@ impl Sequencer {
         wakeups: Vec<Arc<Wakeup>>,
         stats: Arc<Stats>,
         history: History,
+        shaping: Shaping,
     ) -> Sequencer {
         let epoch: Arc<str> = history.epoch().into();
         let log = Log {
@@ -188,7 +218,14 @@ impl Sequencer {
             stats,
             epoch,
             started: Instant::now(),
+            shaping,
         }
+    }
+
+    /// What producers apply to each event as they encode it
+    /// (`Event::encode_shaped`).
+    pub fn shaping(&self) -> &Shaping {
+        &self.shaping
     }
 
     /// This run's epoch: positions (`seq`) are meaningful within it.
@@ -329,11 +366,14 @@ impl Sequencer {
         let seq = log.next_seq;
         log.next_seq += 1;
         let frame = event.frame(seq);
+        let deflated = event.deflated_frame(seq);
         let now = self.now_ms();
         let sequenced = Arc::new(Sequenced {
             seq,
             channel: event.channel,
             frame,
+            deflated,
+            fate: event.fate,
             appended_ms: now,
         });
         log.history.push(Arc::clone(&sequenced), now);
@@ -416,7 +456,13 @@ mod tests {
             })
             .collect();
         let history = History::new(&crate::config::HistoryConfig::default(), "test-epoch");
-        Sequencer::new(capacity, wakeups, Arc::default(), history)
+        Sequencer::new(
+            capacity,
+            wakeups,
+            Arc::default(),
+            history,
+            Shaping::default(),
+        )
     }
 
     fn event(channel: &str) -> EncodedEvent {

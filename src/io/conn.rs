@@ -29,6 +29,9 @@ pub(crate) struct Conn {
     pub opened_s: u32,
     /// Times frames were dropped for it with a `resync` notice (saturating).
     pub resyncs: u16,
+    /// The client agreed to permessage-deflate: events with a deflated
+    /// frame go to it deflated, and its messages may be compressed.
+    pub deflate: bool,
 }
 
 pub(crate) const NOT_STALLED: Millis = Millis::MAX;
@@ -64,6 +67,7 @@ impl Conn {
             dirty: false,
             opened_s: (now / 1000) as u32,
             resyncs: 0,
+            deflate: false,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! session call has returned, so nothing writes from inside command handling.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 
 use tracing::debug;
 
@@ -15,7 +14,7 @@ use crate::error::CloseReason;
 use crate::fanout::event::payload_of_frame;
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::history::Replay;
-use crate::fanout::queue::Push;
+use crate::fanout::queue::{Push, SharedFrame};
 use crate::fanout::sequencer::AppendError;
 use crate::proto::command::{reply_subscribed, Recovery};
 use crate::proto::frames::encode_text;
@@ -48,6 +47,7 @@ macro_rules! session_cx {
             subject_limits: &$reactor.subject_limits,
             stats: &$reactor.stats,
             hooks_set: $reactor.hooks.is_some(),
+            shaping: $reactor.sequencer.shaping(),
         }
     };
 }
@@ -77,7 +77,7 @@ impl Reactor {
             }
             Phase::WebSocket(session) => {
                 let mut out = Vec::new();
-                session.handle_bytes(data, now, &cx, &mut out);
+                session.handle_bytes(data, conn.deflate, now, &cx, &mut out);
                 self.apply_ws(key, out, Origin::Client);
             }
             // After our close frame, input is read only to see the peer's
@@ -138,6 +138,7 @@ impl Reactor {
                 HttpOutput::Drop => self.drop_conn(key),
                 HttpOutput::Upgrade {
                     response,
+                    deflate,
                     session,
                     outputs,
                     request,
@@ -145,7 +146,7 @@ impl Reactor {
                     if let Some(refusal) = request.and_then(|r| self.ask_on_connect(key, &r)) {
                         self.respond_and_close(key, refusal);
                     } else {
-                        self.upgrade(key, response, session, outputs);
+                        self.upgrade(key, response, deflate, session, outputs);
                     }
                 }
                 HttpOutput::Publish(events) => queue.extend(self.publish(key, events)),
@@ -183,6 +184,7 @@ impl Reactor {
         &mut self,
         key: usize,
         response: Vec<u8>,
+        deflate: bool,
         session: WsSession,
         outputs: Vec<WsOutput>,
     ) {
@@ -192,6 +194,7 @@ impl Reactor {
             return;
         };
         conn.out.push_unbounded(response.into());
+        conn.deflate = deflate;
         conn.phase = Phase::WebSocket(session);
         conn.last_rx = now;
         Stats::add(&self.stats.websockets, 1);
@@ -307,7 +310,9 @@ impl Reactor {
                     if origin == Origin::Timer {
                         conn.out.push_unbounded(frame);
                         self.mark_dirty(key);
-                    } else if overflow || conn.out.push(&frame.into(), limits) == Push::Full {
+                    } else if overflow
+                        || conn.out.push(&SharedFrame::plain(frame), limits) == Push::Full
+                    {
                         // A client that sends commands but never reads is a
                         // slow consumer like any other. Router changes
                         // still apply, so teardown finds them all.
@@ -325,8 +330,9 @@ impl Reactor {
                 }
                 WsOutput::AskSubscribe(ask) => {
                     let denied = self.ask_on_subscribe(key, &ask);
+                    let deflate = self.conns.get(key).is_some_and(|c| c.deflate);
                     queue.extend(self.ws_call(key, |s, now, cx, out| {
-                        s.subscribe_decided(*ask, denied, now, cx, out)
+                        s.subscribe_decided(*ask, denied, deflate, now, cx, out)
                     }));
                 }
                 WsOutput::Close(reason) => self.close(key, reason),
@@ -378,6 +384,7 @@ impl Reactor {
                     "slow_consumer_closes": s.slow_consumer_closes,
                     "resyncs": s.resyncs,
                     "dropped_frames": s.dropped_frames,
+                    "replaced_events": s.replaced_events,
                     "replayed": s.replayed,
                     "history_events": history_events,
                     "history_bytes": history_bytes,
@@ -487,13 +494,14 @@ impl Reactor {
         // as usual, so a client that does not read them is still cut.
         if conn
             .out
-            .push(&Rc::new(encode_text(reply.as_bytes())), limits)
+            .push(&SharedFrame::plain(encode_text(reply.as_bytes())), limits)
             == Push::Full
         {
             return false;
         }
         for event in &events {
-            conn.out.push_past_limits(&Rc::new(event.frame.clone()));
+            let deflated = event.deflated.is_some() && conn.deflate;
+            conn.out.push_past_limits(&event.shared_frame(deflated));
         }
         if !events.is_empty() {
             Stats::add(&self.stats.replayed, events.len() as u64);

@@ -35,6 +35,7 @@ use crate::auth::Tokens;
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::{CloseReason, Error, CLOSE_IO_ERROR, CLOSE_KINDS, CLOSE_PEER_GONE};
 use crate::fanout::coalesce::Coalescer;
+use crate::fanout::delivery::Fate;
 use crate::fanout::event::seq_of_frame;
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::queue::OutQueue;
@@ -602,14 +603,15 @@ impl Reactor {
 
     /// Queues a handle to the event's one frame on every matching socket.
     fn fan_out(&mut self, event: &Sequenced) {
-        // One atomic increment per event for this reactor; each delivery
-        // then only counts the `Rc`.
-        let frame: Frame = Rc::new(event.frame.clone());
+        // One atomic increment per event (and frame) for this reactor; each
+        // delivery then only counts an `Rc`.
+        let plain = event.shared_frame(false);
+        let deflated = event.deflated.is_some().then(|| event.shared_frame(true));
         let subscribers = self.router.matches(&event.channel);
         let limits = self.queue_limits;
         let policy = self.config.limits.slow_consumer;
         let epoch: &str = &self.epoch;
-        let (mut delivered, mut dropped, mut resyncs) = (0, 0, 0);
+        let (mut delivered, mut dropped, mut resyncs, mut replaced) = (0, 0, 0, 0);
         self.last_seq = event.seq;
         let mut behind = false;
         for &key in subscribers.iter() {
@@ -624,9 +626,14 @@ impl Reactor {
             // keeping-up queue past half its limits, so such a queue holds
             // at most half its limits plus one frame (docs/security.md).
             let keeping_up = conn.stalled_since == NOT_STALLED;
-            if conn.out.push(&frame, limits) == Push::Full {
+            let frame = match &deflated {
+                Some(deflated) if conn.deflate => deflated,
+                _ => &plain,
+            };
+            let mut pushed = conn.out.push(frame, limits);
+            if pushed == Push::Full {
                 if keeping_up {
-                    conn.out.push_past_limits(&frame);
+                    pushed = conn.out.push_past_limits(frame);
                 } else {
                     match policy {
                         SlowConsumerPolicy::Close => {
@@ -634,11 +641,18 @@ impl Reactor {
                             continue;
                         }
                         SlowConsumerPolicy::DropOldest => {
-                            let (count, kept) = drop_oldest(&mut conn.out, &frame, limits, epoch);
+                            let (count, kept) = drop_oldest(&mut conn.out, frame, limits, epoch);
                             dropped += count;
-                            resyncs += 1;
-                            conn.resyncs = conn.resyncs.saturating_add(1);
+                            resyncs += u64::from(count > 0);
+                            if count > 0 {
+                                conn.resyncs = conn.resyncs.saturating_add(1);
+                            }
                             if !kept {
+                                // Only `never_drop` frames fill the queue,
+                                // and this one may not be dropped either.
+                                if frame.fate == Fate::NeverDrop {
+                                    self.deferred_closes.push((key, CloseReason::QueueOverflow));
+                                }
                                 continue;
                             }
                         }
@@ -660,6 +674,7 @@ impl Reactor {
                 }
             }
             delivered += 1;
+            replaced += u64::from(pushed == Push::Replaced);
             behind |= keeping_up && conn.out.over_half(limits);
             if !conn.dirty {
                 conn.dirty = true;
@@ -677,9 +692,12 @@ impl Reactor {
             Stats::add(&self.stats.intake_pauses, 1);
         }
         Stats::add(&self.stats.deliveries, delivered);
-        if dropped > 0 {
+        if dropped > 0 || resyncs > 0 {
             Stats::add(&self.stats.dropped_frames, dropped as u64);
             Stats::add(&self.stats.resyncs, resyncs);
+        }
+        if replaced > 0 {
+            Stats::add(&self.stats.replaced_events, replaced);
         }
     }
 
@@ -1074,10 +1092,12 @@ impl Reactor {
     }
 }
 
-/// `slow_consumer = "drop_oldest"` for one queue: drops its oldest frames to
-/// make room for `frame` and a notice, and puts the notice (`resync`,
-/// reason `"dropped"`, the last dropped seq) where they were. Returns the
-/// frames dropped and whether `frame` was queued.
+/// `slow_consumer = "drop_oldest"` for one queue: drops its oldest frames
+/// (but `never_drop` ones) to make room for `frame` and a notice, and puts
+/// the notice (`resync`, reason `"dropped"`, the last dropped seq) where
+/// they were. `frame` itself is dropped if it still does not fit, unless it
+/// is `never_drop`. Returns the frames dropped and whether `frame` was
+/// queued.
 fn drop_oldest(
     out: &mut OutQueue,
     frame: &Frame,
@@ -1090,19 +1110,18 @@ fn drop_oldest(
         max_messages: limits.max_messages.saturating_sub(1).max(1),
         max_bytes: limits.max_bytes,
     };
-    let (mut count, last) = out.drop_oldest_for(frame.len() + NOTICE_ROOM, room);
-    let kept = out.push(frame, limits) == Push::Queued;
-    let last_seq = if kept {
-        last.and_then(|f| seq_of_frame(&f))
-    } else {
-        count += 1;
-        seq_of_frame(frame)
-    };
-    if let Some(seq) = last_seq {
-        let notice = notice_resync("dropped", epoch, seq);
-        out.push_front_unsent(encode_text(notice.as_bytes()));
+    let mut dropped = out.drop_oldest_for(frame.len() + NOTICE_ROOM, room);
+    let kept = out.push(frame, limits) != Push::Full;
+    if !kept && frame.fate != Fate::NeverDrop {
+        dropped.count += 1;
+        dropped.gap_at = out.len();
+        dropped.last = Some(Rc::clone(frame));
     }
-    (count, kept)
+    if let Some(seq) = dropped.last.and_then(|f| seq_of_frame(&f)) {
+        let notice = notice_resync("dropped", epoch, seq);
+        out.insert_unsent(dropped.gap_at, encode_text(notice.as_bytes()));
+    }
+    (dropped.count, kept)
 }
 
 /// The peer's address for a log line, or why there is none.

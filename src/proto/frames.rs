@@ -38,17 +38,27 @@ pub struct MessageReader {
     fragments: Option<Vec<u8>>,
     /// Whether the open fragmented message is binary.
     fragments_binary: bool,
+    /// Whether the open fragmented message is compressed (RSV1 on its first
+    /// frame).
+    fragments_compressed: bool,
     /// The relay speaks JSON text and closes on binary (1003); the
     /// conformance echo server takes binary too.
     accept_binary: bool,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    inflate: bool,
 }
 
 impl MessageReader {
-    pub fn accepting_binary() -> Self {
+    pub fn new(accept_binary: bool, inflate: bool) -> Self {
         MessageReader {
-            accept_binary: true,
+            accept_binary,
+            inflate,
             ..MessageReader::default()
         }
+    }
+
+    pub fn accepting_binary() -> Self {
+        MessageReader::new(true, false)
     }
 
     /// Whether a fragmented message is open, so the reader holds state.
@@ -69,7 +79,7 @@ impl MessageReader {
         let Some((header, len, header_len)) = parse_header(input)? else {
             return Ok(None);
         };
-        check_header(&header, len)?;
+        check_header(&header, len, self.inflate)?;
         // A 64-bit length is the peer's to choose: saturate, never wrap (a
         // wrapped sum once passed this check and then broke the slicing below).
         let buffered = self.fragments.as_ref().map_or(0, Vec::len) as u64;
@@ -90,7 +100,7 @@ impl MessageReader {
         if let Some(mask) = header.mask {
             unmask(payload, mask);
         }
-        let message = self.on_frame(&header, payload)?;
+        let message = self.on_frame(&header, payload, max_message)?;
         Ok(Some((message, end)))
     }
 
@@ -98,6 +108,7 @@ impl MessageReader {
         &mut self,
         header: &FrameHeader,
         payload: &[u8],
+        max_message: usize,
     ) -> Result<Option<Message>, CloseReason> {
         match header.opcode {
             OpCode::Control(Control::Ping) => Ok(Some(Message::Ping(payload.to_vec()))),
@@ -117,6 +128,7 @@ impl MessageReader {
                     return Ok(None);
                 }
                 let whole = self.fragments.take().unwrap_or_default();
+                let whole = self.inflated(whole, self.fragments_compressed, max_message)?;
                 whole_message(whole, self.fragments_binary).map(Some)
             }
             // Reject binary at its first frame rather than buffering it.
@@ -129,12 +141,29 @@ impl MessageReader {
                 }
                 let binary = data == Data::Binary;
                 if header.is_final {
-                    return whole_message(payload.to_vec(), binary).map(Some);
+                    let whole = self.inflated(payload.to_vec(), header.rsv1, max_message)?;
+                    return whole_message(whole, binary).map(Some);
                 }
                 self.fragments = Some(payload.to_vec());
                 self.fragments_binary = binary;
+                self.fragments_compressed = header.rsv1;
                 Ok(None)
             }
+        }
+    }
+
+    /// A whole message's payload, inflated if it was sent compressed;
+    /// within `max_message` bytes either way (`proto::deflate::inflate`).
+    fn inflated(
+        &self,
+        payload: Vec<u8>,
+        compressed: bool,
+        max_message: usize,
+    ) -> Result<Vec<u8>, CloseReason> {
+        if compressed {
+            crate::proto::deflate::inflate(&payload, max_message)
+        } else {
+            Ok(payload)
         }
     }
 }
@@ -153,9 +182,13 @@ fn parse_header(input: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, Close
     }
 }
 
-fn check_header(header: &FrameHeader, len: u64) -> Result<(), CloseReason> {
-    // "MUST be 0 unless an extension is negotiated" (5.2); we negotiate none.
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+fn check_header(header: &FrameHeader, len: u64, inflate: bool) -> Result<(), CloseReason> {
+    // "MUST be 0 unless an extension is negotiated" (5.2); permessage-deflate
+    // defines RSV1 only, and only on "the first frame of a message"
+    // (RFC 7692 6): never on a continuation or a control frame.
+    let compressed_first_frame =
+        inflate && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+    if (header.rsv1 && !compressed_first_frame) || header.rsv2 || header.rsv3 {
         return Err(CloseReason::Protocol("reserved bits set"));
     }
     // "The server MUST close the connection upon receiving a frame that is not masked" (5.1).
@@ -233,6 +266,14 @@ pub fn put_header(out: &mut BytesMut, opcode: OpCode, len: usize) {
         .expect("bug: a 14-byte buffer holds any unmasked header");
     let written = cursor.position() as usize;
     out.put_slice(&bytes[..written]);
+}
+
+/// Writes the header of an unmasked final frame whose payload is
+/// compressed: RSV1 set, "the "Per-Message Compressed" bit" (RFC 7692 6).
+pub fn put_compressed_header(out: &mut BytesMut, opcode: OpCode, len: usize) {
+    let start = out.len();
+    put_header(out, opcode, len);
+    out[start] |= 0x40;
 }
 
 /// Length of the header for an unmasked frame of `len` payload bytes.

@@ -30,6 +30,8 @@ pub struct RequestHead {
     pub ws_version: Option<String>,
     /// `Sec-WebSocket-Protocol` values, in order, trimmed.
     pub ws_protocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` header values, in order, as sent.
+    pub ws_extensions: Vec<String>,
 }
 
 /// Why a request head is refused before it is complete.
@@ -89,6 +91,7 @@ pub fn parse_head(
         ws_key: None,
         ws_version: None,
         ws_protocols: Vec::new(),
+        ws_extensions: Vec::new(),
     };
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value)
@@ -134,6 +137,8 @@ pub fn parse_head(
             head.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            head.ws_extensions.push(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             head.ws_protocols
                 .extend(value.split(',').map(|p| p.trim().to_string()));
@@ -185,6 +190,9 @@ pub struct Upgrade {
     /// The token that followed `Bearer` in the subprotocol list, or else the
     /// one in `Authorization: Bearer` (non-browser clients send that).
     pub bearer_token: Option<String>,
+    /// permessage-deflate agreed (`proto::deflate`): set by the caller,
+    /// which knows whether compression is on.
+    pub deflate: bool,
 }
 
 /// Checks an upgrade request (RFC 6455 4.2.1); a refusal is the status to send.
@@ -227,6 +235,7 @@ pub fn check_upgrade(head: &RequestHead) -> Result<Upgrade, Status> {
         accept_key: derive_accept_key(key.as_bytes()),
         bearer_protocol,
         bearer_token,
+        deflate: false,
     })
 }
 
@@ -253,6 +262,11 @@ impl Upgrade {
         if let Some(protocol) = &self.bearer_protocol {
             out.push_str("Sec-WebSocket-Protocol: ");
             out.push_str(protocol);
+            out.push_str("\r\n");
+        }
+        if self.deflate {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(crate::proto::deflate::AGREED);
             out.push_str("\r\n");
         }
         out.push_str("\r\n");

@@ -2,6 +2,7 @@
 
 pub mod chunked;
 pub mod command;
+pub mod deflate;
 pub mod frames;
 pub mod handshake;
 pub mod http;

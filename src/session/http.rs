@@ -42,6 +42,9 @@ pub enum HttpOutput {
     /// answers `403` instead and drops `session` and `outputs` unapplied.
     Upgrade {
         response: Vec<u8>,
+        /// permessage-deflate was agreed: pass it to every
+        /// `WsSession::handle_bytes`, and send events deflated.
+        deflate: bool,
         session: WsSession,
         outputs: Vec<WsOutput>,
         request: Option<Box<UpgradeRequest>>,

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::fanout::delivery::Shaping;
 use crate::route::SubjectLimits;
 use crate::stats::Stats;
 
@@ -50,6 +51,8 @@ pub struct SessionContext<'a> {
     /// request's details, and subscribes are asked about
     /// (`WsOutput::AskSubscribe`) before they take effect.
     pub hooks_set: bool,
+    /// Delivery rules and compression, applied to events published here.
+    pub shaping: &'a Shaping,
 }
 
 /// A configured timeout on the reactor's clock.

@@ -230,11 +230,13 @@ impl WsSession {
 
     /// Answers an [`WsOutput::AskSubscribe`]: `denied` names the first
     /// pattern the hook refused and its reason, else the subscribe goes
-    /// ahead. Then reads the input held meanwhile.
+    /// ahead. Then reads the input held meanwhile (`deflate` as for
+    /// [`WsSession::handle_bytes`]).
     pub fn subscribe_decided(
         &mut self,
         ask: SubscribeAsk,
         denied: Option<(Box<str>, String)>,
+        deflate: bool,
         now: Now,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
@@ -258,15 +260,19 @@ impl WsSession {
         if let Some(inbound) = self.inbound.as_mut() {
             inbound.paused = false;
         }
-        self.handle_bytes(&mut [], now, cx, out);
+        self.handle_bytes(&mut [], deflate, now, cx, out);
     }
 
     /// Feeds bytes read from the socket (unmasked in place). Handles every
     /// complete message and keeps an incomplete frame; stops after a
-    /// `Close`.
+    /// `Close`. With `deflate` (permessage-deflate was agreed at the
+    /// upgrade, and the caller keeps that), compressed messages are
+    /// inflated. The flag is the caller's so that it costs a session no
+    /// byte.
     pub fn handle_bytes(
         &mut self,
         data: &mut [u8],
+        deflate: bool,
         now: Now,
         cx: &SessionContext,
         out: &mut Vec<WsOutput>,
@@ -277,11 +283,7 @@ impl WsSession {
         let max = cx.config.limits.max_message_size;
         let mut inbound = self.inbound.take().map_or_else(
             || Inbound {
-                reader: if cx.config.conformance_echo {
-                    MessageReader::accepting_binary()
-                } else {
-                    MessageReader::default()
-                },
+                reader: MessageReader::new(cx.config.conformance_echo, deflate),
                 leftover: Vec::new(),
                 paused: false,
             },

@@ -94,6 +94,21 @@ test('after a reconnect: resume with since, nothing before the reply, no repeats
   await page.close();
 });
 
+test('a late event (behind a conflated one) passes; repeats do not', async () => {
+  const { page, socket, seqs, errors } = await open({ options: FAST });
+  const first = await socket(0);
+  await first.command('subscribe');
+  first.send({ type: 'subscribed', channels: ['job.*'], epoch: 'e1', seq: 10 });
+  // 15 replaced an older event in its queue place, ahead of 12 (docs/protocol.md, "Delivery rules").
+  for (const seq of [11, 15, 12, 15, 12, 10, 16]) first.event(seq);
+  await waitFor('four events', async () => (await seqs()).length === 4);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.deepEqual(await seqs(), [11, 15, 12, 16]);
+  assert.equal(await page.evaluate(() => window.client.seq), 16, 'a resume starts after the highest');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('a resume without events yet starts at the subscribe reply\'s seq', async () => {
   const { page, socket } = await open({ options: FAST });
   const first = await socket(0);

@@ -487,6 +487,8 @@ impl HttpResponse {
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -558,6 +560,8 @@ pub struct Raw {
     pub stream: TcpStream,
     buf: Vec<u8>,
     eof: bool,
+    /// permessage-deflate was agreed, so the relay may set RSV1.
+    pub deflate: bool,
 }
 
 impl Raw {
@@ -570,6 +574,7 @@ impl Raw {
             stream,
             buf: Vec::new(),
             eof: false,
+            deflate: false,
         }
     }
 
@@ -759,7 +764,8 @@ impl Raw {
         self.need(2, deadline).ok()?;
         let (b0, b1) = (self.buf[0], self.buf[1]);
         assert_eq!(b1 & 0x80, 0, "server frames must not be masked");
-        assert_eq!(b0 & 0x70, 0, "server set RSV bits without an extension");
+        let reserved = if self.deflate { 0x30 } else { 0x70 };
+        assert_eq!(b0 & reserved, 0, "server set RSV bits no extension allows");
         let (len, header) = match b1 & 0x7f {
             126 => {
                 self.need(4, deadline).ok()?;
@@ -779,9 +785,31 @@ impl Raw {
         self.buf.drain(..total);
         Some(Frame {
             fin: b0 & 0x80 != 0,
+            rsv1: b0 & 0x40 != 0,
             opcode: b0 & 0x0f,
             payload,
         })
+    }
+
+    /// Every frame that arrives until the connection stays quiet for
+    /// `quiet` (or ends): for a reader that stalled and now catches up.
+    pub fn drain_frames(&mut self, quiet: Duration) -> Vec<Frame> {
+        let mut idle_since = Instant::now();
+        loop {
+            match self.fill() {
+                Ok(true) => idle_since = Instant::now(),
+                Ok(false) if idle_since.elapsed() < quiet => {}
+                Ok(false) | Err(_) => break,
+            }
+        }
+        let mut frames = Vec::new();
+        while !self.buf.is_empty() {
+            match self.read_frame() {
+                Some(frame) => frames.push(frame),
+                None => break,
+            }
+        }
+        frames
     }
 
     /// Reads frames until a close frame; returns its code (`Closed::Dropped`

@@ -21,6 +21,8 @@ fn event(seq: u64, channel: &str, len: usize) -> Arc<Sequenced> {
         seq,
         channel: channel.into(),
         frame: Bytes::from(vec![b'x'; len]),
+        deflated: None,
+        fate: Default::default(),
         appended_ms: 0,
     })
 }

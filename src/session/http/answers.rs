@@ -6,7 +6,7 @@ use tracing::{debug, info};
 
 use super::{Body, HttpOutput, HttpSession, Owed, Owing, Query, State, Step, UpgradeRequest};
 use crate::auth::{may_publish, PublishAuth};
-use crate::config::Config;
+use crate::config::{CompressionMode, Config};
 use crate::fanout::event::{EncodedEvent, Event};
 use crate::fanout::publisher::{validate_event, PublishError};
 use crate::proto::handshake::{check_upgrade, header_list, upgrade_refusal, RequestHead};
@@ -113,7 +113,7 @@ impl HttpSession {
         cx: &SessionContext,
         out: &mut Vec<HttpOutput>,
     ) -> Step {
-        let upgrade = match check_upgrade(head) {
+        let mut upgrade = match check_upgrade(head) {
             Ok(upgrade) => upgrade,
             Err(status) => {
                 debug!("upgrade refused with {}", status.code());
@@ -164,8 +164,10 @@ impl HttpSession {
         // or RNG in the session, and a client choosing it only moves its own.
         let ping_seed = head.ws_key.as_deref().map_or(0, seed_of);
         let mut session = WsSession::new(auth, now.millis, ping_seed, cx, &mut outputs);
+        upgrade.deflate = cx.config.compression == CompressionMode::On
+            && crate::proto::deflate::accepts(&head.ws_extensions);
         if !early.is_empty() {
-            session.handle_bytes(&mut early, now, cx, &mut outputs);
+            session.handle_bytes(&mut early, upgrade.deflate, now, cx, &mut outputs);
         }
         let request = cx.hooks_set.then(|| {
             Box::new(UpgradeRequest {
@@ -177,6 +179,7 @@ impl HttpSession {
         });
         out.push(HttpOutput::Upgrade {
             response: upgrade.response(),
+            deflate: upgrade.deflate,
             session,
             outputs,
             request,
@@ -493,6 +496,9 @@ fn publish_events(
         }
         events.push(event);
     }
-    let events = events.into_iter().map(|e| e.encode(now.wall)).collect();
+    let events = events
+        .into_iter()
+        .map(|e| e.encode_shaped(now.wall, cx.shaping))
+        .collect();
     Ok((events, single))
 }

@@ -29,6 +29,7 @@ struct Fixture {
     /// Plays the embedder's `on_subscribe` hook when set: patterns starting
     /// with one of these are refused.
     hook_denies: Option<Vec<&'static str>>,
+    shaping: crate::fanout::delivery::Shaping,
 }
 
 impl Fixture {
@@ -46,6 +47,7 @@ impl Fixture {
             subject_limits: config.subject_limits(),
             stats: Stats::default(),
             hook_denies: None,
+            shaping: crate::fanout::delivery::Shaping::new(&config),
             config,
         }
     }
@@ -66,6 +68,7 @@ impl Fixture {
             subject_limits: &self.subject_limits,
             stats: &self.stats,
             hooks_set: self.hook_denies.is_some(),
+            shaping: &self.shaping,
         }
     }
 
@@ -191,7 +194,7 @@ impl<'f> Client<'f> {
         let mut out = Vec::new();
         self.last_rx = millis;
         self.session
-            .handle_bytes(&mut data, at(millis), &self.fx.cx(), &mut out);
+            .handle_bytes(&mut data, false, at(millis), &self.fx.cx(), &mut out);
         self.apply(out)
     }
 
@@ -258,8 +261,14 @@ impl<'f> Client<'f> {
                         .map(|p| (p.clone(), "not on your plan".to_string()));
                     let mut more = Vec::new();
                     let now = at(self.last_rx);
-                    self.session
-                        .subscribe_decided(*ask, denied, now, &self.fx.cx(), &mut more);
+                    self.session.subscribe_decided(
+                        *ask,
+                        denied,
+                        false,
+                        now,
+                        &self.fx.cx(),
+                        &mut more,
+                    );
                     queue.extend(more);
                 }
                 WsOutput::Close(reason) => got.push(Got::Close(reason)),

@@ -105,6 +105,7 @@ impl<'f> Peer<'f> {
                     session,
                     outputs,
                     request,
+                    ..
                 } => replies.push(Reply::Upgrade {
                     response: text(response),
                     session,
