@@ -158,6 +158,7 @@ impl Harness<'_> {
                     queue.extend(more);
                 }
                 WsOutput::Close(_) => self.closed = true,
+                WsOutput::WakeAt(_) => {}
             }
         }
         self.check();
@@ -208,7 +209,7 @@ fuzz_target!(|input: Input| {
             channels: Some(vec!["a.>".into(), "job.*".into()]),
         }];
     }
-    let tokens = Tokens::from_config(&config);
+    let tokens = Tokens::from_config(&config).expect("no JWT keys to read");
     let defaults: Rc<[Box<str>]> = config
         .default_channels
         .iter()
@@ -232,7 +233,7 @@ fuzz_target!(|input: Input| {
         Auth::NotRequired
     };
     let mut out = Vec::new();
-    let session = WsSession::new(auth, 0, &cx, &mut out);
+    let session = WsSession::new(auth, 0, 0, &cx, &mut out);
     let first = session.first_timeout(0, &cx);
     let mut h = Harness {
         cx,
