@@ -63,8 +63,8 @@ impl HttpSession {
                 Ok(query) => return self.owe(Owing::Query, HttpOutput::Query(query), head, out),
                 Err((status, code, message)) => json_error(status, code, &message, keep_alive),
             },
-            Route::AdminConnections | Route::AdminSubscriptions => {
-                let connections = route(&head.method, &head.path) == Route::AdminConnections;
+            admin @ (Route::AdminConnections | Route::AdminSubscriptions) => {
+                let connections = admin == Route::AdminConnections;
                 match super::admin::admin_query(head, connections, cx) {
                     Ok(query) => {
                         return self.owe(Owing::Query, HttpOutput::Query(query), head, out)
