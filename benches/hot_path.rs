@@ -9,12 +9,13 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 use std::rc::Rc;
-use tidings::fanout::delivery::Fate;
+use tidings::config::CompressionMode;
+use tidings::fanout::delivery::{Fate, Shaping};
 use tidings::fanout::queue::{Frame, OutQueue, QueueLimits, SharedFrame};
 use tidings::proto::command::parse_command;
 use tidings::proto::handshake::{check_upgrade, parse_head};
 use tidings::route::SubscriptionTrie;
-use tidings::Event;
+use tidings::{Config, Event};
 
 const SUBSCRIPTIONS: u32 = 100_000;
 
@@ -69,6 +70,24 @@ fn frame_building(c: &mut Criterion) {
         b.iter(|| {
             seq += 1;
             black_box(encoded.frame(seq))
+        })
+    });
+    // `compression = "on"`: the producer also deflates the part after
+    // `seq`, and the sequencer builds the second frame.
+    let compressing = Shaping::new(&Config {
+        compression: CompressionMode::On,
+        compression_min_size: 0,
+        ..Config::default()
+    });
+    c.bench_function("event/encode_and_deflate_on_producer", |b| {
+        b.iter(|| black_box(sample_event().encode_shaped(now, &compressing)))
+    });
+    let deflating = sample_event().encode_shaped(now, &compressing);
+    c.bench_function("event/deflated_frame_with_seq_in_sequencer", |b| {
+        let mut seq = 0u64;
+        b.iter(|| {
+            seq += 1;
+            black_box(deflating.deflated_frame(seq))
         })
     });
 }

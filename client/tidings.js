@@ -227,8 +227,10 @@ export class TidingsClient {
    * for a repeat).
    */
   #remember(seq) {
-    // At or before where the subscription started: not ours.
-    if (this.#floor !== null && seq <= this.#floor) return false;
+    // At or before where the subscription started, once live events came:
+    // not ours. (Before them, the snapshot's events come from there.)
+    const live = this.seq !== null && this.#floor !== null && this.seq > this.#floor;
+    if (live && seq <= this.#floor) return false;
     const passed = this.#passed;
     if (this.seq !== null && seq <= this.seq) {
       if (passed.length >= REMEMBERED_SEQS && seq < passed[0]) return false;

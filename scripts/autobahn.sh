@@ -22,6 +22,9 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: $0 [--compression | --all]" >&2; exit 2 ;;
 esac
+# AUTOBAHN_CASES overrides the list, e.g. '["12.1.*","13.1.*"]' for a quick
+# look at the compression sections.
+cases="${AUTOBAHN_CASES:-$cases}"
 port="${AUTOBAHN_PORT:-9001}"
 venv="target/autobahn-venv"
 reports="target/autobahn-reports"

@@ -70,7 +70,7 @@ impl Event {
     /// Serializes the event stamped with `at`, leaving a slot for `seq`,
     /// with the default delivery rule and no deflated frame.
     pub fn encode(self, at: SystemTime) -> EncodedEvent {
-        self.encode_shaped(at, &Shaping::default())
+        self.encode_as(at, Fate::All, None)
     }
 
     /// [`Event::encode`] with the relay's delivery rules and compression:
@@ -78,6 +78,12 @@ impl Event {
     /// so that the sequencer only splices in the `seq`.
     pub fn encode_shaped(self, at: SystemTime, shaping: &Shaping) -> EncodedEvent {
         let fate = shaping.fate(&self.channel, &self.data);
+        self.encode_as(at, fate, Some(shaping))
+    }
+
+    /// With `shaping`, the part after `seq` is also deflated if the event
+    /// is long enough.
+    fn encode_as(self, at: SystemTime, fate: Fate, shaping: Option<&Shaping>) -> EncodedEvent {
         let mut body = Vec::with_capacity(64 + self.channel.len() * 2 + self.data.get().len());
         body.extend_from_slice(b"{\"type\":");
         match &self.event_type {
@@ -99,7 +105,7 @@ impl Event {
         // it is the relay's short envelope, and deflating it separately
         // would save little. The rest, with the data, is deflated here.
         let deflated_tail = shaping
-            .deflates(body.len())
+            .is_some_and(|s| s.deflates(body.len()))
             .then(|| deflate_piece(&body[seq_at..]));
         EncodedEvent {
             channel: self.channel.into_boxed_str(),

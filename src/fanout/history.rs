@@ -10,10 +10,11 @@
 //! are consecutive, so the event after `since` is found by subtraction.
 //!
 //! Memory, for a configuration [`HistoryConfig`]:
-//! - the ring: at most `max_bytes` of frames (`bytes()` counts
-//!   `frame.len()`), plus per held event about 16 bytes in the ring, the
-//!   `Sequenced` allocation (72 bytes and the channel name) and the shared
-//!   buffer's header (about 32 bytes): about 130 bytes and the channel name;
+//! - the ring: at most `max_bytes` of frames (`bytes()` counts both frames
+//!   of each event, plain and deflated), plus per held event about 16 bytes
+//!   in the ring, the `Sequenced` allocation (112 bytes and the channel name)
+//!   and the shared buffers' headers (about 32 bytes each): about 180 bytes
+//!   and the channel name;
 //! - last values: at most `max_channels` events, each held even after it has
 //!   left the ring. `last_value_bytes()` counts their frames, including those
 //!   still in the ring (the same bytes, counted in both). The bound is
@@ -174,7 +175,7 @@ impl History {
         // times may arrive slightly out of order; age eviction from the
         // front needs them ordered.
         self.newest_at = self.newest_at.max(now_ms);
-        self.ring_bytes += event.frame.len();
+        self.ring_bytes += event.bytes();
         self.ring.push_back(Held {
             event,
             at_ms: self.newest_at,
@@ -199,7 +200,7 @@ impl History {
 
     fn pop_oldest(&mut self) {
         if let Some(held) = self.ring.pop_front() {
-            self.ring_bytes -= held.event.frame.len();
+            self.ring_bytes -= held.event.bytes();
         }
     }
 
@@ -209,11 +210,11 @@ impl History {
     /// tells the operator to raise the limit or narrow `last_value`.
     /// Channels are never removed; their value is replaced by the next event.
     fn keep_last_value(&mut self, event: &Arc<Sequenced>) {
-        let bytes = event.frame.len();
+        let bytes = event.bytes();
         if self.last_values.contains(&*event.channel) {
             let old = self.last_values.replace(LastValue(Arc::clone(event)));
             let old = old.expect("bug: a channel just found is in the set");
-            self.last_value_bytes = self.last_value_bytes - old.0.frame.len() + bytes;
+            self.last_value_bytes = self.last_value_bytes - old.0.bytes() + bytes;
             return;
         }
         let wanted = self

@@ -54,6 +54,11 @@ pub struct Sequenced {
 }
 
 impl Sequenced {
+    /// Bytes of its frames, deflated one included: what holding it costs.
+    pub fn bytes(&self) -> usize {
+        self.frame.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+    }
+
     /// A handle to the plain or the deflated frame (which must exist) with
     /// the event's fate, as queues hold it.
     pub fn shared_frame(&self, deflated: bool) -> Frame {
