@@ -44,6 +44,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    pub metrics: MetricsConfig,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -261,6 +262,23 @@ pub struct TlsConfig {
     pub key: std::path::PathBuf,
 }
 
+/// What `/metrics` measures beyond counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// One event in this many is timed from its entry in the log to the
+    /// end of the flush pass that wrote it
+    /// (`tidings_publish_to_write_seconds`); 0 times none.
+    pub latency_sample: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        // Two clock reads per sampled event, none for the others.
+        MetricsConfig { latency_sample: 64 }
+    }
+}
+
 /// WebSocket client auth. Off while `tokens` is empty.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -322,6 +340,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            metrics: MetricsConfig::default(),
             conformance_echo: false,
         }
     }

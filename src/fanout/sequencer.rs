@@ -42,6 +42,8 @@ pub struct Sequenced {
     pub frame: Bytes,
     /// When it was appended, in ms on the sequencer's clock.
     pub appended_ms: u64,
+    /// The same moment as an `Instant`, for the publish-to-write latency.
+    pub appended_at: Instant,
 }
 
 /// Producers wait while the oldest event a reactor has not read yet is
@@ -329,12 +331,14 @@ impl Sequencer {
         let seq = log.next_seq;
         log.next_seq += 1;
         let frame = event.frame(seq);
-        let now = self.now_ms();
+        let appended_at = Instant::now();
+        let now = appended_at.duration_since(self.started).as_millis() as u64;
         let sequenced = Arc::new(Sequenced {
             seq,
             channel: event.channel,
             frame,
             appended_ms: now,
+            appended_at,
         });
         log.history.push(Arc::clone(&sequenced), now);
         log.events.push_back(sequenced);

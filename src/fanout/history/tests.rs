@@ -22,6 +22,7 @@ fn event(seq: u64, channel: &str, len: usize) -> Arc<Sequenced> {
         channel: channel.into(),
         frame: Bytes::from(vec![b'x'; len]),
         appended_ms: 0,
+        appended_at: std::time::Instant::now(),
     })
 }
 
