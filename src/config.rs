@@ -751,6 +751,12 @@ mod tests {
             ("[timeouts]\nping_interval = \"70s\"", "timeouts.pong_wait"),
             ("default_channels = [\"a..b\"]", "default_channels"),
             ("[[auth.tokens]]\ntoken = \"\"", "auth.tokens[0].token"),
+            ("[auth.jwt]\nleeway = \"1s\"", "auth.jwt"),
+            ("[auth.jwt]\nhs256_secret = \"\"", "auth.jwt.hs256_secret"),
+            (
+                "[auth.jwt]\nhs256_secret = \"s\"\nchannels_when_absent = [\"a..b\"]",
+                "auth.jwt.channels_when_absent",
+            ),
             ("[history]\nmax_replay = 0", "history.max_replay"),
             ("[history]\nmax_bytes = 0", "history.max_bytes"),
             ("[history]\nmax_age = 0", "history.max_age"),
