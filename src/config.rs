@@ -266,8 +266,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// One event in this many is timed from its entry in the log to the
-    /// end of the flush pass that wrote it
+    /// One event in this many (by `seq`) is timed: its fan-out
+    /// (`tidings_fanout_event_seconds`), and from its entry in the log to
+    /// the end of the flush pass that wrote it
     /// (`tidings_publish_to_write_seconds`); 0 times none.
     pub latency_sample: u64,
 }

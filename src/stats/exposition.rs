@@ -236,7 +236,8 @@ fn per_reactor(set: &StatsSet) -> Vec<MetricFamily> {
         ),
         family(
             "tidings_fanout_event_seconds",
-            "Time to fan one event out to a reactor's subscribers (queue pushes, no writes).",
+            "Time to fan one event out to a reactor's subscribers (queue pushes, no writes), \
+             for one event in metrics.latency_sample.",
             MetricType::HISTOGRAM,
             each(&|s, l| histogram(&s.fanout_us.snapshot(), MICROS, l)),
         ),

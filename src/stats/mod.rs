@@ -39,7 +39,7 @@ pub struct Stats {
     pub closes: [AtomicU64; CLOSE_KINDS.len()],
     /// One turn of the reactor loop, readiness to the next wait.
     pub turn_us: Histogram<Micros>,
-    /// Fanning one event out (router match and queue pushes).
+    /// Fanning one event out (router match and queue pushes); sampled.
     pub fanout_us: Histogram<Micros>,
     /// The writes of one flush pass, its steps summed.
     pub flush_pass_us: Histogram<Micros>,
