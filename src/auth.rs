@@ -347,6 +347,28 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_or_unparsable_key_file_names_itself() {
+        let missing =
+            Config::from_toml_str("[auth.jwt]\npublic_keys = [\"/nonexistent/tidings-key.pem\"]")
+                .expect("valid");
+        let error = Tokens::from_config(&missing).expect_err("no such file");
+        assert!(
+            error.to_string().contains("/nonexistent/tidings-key.pem"),
+            "{error}"
+        );
+        let path = std::env::temp_dir().join(format!("tidings-not-a-key-{}", std::process::id()));
+        std::fs::write(&path, "not a key").expect("write");
+        let garbage = Config::from_toml_str(&format!("[auth.jwt]\npublic_keys = [{:?}]", path))
+            .expect("valid");
+        let error = Tokens::from_config(&garbage).expect_err("not a key");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            error.to_string().contains("auth.jwt.public_keys"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn constant_time_eq_is_equality() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));

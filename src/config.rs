@@ -68,6 +68,7 @@ pub struct Config {
     /// Events smaller than this (their JSON, in bytes) always travel plain:
     /// deflate saves little on them and costs the client an inflate.
     pub compression_min_size: usize,
+    pub metrics: MetricsConfig,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -292,6 +293,24 @@ pub struct TlsConfig {
     pub key: std::path::PathBuf,
 }
 
+/// What `/metrics` measures beyond counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// One event in this many (by `seq`) is timed: its fan-out
+    /// (`tidings_fanout_event_seconds`), and from its entry in the log to
+    /// the end of the flush pass that wrote it
+    /// (`tidings_publish_to_write_seconds`); 0 times none.
+    pub latency_sample: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        // Two clock reads per sampled event, none for the others.
+        MetricsConfig { latency_sample: 64 }
+    }
+}
+
 /// WebSocket client auth. Off while `tokens` is empty.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -359,6 +378,7 @@ impl Default for Config {
             delivery: Vec::new(),
             compression: CompressionMode::Off,
             compression_min_size: 128,
+            metrics: MetricsConfig::default(),
             conformance_echo: false,
         }
     }
@@ -789,6 +809,12 @@ mod tests {
             ("[timeouts]\nping_interval = \"70s\"", "timeouts.pong_wait"),
             ("default_channels = [\"a..b\"]", "default_channels"),
             ("[[auth.tokens]]\ntoken = \"\"", "auth.tokens[0].token"),
+            ("[auth.jwt]\nleeway = \"1s\"", "auth.jwt"),
+            ("[auth.jwt]\nhs256_secret = \"\"", "auth.jwt.hs256_secret"),
+            (
+                "[auth.jwt]\nhs256_secret = \"s\"\nchannels_when_absent = [\"a..b\"]",
+                "auth.jwt.channels_when_absent",
+            ),
             ("[history]\nmax_replay = 0", "history.max_replay"),
             ("[history]\nmax_bytes = 0", "history.max_bytes"),
             ("[history]\nmax_age = 0", "history.max_age"),

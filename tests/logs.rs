@@ -14,9 +14,12 @@ const CLIENT_TOKEN: &str = "static-client-tok-5b1e";
 const PUBLISH_TOKEN: &str = "static-publish-tok-93d0";
 const SECRET: &str = "log-test-hs256-secret-0123456789abcd";
 
-fn start(extra_toml: &str, args: &[&str]) -> (Proc, std::net::SocketAddr, TempFile) {
+/// Starts the binary at debug level with tokens, JWTs and `extra_toml`;
+/// `name` keeps the config file apart from the other tests' (they run at
+/// once, in one process).
+fn start(name: &str, extra_toml: &str, args: &[&str]) -> (Proc, std::net::SocketAddr, TempFile) {
     let config = TempFile::config(
-        "logs",
+        name,
         &format!(
             "[[auth.tokens]]\ntoken = \"{CLIENT_TOKEN}\"\n[auth]\nallow_query_token = true\n\
              [auth.jwt]\nhs256_secret = \"{SECRET}\"\n[publish]\ntokens = [\"{PUBLISH_TOKEN}\"]\n\
@@ -75,7 +78,7 @@ fn no_token_or_jwt_appears_in_the_debug_log() {
     if !pyjwt_available() {
         return;
     }
-    let (mut proc, addr, _config) = start("", &[]);
+    let (mut proc, addr, _config) = start("no-secrets", "", &[]);
     let jwt = hs256(
         SECRET,
         &json!({"exp_in": 600, "channels": [">"], "publish": [">"]}),
@@ -105,7 +108,7 @@ fn no_token_or_jwt_appears_in_the_debug_log() {
 
 #[test]
 fn json_format_writes_one_object_per_line_with_the_close_reason() {
-    let (mut proc, addr, _config) = start("", &["--log-format", "json"]);
+    let (mut proc, addr, _config) = start("json", "", &["--log-format", "json"]);
     let mut raw = Raw::upgrade(addr);
     raw.send_text(r#"{"type":"auth","token":"nope"}"#);
     raw.expect_close_reason();
@@ -126,7 +129,7 @@ fn json_format_writes_one_object_per_line_with_the_close_reason() {
 
 #[test]
 fn a_burst_of_closes_is_summed_up_past_the_limit() {
-    let (mut proc, addr, _config) = start("[limits]\nclose_log_per_second = 2\n", &[]);
+    let (mut proc, addr, _config) = start("burst", "[limits]\nclose_log_per_second = 2\n", &[]);
     let mut sockets: Vec<Raw> = (0..20).map(|_| Raw::upgrade(addr)).collect();
     for raw in &mut sockets {
         raw.send_text(r#"{"type":"auth","token":"nope"}"#);

@@ -51,6 +51,8 @@ pub struct Sequenced {
     pub fate: Fate,
     /// When it was appended, in ms on the sequencer's clock.
     pub appended_ms: u64,
+    /// The same moment as an `Instant`, for the publish-to-write latency.
+    pub appended_at: Instant,
 }
 
 impl Sequenced {
@@ -372,7 +374,8 @@ impl Sequencer {
         log.next_seq += 1;
         let frame = event.frame(seq);
         let deflated = event.deflated_frame(seq);
-        let now = self.now_ms();
+        let appended_at = Instant::now();
+        let now = appended_at.duration_since(self.started).as_millis() as u64;
         let sequenced = Arc::new(Sequenced {
             seq,
             channel: event.channel,
@@ -380,6 +383,7 @@ impl Sequencer {
             deflated,
             fate: event.fate,
             appended_ms: now,
+            appended_at,
         });
         log.history.push(Arc::clone(&sequenced), now);
         log.events.push_back(sequenced);

@@ -162,7 +162,7 @@ impl Reactor {
                     }
                 }
                 HttpOutput::Metrics => {
-                    let text = self.all_stats.snapshot().prometheus();
+                    let text = self.all_stats.prometheus();
                     if let Some(((), more)) =
                         self.http_call(key, |s, now, cx, out| s.metrics_done(&text, now, cx, out))
                     {

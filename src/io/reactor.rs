@@ -162,6 +162,13 @@ pub(crate) struct Reactor {
     pub(super) mail: Arc<Mailboxes>,
     /// Admin connection views this reactor owes, waiting on the others.
     pub(super) gathers: Vec<PendingGather>,
+    /// When this turn's poll returned, for `tidings_reactor_turn_seconds`.
+    turn_began: Duration,
+    /// Microseconds the flush pass under way has spent writing so far.
+    pass_us: u64,
+    /// A sampled event's append time and the pass that will have written
+    /// it (`sample_latency`).
+    latency_probe: Option<(Instant, u64)>,
 }
 
 /// What one accept did.
@@ -277,6 +284,9 @@ impl Reactor {
             retry_draw: RandomState::new(),
             mail: parts.mail,
             gathers: Vec::new(),
+            turn_began: Duration::ZERO,
+            pass_us: 0,
+            latency_probe: None,
         }
     }
 
@@ -306,6 +316,8 @@ impl Reactor {
             self.flush_step();
             self.adapt_write_interval();
             self.close_log.report(self.now);
+            let turn = self.started.elapsed().saturating_sub(self.turn_began);
+            self.stats.turn_us.observe(micros(turn));
             if self.stopping_until.is_none() && self.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -327,6 +339,7 @@ impl Reactor {
         let before = self.started.elapsed();
         let polled = self.poll.poll(events, timeout);
         let after = self.started.elapsed();
+        self.turn_began = after;
         self.coalescer
             .idle(after.saturating_sub(before).as_micros() as u64);
         if let Err(e) = polled {
@@ -595,14 +608,25 @@ impl Reactor {
             let Some(event) = self.inbox.pop_front() else {
                 break;
             };
-            self.fan_out(&event);
+            // One event in `metrics.latency_sample` is timed: two clock
+            // reads cost as much as fanning an event out to a few sockets.
+            let every = self.config.metrics.latency_sample;
+            if every != 0 && event.seq % every == 0 {
+                let began = Instant::now();
+                let delivered = self.fan_out(&event);
+                self.stats.fanout_us.observe(micros(began.elapsed()));
+                self.sample_latency(&event, delivered);
+            } else {
+                self.fan_out(&event);
+            }
             budget -= 1;
         }
         self.apply_deferred_closes();
     }
 
-    /// Queues a handle to the event's one frame on every matching socket.
-    fn fan_out(&mut self, event: &Sequenced) {
+    /// Queues a handle to the event's one frame on every matching socket;
+    /// returns how many got it.
+    fn fan_out(&mut self, event: &Sequenced) -> u64 {
         // One atomic increment per event (and frame) for this reactor; each
         // delivery then only counts an `Rc`.
         let plain = event.shared_frame(false);
@@ -699,6 +723,19 @@ impl Reactor {
         if replaced > 0 {
             Stats::add(&self.stats.replaced_events, replaced);
         }
+        delivered
+    }
+
+    /// Times a sampled event from its entry in the log to the end of the
+    /// flush pass that writes it: the next pass to start (a pass under way
+    /// may already have written some of its sockets, but not those it
+    /// dirtied). One probe at a time; events no socket here got are not
+    /// timed.
+    fn sample_latency(&mut self, event: &Sequenced, delivered: u64) {
+        if delivered == 0 || self.latency_probe.is_some() {
+            return;
+        }
+        self.latency_probe = Some((event.appended_at, self.passes + 1));
     }
 
     /// Fans out events from the log until this reactor has passed `seq`, or
@@ -749,6 +786,7 @@ impl Reactor {
             self.flushed = 0;
             self.passes += 1;
         }
+        let began = Instant::now();
         let end = (self.flushed + FLUSH_STEP).min(self.flushing.len());
         for at in self.flushed..end {
             let key = self.flushing[at];
@@ -758,12 +796,31 @@ impl Reactor {
             }
         }
         self.flushed = end;
+        self.pass_us += micros(began.elapsed());
+        if end == self.flushing.len() {
+            self.pass_done();
+        }
         if end == self.flushing.len() && self.passes >= self.resume_after_pass {
             // This pass wrote every socket that made intake pause. Resuming
             // only now, not between steps, keeps sockets past half their
             // limits from taking more events: a queue that keeps up holds at
             // most half its limits plus one frame.
             self.resume_intake();
+        }
+    }
+
+    /// A flush pass wrote its last socket: its time, and the latency probe
+    /// it completes.
+    fn pass_done(&mut self) {
+        self.stats
+            .flush_pass_us
+            .observe(std::mem::take(&mut self.pass_us));
+        if let Some((appended_at, pass)) = self.latency_probe {
+            if self.passes >= pass {
+                let latency = micros(appended_at.elapsed());
+                self.stats.publish_to_write_us.observe(latency);
+                self.latency_probe = None;
+            }
         }
     }
 
@@ -803,6 +860,7 @@ impl Reactor {
             return;
         }
         let queued = conn.out.bytes() as u64;
+        self.stats.flush_queue_depth.observe(conn.out.len() as u64);
         if queued > self.queue_bytes_high_water {
             self.queue_bytes_high_water = queued;
             Stats::set(&self.stats.queue_bytes_high_water, queued);
@@ -1122,6 +1180,11 @@ fn drop_oldest(
         out.insert_unsent(dropped.gap_at, encode_text(notice.as_bytes()));
     }
     (dropped.count, kept)
+}
+
+/// A duration as whole microseconds, for the histograms.
+fn micros(duration: Duration) -> u64 {
+    duration.as_micros() as u64
 }
 
 /// The peer's address for a log line, or why there is none.

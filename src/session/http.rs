@@ -279,7 +279,7 @@ impl HttpSession {
         if !matches!(owed.what, Owing::Metrics) {
             return;
         }
-        let content_type = "text/plain; version=0.0.4";
+        let content_type = crate::stats::CONTENT_TYPE;
         let answer = response(
             Status::Ok,
             &[],

@@ -24,6 +24,7 @@ fn event(seq: u64, channel: &str, len: usize) -> Arc<Sequenced> {
         deflated: None,
         fate: Default::default(),
         appended_ms: 0,
+        appended_at: std::time::Instant::now(),
     })
 }
 

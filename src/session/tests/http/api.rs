@@ -27,7 +27,7 @@ fn small_endpoints_keep_the_socket() {
     assert!(texts[2].contains("Allow: POST\r\n"));
     assert!(texts[3].contains("Allow: GET, HEAD\r\n"));
     assert_eq!(body_json(texts[3])["error"]["code"], "method_not_allowed");
-    assert!(texts[4].contains("Content-Type: text/plain; version=0.0.4\r\n"));
+    assert!(texts[4].contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
     assert!(texts[4].contains("Connection: keep-alive\r\n"));
     assert_eq!(body(texts[4]), METRICS);
     assert_eq!(fx.stat(|s| &s.http_requests), 5);

@@ -4,11 +4,16 @@
 //! own `Stats` (no cache line shared between cores on the hot path); the
 //! relay-wide figures are their sum.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::CLOSE_KINDS;
+
+mod exposition;
+mod histogram;
+
+pub use exposition::CONTENT_TYPE;
+pub use histogram::{Depth, Histogram, HistogramSnapshot, Micros};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -33,6 +38,16 @@ pub struct Stats {
     /// WebSocket closes, by `error::CLOSE_KINDS` index.
     pub closes: [AtomicU64; CLOSE_KINDS.len()],
     pub replaced_events: AtomicU64,
+    /// One turn of the reactor loop, readiness to the next wait.
+    pub turn_us: Histogram<Micros>,
+    /// Fanning one event out (router match and queue pushes); sampled.
+    pub fanout_us: Histogram<Micros>,
+    /// The writes of one flush pass, its steps summed.
+    pub flush_pass_us: Histogram<Micros>,
+    /// Frames in a socket's queue when it is written.
+    pub flush_queue_depth: Histogram<Depth>,
+    /// Log append to the end of the pass that wrote the event; sampled.
+    pub publish_to_write_us: Histogram<Micros>,
 }
 
 /// A copy of the counters at one moment.
@@ -207,133 +222,10 @@ impl StatsSnapshot {
     }
 }
 
-impl StatsSnapshot {
-    /// The Prometheus text exposition format.
+impl StatsSet {
+    /// Every counter and histogram in the Prometheus text format.
     pub fn prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 19] = [
-            (
-                "tidings_connections",
-                "gauge",
-                "Open sockets, WebSocket and HTTP.",
-                self.connections,
-            ),
-            (
-                "tidings_websockets",
-                "gauge",
-                "Open WebSocket connections.",
-                self.websockets,
-            ),
-            (
-                "tidings_accepted_total",
-                "counter",
-                "Sockets accepted.",
-                self.accepted,
-            ),
-            (
-                "tidings_rejected_connections_total",
-                "counter",
-                "Sockets refused at limits.max_connections or limits.max_connections_per_ip.",
-                self.rejected_connections,
-            ),
-            (
-                "tidings_events_published_total",
-                "counter",
-                "Events fanned out.",
-                self.events_published,
-            ),
-            (
-                "tidings_deliveries_total",
-                "counter",
-                "Frames queued to subscribers.",
-                self.deliveries,
-            ),
-            (
-                "tidings_dropped_frames_total",
-                "counter",
-                "Frames dropped by the drop_oldest policy.",
-                self.dropped_frames,
-            ),
-            (
-                "tidings_slow_consumer_closes_total",
-                "counter",
-                "Sockets closed as slow consumers.",
-                self.slow_consumer_closes,
-            ),
-            (
-                "tidings_protocol_closes_total",
-                "counter",
-                "Sockets closed for protocol violations.",
-                self.protocol_closes,
-            ),
-            (
-                "tidings_auth_failures_total",
-                "counter",
-                "Failed authentications.",
-                self.auth_failures,
-            ),
-            (
-                "tidings_http_requests_total",
-                "counter",
-                "HTTP requests answered.",
-                self.http_requests,
-            ),
-            (
-                "tidings_writes_total",
-                "counter",
-                "Socket writes that carried bytes (deliveries / writes = frames per write).",
-                self.writes,
-            ),
-            (
-                "tidings_write_interval_ms",
-                "gauge",
-                "Current write coalescing interval (grows under load).",
-                self.write_interval_ms,
-            ),
-            (
-                "tidings_intake_pauses_total",
-                "counter",
-                "Times new events waited because the relay was behind its readers.",
-                self.intake_pauses,
-            ),
-            (
-                "tidings_resyncs_total",
-                "counter",
-                "Resync notices queued: backlogs dropped (resync policy) or frames dropped (drop_oldest).",
-                self.resyncs,
-            ),
-            (
-                "tidings_replayed_total",
-                "counter",
-                "Events sent from the history: resume replays and snapshots.",
-                self.replayed,
-            ),
-            (
-                "tidings_origin_refusals_total",
-                "counter",
-                "WebSocket upgrades refused (403) for an Origin not in allowed_origins.",
-                self.origin_refusals,
-            ),
-            (
-                "tidings_replaced_events_total",
-                "counter",
-                "Queued events replaced by a newer one of their channel (and key): delivery policy latest.",
-                self.replaced_events,
-            ),
-            (
-                "tidings_queue_bytes_high_water",
-                "gauge",
-                "Most bytes one socket's queue held when flushed, since the start.",
-                self.queue_bytes_high_water,
-            ),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        out
+        exposition::exposition(self)
     }
 }
 
@@ -343,13 +235,26 @@ mod tests {
 
     #[test]
     fn prometheus_lines() {
-        let stats = Stats::default();
+        let set = StatsSet::new(2);
+        let stats = &set.reactors[1];
         Stats::add(&stats.deliveries, 5);
         Stats::add(&stats.connections, 2);
         Stats::sub(&stats.connections, 1);
-        let text = stats.snapshot().prometheus();
+        Stats::add(&stats.closes[CLOSE_KINDS.len() - 1], 3);
+        stats.turn_us.observe(70);
+        let text = set.prometheus();
         assert!(text.contains("\ntidings_deliveries_total 5\n"), "{text}");
         assert!(text.contains("\ntidings_connections 1\n"), "{text}");
         assert!(text.contains("# TYPE tidings_connections gauge\n"));
+        assert!(text.contains("\ntidings_reactor_deliveries_total{reactor=\"1\"} 5\n"));
+        assert!(
+            text.contains("\ntidings_closes_total{reactor=\"1\",reason=\"io_error\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidings_reactor_turn_seconds_bucket{reactor=\"1\",le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("tidings_reactor_turn_seconds_sum{reactor=\"1\"} 0.00007\n"));
     }
 }
