@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
+pub use crate::upstream::UpstreamConfig;
 
 /// The whole relay configuration. `Config::default()` is a working relay on
 /// 127.0.0.1:8080 with auth off and no default channels.
@@ -40,6 +41,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Recent events and last values, kept for resume and snapshots.
     pub history: HistoryConfig,
+    /// Fleet mode: share events with other relays through NATS.
+    pub upstream: Option<UpstreamConfig>,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -312,6 +315,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             tls: None,
             history: HistoryConfig::default(),
+            upstream: None,
             conformance_echo: false,
         }
     }
@@ -503,6 +507,9 @@ impl Config {
             }
         }
         self.validate_history(&subject)?;
+        if let Some(upstream) = &self.upstream {
+            upstream.validate()?;
+        }
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",
@@ -571,7 +578,7 @@ fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, 
 
 /// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, `"0"`, or a bare
 /// number of seconds.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::de::{self, Deserializer, Visitor};

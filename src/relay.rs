@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mio::net::TcpListener;
@@ -16,6 +16,7 @@ use crate::fanout::sequencer::{Sequencer, Wakeup};
 use crate::io::admission::Admission;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
 use crate::stats::{StatsSet, StatsSnapshot};
+use crate::upstream::Upstream;
 
 /// A relay that is bound but not yet running.
 ///
@@ -43,6 +44,8 @@ struct Shared {
     sequencer: Arc<Sequencer>,
     stats: StatsSet,
     shutdown: Arc<AtomicBool>,
+    /// Fleet mode's NATS thread, stopped after the reactors.
+    upstream: Mutex<Option<Upstream>>,
 }
 
 impl Relay {
@@ -77,7 +80,25 @@ impl Relay {
             Arc::clone(&stats.relay),
             history,
         ));
-        let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
+        let upstream = config
+            .upstream
+            .as_ref()
+            .map(|upstream| {
+                Upstream::start(
+                    upstream,
+                    count,
+                    &sequencer,
+                    &stats.patterns,
+                    config.subject_limits(),
+                )
+            })
+            .transpose()?;
+        let link = upstream.as_ref().map(|u| Arc::clone(&u.link));
+        let publisher = Publisher::new(
+            Arc::clone(&sequencer),
+            config.subject_limits(),
+            link.clone(),
+        );
         let admission = Arc::new(Admission::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
@@ -96,6 +117,7 @@ impl Relay {
                 shutdown: Arc::clone(&shutdown),
                 stats: stats.clone(),
                 tls: tls.clone(),
+                upstream: link.clone(),
             })
             .collect();
         Ok(Relay {
@@ -106,6 +128,7 @@ impl Relay {
                 sequencer,
                 stats,
                 shutdown,
+                upstream: Mutex::new(upstream),
             },
         })
     }
@@ -270,6 +293,9 @@ fn stop(shared: &Shared, threads: Vec<JoinHandle<Result<(), Error>>>) -> Result<
         if result.is_ok() {
             result = ended;
         }
+    }
+    if let Some(mut upstream) = shared.upstream.lock().ok().and_then(|mut u| u.take()) {
+        upstream.stop();
     }
     result
 }

@@ -205,6 +205,7 @@ fuzz_target!(|input: Input| {
         defaults: &defaults,
         subject_limits: &subject_limits,
         stats: &stats,
+        upstream: Default::default(),
     };
     let auth = if input.auth_on {
         Auth::Pending { deadline: 3_000 }

@@ -40,6 +40,7 @@ use crate::proto::http::Status;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
 use crate::stats::{Stats, StatsSet};
+use crate::upstream::link::UpstreamLink;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -58,7 +59,7 @@ const READ_CHUNK: usize = 64;
 const TIMER_TICK: Duration = Duration::from_millis(10);
 
 pub(crate) struct Reactor {
-    index: usize,
+    pub(super) index: usize,
     pub(super) poll: Poll,
     listener: Option<TcpListener>,
     pub(super) conns: Slab<Conn>,
@@ -130,6 +131,8 @@ pub(crate) struct Reactor {
     /// The deepest queue flushed so far, in bytes (mirrored in the stats).
     queue_bytes_high_water: u64,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Fleet mode: publishes go to NATS through it.
+    pub(super) upstream: Option<Arc<UpstreamLink>>,
 }
 
 /// A publish request waiting for room in the sequencer's log.
@@ -152,6 +155,7 @@ pub(crate) struct ReactorParts {
     pub shutdown: Arc<AtomicBool>,
     pub stats: StatsSet,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub upstream: Option<Arc<UpstreamLink>>,
 }
 
 impl Reactor {
@@ -217,6 +221,7 @@ impl Reactor {
             ip_of: HashMap::new(),
             queue_bytes_high_water: 0,
             tls: parts.tls,
+            upstream: parts.upstream,
         }
     }
 
@@ -237,6 +242,7 @@ impl Reactor {
             self.retry_held_publishes();
             self.flush_urgent();
             self.take_events();
+            self.take_upstream_answers();
             self.expire_timers();
             self.flush_step();
             self.adapt_write_interval();

@@ -46,6 +46,18 @@ pub struct SessionContext<'a> {
     /// Atomic counters; sessions count what they decide (auth failures,
     /// answered HTTP requests), the reactor counts the rest.
     pub stats: &'a Stats,
+    /// Fleet mode's NATS connection, for `/healthz`.
+    pub upstream: UpstreamHealth,
+}
+
+/// The state of the NATS upstream as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamHealth {
+    /// No `[upstream]`: a relay on its own.
+    #[default]
+    Standalone,
+    Up,
+    Down,
 }
 
 /// A configured timeout on the reactor's clock.

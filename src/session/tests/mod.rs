@@ -52,6 +52,7 @@ impl Fixture {
             defaults: &self.defaults,
             subject_limits: &self.subject_limits,
             stats: &self.stats,
+            upstream: Default::default(),
         }
     }
 
