@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::route::{validate_pattern, SubjectLimits};
+pub use crate::upstream::UpstreamConfig;
 
 mod jwt;
 
@@ -69,6 +70,8 @@ pub struct Config {
     /// deflate saves little on them and costs the client an inflate.
     pub compression_min_size: usize,
     pub metrics: MetricsConfig,
+    /// Fleet mode: share events with other relays through NATS.
+    pub upstream: Option<UpstreamConfig>,
     /// Echo every client message (text or binary) instead of reading it as a
     /// command. Only for running the Autobahn conformance suite against the
     /// relay's own WebSocket code (`examples/echo.rs`); not settable in TOML.
@@ -379,6 +382,7 @@ impl Default for Config {
             compression: CompressionMode::Off,
             compression_min_size: 128,
             metrics: MetricsConfig::default(),
+            upstream: None,
             conformance_echo: false,
         }
     }
@@ -613,6 +617,9 @@ impl Config {
         self.admin.validate()?;
         self.shutdown.validate()?;
         delivery::validate(&self.delivery, &subject)?;
+        if let Some(upstream) = &self.upstream {
+            upstream.validate()?;
+        }
         if self.publish.tokens.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(
                 "publish.tokens",
@@ -681,7 +688,7 @@ fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, 
 
 /// Durations written as `"54s"`, `"500ms"`, `"2m"`, `"1h"`, `"0"`, or a bare
 /// number of seconds.
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::de::{self, Deserializer, Visitor};

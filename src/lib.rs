@@ -17,10 +17,11 @@ pub mod route;
 pub mod session;
 pub mod stats;
 pub mod time;
+mod upstream;
 
 pub use config::{
     AuthConfig, Config, Limits, PublishConfig, Reactors, SlowConsumerPolicy, Timeouts, TlsConfig,
-    TokenConfig,
+    TokenConfig, UpstreamConfig,
 };
 pub use error::{CloseReason, ConfigError, Error};
 pub use fanout::event::Event;

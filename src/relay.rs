@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mio::net::TcpListener;
@@ -21,6 +21,7 @@ use crate::io::gather::Mailboxes;
 use crate::io::reactor::{Reactor, ReactorParts, LISTENER, WAKER};
 use crate::io::reload::TokenSlot;
 use crate::stats::{StatsSet, StatsSnapshot};
+use crate::upstream::Upstream;
 
 /// A relay that is bound but not yet running.
 ///
@@ -49,6 +50,8 @@ struct Shared {
     stats: StatsSet,
     shutdown: Arc<AtomicBool>,
     tokens: Arc<TokenSlot>,
+    /// Fleet mode's NATS thread, stopped after the reactors.
+    upstream: Mutex<Option<Upstream>>,
 }
 
 impl Relay {
@@ -85,7 +88,25 @@ impl Relay {
             history,
             Shaping::new(&config),
         ));
-        let publisher = Publisher::new(Arc::clone(&sequencer), config.subject_limits());
+        let upstream = config
+            .upstream
+            .as_ref()
+            .map(|upstream| {
+                Upstream::start(
+                    upstream,
+                    count,
+                    &sequencer,
+                    &stats.patterns,
+                    config.subject_limits(),
+                )
+            })
+            .transpose()?;
+        let link = upstream.as_ref().map(|u| Arc::clone(&u.link));
+        let publisher = Publisher::new(
+            Arc::clone(&sequencer),
+            config.subject_limits(),
+            link.clone(),
+        );
         let admission = Arc::new(Admission::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
@@ -109,6 +130,7 @@ impl Relay {
                 token_slot: Arc::clone(&tokens),
                 hooks: None,
                 mail: Arc::clone(&mail),
+                upstream: link.clone(),
             })
             .collect();
         Ok(Relay {
@@ -120,6 +142,7 @@ impl Relay {
                 stats,
                 shutdown,
                 tokens,
+                upstream: Mutex::new(upstream),
             },
         })
     }
@@ -314,6 +337,9 @@ fn stop(shared: &Shared, threads: Vec<JoinHandle<Result<(), Error>>>) -> Result<
         if result.is_ok() {
             result = ended;
         }
+    }
+    if let Some(mut upstream) = shared.upstream.lock().ok().and_then(|mut u| u.take()) {
+        upstream.stop();
     }
     result
 }

@@ -226,6 +226,7 @@ fuzz_target!(|input: Input| {
         stats: &stats,
         hooks_set: input.with_hooks,
         shaping: &shaping,
+        upstream: Default::default(),
     };
     let auth = if input.auth_on {
         Auth::Pending { deadline: 3_000 }

@@ -70,20 +70,26 @@ impl Event {
     /// Serializes the event stamped with `at`, leaving a slot for `seq`,
     /// with the default delivery rule and no deflated frame.
     pub fn encode(self, at: SystemTime) -> EncodedEvent {
-        self.encode_as(at, Fate::All, None)
+        self.encode_as(&rfc3339_millis(at), Fate::All, None)
     }
 
     /// [`Event::encode`] with the relay's delivery rules and compression:
     /// the event's fate and, if it is to travel deflated, all the deflating,
     /// so that the sequencer only splices in the `seq`.
     pub fn encode_shaped(self, at: SystemTime, shaping: &Shaping) -> EncodedEvent {
+        self.encode_stamped(&rfc3339_millis(at), shaping)
+    }
+
+    /// [`Event::encode_shaped`] with `timestamp` as it was stamped elsewhere
+    /// (another relay of a fleet); `timestamp` must be JSON-safe text.
+    pub(crate) fn encode_stamped(self, timestamp: &[u8], shaping: &Shaping) -> EncodedEvent {
         let fate = shaping.fate(&self.channel, &self.data);
-        self.encode_as(at, fate, Some(shaping))
+        self.encode_as(timestamp, fate, Some(shaping))
     }
 
     /// With `shaping`, the part after `seq` is also deflated if the event
     /// is long enough.
-    fn encode_as(self, at: SystemTime, fate: Fate, shaping: Option<&Shaping>) -> EncodedEvent {
+    fn encode_as(self, timestamp: &[u8], fate: Fate, shaping: Option<&Shaping>) -> EncodedEvent {
         let mut body = Vec::with_capacity(64 + self.channel.len() * 2 + self.data.get().len());
         body.extend_from_slice(b"{\"type\":");
         match &self.event_type {
@@ -95,7 +101,7 @@ impl Event {
             _ => push_json_string(&mut body, &self.channel),
         }
         body.extend_from_slice(b",\"timestamp\":\"");
-        body.extend_from_slice(&rfc3339_millis(at));
+        body.extend_from_slice(timestamp);
         body.extend_from_slice(b"\",\"seq\":");
         let seq_at = body.len();
         body.extend_from_slice(b",\"data\":");
@@ -136,6 +142,17 @@ pub struct EncodedEvent {
 }
 
 impl EncodedEvent {
+    /// The event's JSON without `seq` (`{"type",["channel",]"timestamp","data"}`):
+    /// what a fleet relay sends to NATS, since each relay numbers events itself.
+    pub fn envelope(&self) -> Vec<u8> {
+        const SEQ_KEY: &[u8] = b",\"seq\":";
+        let key_at = self.seq_at - SEQ_KEY.len();
+        let mut out = Vec::with_capacity(self.body.len() - SEQ_KEY.len());
+        out.extend_from_slice(&self.body[..key_at]);
+        out.extend_from_slice(&self.body[self.seq_at..]);
+        out
+    }
+
     /// The complete WebSocket text frame, shared by every subscriber.
     pub fn frame(&self, seq: u64) -> Bytes {
         let mut digits = [0u8; 20];

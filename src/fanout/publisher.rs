@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::event::{EncodedEvent, Event};
 use super::sequencer::{AppendError, Sequencer};
 use crate::route::{validate_channel, SubjectError, SubjectLimits};
+use crate::upstream::link::UpstreamLink;
+use crate::upstream::Refused;
 
 /// Why an event was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +18,9 @@ pub enum PublishError {
     Full,
     /// The relay has stopped.
     Closed,
+    /// Fleet mode: NATS is unreachable, or did not take the event within
+    /// `upstream.publish_timeout`.
+    Unavailable,
     InvalidChannel(SubjectError),
     /// The event `type` is empty or longer than a channel may be.
     InvalidType,
@@ -45,6 +50,7 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::Full => f.write_str("the relay is saturated (limits.ingest_capacity)"),
             PublishError::Closed => f.write_str("the relay has stopped"),
+            PublishError::Unavailable => f.write_str("NATS (upstream) is unreachable; retry later"),
             PublishError::InvalidChannel(e) => write!(f, "invalid channel: {e}"),
             PublishError::InvalidType => f.write_str("invalid type: it must be 1 to 255 bytes"),
             PublishError::Json(e) => write!(f, "invalid JSON data: {e}"),
@@ -61,6 +67,8 @@ impl std::error::Error for PublishError {}
 struct Shared {
     sequencer: Arc<Sequencer>,
     limits: SubjectLimits,
+    /// Fleet mode: events go to NATS, and come back through the sequencer.
+    upstream: Option<Arc<UpstreamLink>>,
 }
 
 /// Publishes events into a relay. Cheap to clone; `Send` and `Sync`.
@@ -83,16 +91,32 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(sequencer: Arc<Sequencer>, limits: SubjectLimits) -> Publisher {
+    pub(crate) fn new(
+        sequencer: Arc<Sequencer>,
+        limits: SubjectLimits,
+        upstream: Option<Arc<UpstreamLink>>,
+    ) -> Publisher {
         Publisher {
-            shared: Arc::new(Shared { sequencer, limits }),
+            shared: Arc::new(Shared {
+                sequencer,
+                limits,
+                upstream,
+            }),
         }
     }
 
     /// Publishes, waiting while the relay is `limits.ingest_capacity` events
     /// behind. Returns the event's `seq`.
+    ///
+    /// In fleet mode (`[upstream]`) the event goes to NATS: this waits while
+    /// `upstream.publish_capacity` events are queued for it (at most
+    /// `upstream.publish_timeout`) and returns 0, since each relay gives the
+    /// event its own `seq` when NATS delivers it back.
     pub fn publish(&self, event: Event) -> Result<u64, PublishError> {
         let encoded = self.prepare(event)?;
+        if let Some(upstream) = &self.shared.upstream {
+            return publish_upstream(upstream, encoded, true);
+        }
         self.shared
             .sequencer
             .append_waiting(encoded)
@@ -103,6 +127,9 @@ impl Publisher {
     /// Returns the event's `seq`.
     pub fn try_publish(&self, event: Event) -> Result<u64, PublishError> {
         let encoded = self.prepare(event)?;
+        if let Some(upstream) = &self.shared.upstream {
+            return publish_upstream(upstream, encoded, false);
+        }
         self.shared
             .sequencer
             .try_append(&mut vec![encoded])
@@ -116,12 +143,41 @@ impl Publisher {
 
     /// Whether new events would wait (`publish`) or fail (`try_publish`).
     pub fn is_full(&self) -> bool {
-        self.shared.sequencer.is_full()
+        match &self.shared.upstream {
+            Some(upstream) => upstream.is_full(),
+            None => self.shared.sequencer.is_full(),
+        }
     }
 
     fn prepare(&self, event: Event) -> Result<EncodedEvent, PublishError> {
         validate_event(&event, &self.shared.limits)?;
         Ok(event.encode_shaped(SystemTime::now(), self.shared.sequencer.shaping()))
+    }
+}
+
+/// Hands an event to the upstream thread; `wait`s (briefly polling) while
+/// its queue is full, as `publish` waits for the sequencer.
+fn publish_upstream(
+    upstream: &UpstreamLink,
+    event: EncodedEvent,
+    wait: bool,
+) -> Result<u64, PublishError> {
+    let waited = Instant::now();
+    let mut event = Some(event);
+    loop {
+        let taken = event.take().expect("bug: the event is put back on Full");
+        match upstream.submit_embedded(taken) {
+            Ok(()) => return Ok(0),
+            Err((Refused::Down, _)) => return Err(PublishError::Unavailable),
+            Err((Refused::Full, _)) if !wait => return Err(PublishError::Full),
+            Err((Refused::Full, back)) => {
+                if waited.elapsed() > upstream.publish_timeout() {
+                    return Err(PublishError::Unavailable);
+                }
+                event = Some(back);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 

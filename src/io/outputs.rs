@@ -23,6 +23,7 @@ use crate::session::{
     HttpOutput, HttpSession, Now, Query, SessionContext, Subscribed, WsOutput, WsSession,
 };
 use crate::stats::Stats;
+use crate::upstream::Refused;
 
 /// Patterns `/api/stats` lists, most subscribers first.
 const TOP_CHANNELS: usize = 10;
@@ -48,6 +49,11 @@ macro_rules! session_cx {
             stats: &$reactor.stats,
             hooks_set: $reactor.hooks.is_some(),
             shaping: $reactor.sequencer.shaping(),
+            upstream: match &$reactor.upstream {
+                None => $crate::session::UpstreamHealth::Standalone,
+                Some(link) if link.is_up() => $crate::session::UpstreamHealth::Up,
+                Some(_) => $crate::session::UpstreamHealth::Down,
+            },
         }
     };
 }
@@ -162,7 +168,10 @@ impl Reactor {
                     }
                 }
                 HttpOutput::Metrics => {
-                    let text = self.all_stats.prometheus();
+                    let mut text = self.all_stats.prometheus();
+                    if let Some(upstream) = &self.upstream {
+                        text.push_str(&upstream.prometheus());
+                    }
                     if let Some(((), more)) =
                         self.http_call(key, |s, now, cx, out| s.metrics_done(&text, now, cx, out))
                     {
@@ -211,6 +220,9 @@ impl Reactor {
     /// Hands a publish request's events to the sequencer; the answer, or
     /// nothing while the request is held because the log is full.
     fn publish(&mut self, key: usize, mut events: Vec<EncodedEvent>) -> Vec<HttpOutput> {
+        if self.upstream.is_some() {
+            return self.publish_upstream(key, events);
+        }
         let count = events.len() as u64;
         let refusal = match self.sequencer.try_append(&mut events) {
             Ok(first) => {
@@ -242,6 +254,61 @@ impl Reactor {
             ),
         };
         self.refuse_publish(key, refusal)
+    }
+
+    /// Fleet mode: hands a publish request to the upstream thread, which
+    /// answers it (`take_upstream_answers`) once NATS confirmed it; refused
+    /// at once when NATS is down or its queue is full.
+    fn publish_upstream(&mut self, key: usize, events: Vec<EncodedEvent>) -> Vec<HttpOutput> {
+        let (Some(upstream), Some(conn)) = (&self.upstream, self.conns.get(key)) else {
+            return Vec::new();
+        };
+        let refusal = match upstream.submit_http(self.index, key, conn.id, events) {
+            Ok(()) => return Vec::new(),
+            Err((Refused::Down, _)) => (
+                Status::ServiceUnavailable,
+                "upstream_down",
+                "NATS (upstream) is unreachable; retry shortly".to_string(),
+            ),
+            Err((Refused::Full, _)) => (
+                Status::ServiceUnavailable,
+                "upstream_full",
+                "upstream.publish_capacity events are waiting for NATS; retry shortly".to_string(),
+            ),
+        };
+        self.refuse_publish(key, refusal)
+    }
+
+    /// Answers the publish requests NATS has confirmed or failed.
+    pub(super) fn take_upstream_answers(&mut self) {
+        let Some(upstream) = &self.upstream else {
+            return;
+        };
+        let mut answers = Vec::new();
+        upstream.take_answers(self.index, &mut answers);
+        for answer in answers {
+            // The socket may have gone, and its slot been reused, since.
+            if self.conns.get(answer.key).map(|c| c.id) != Some(answer.id) {
+                continue;
+            }
+            let out = match answer.result {
+                Ok(count) => self
+                    .http_call(answer.key, |s, now, cx, out| {
+                        s.publish_forwarded(count, now, cx, out)
+                    })
+                    .map(|((), out)| out)
+                    .unwrap_or_default(),
+                Err(_) => self.refuse_publish(
+                    answer.key,
+                    (
+                        Status::ServiceUnavailable,
+                        "upstream_down",
+                        "NATS (upstream) did not confirm the publish; retry shortly".to_string(),
+                    ),
+                ),
+            };
+            self.apply_http(answer.key, out);
+        }
     }
 
     fn refuse_publish(

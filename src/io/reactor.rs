@@ -49,6 +49,7 @@ use crate::rate::Pace;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
 use crate::stats::{Stats, StatsSet};
+use crate::upstream::link::UpstreamLink;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -169,6 +170,8 @@ pub(crate) struct Reactor {
     /// A sampled event's append time and the pass that will have written
     /// it (`sample_latency`).
     latency_probe: Option<(Instant, u64)>,
+    /// Fleet mode: publishes go to NATS through it.
+    pub(super) upstream: Option<Arc<UpstreamLink>>,
 }
 
 /// What one accept did.
@@ -205,6 +208,7 @@ pub(crate) struct ReactorParts {
     pub token_slot: Arc<TokenSlot>,
     pub hooks: Option<Arc<dyn Hooks>>,
     pub mail: Arc<Mailboxes>,
+    pub upstream: Option<Arc<UpstreamLink>>,
 }
 
 impl Reactor {
@@ -287,6 +291,7 @@ impl Reactor {
             turn_began: Duration::ZERO,
             pass_us: 0,
             latency_probe: None,
+            upstream: parts.upstream,
         }
     }
 
@@ -312,6 +317,7 @@ impl Reactor {
             self.retry_held_publishes();
             self.flush_urgent();
             self.take_events();
+            self.take_upstream_answers();
             self.expire_timers();
             self.flush_step();
             self.adapt_write_interval();

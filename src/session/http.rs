@@ -242,6 +242,27 @@ impl HttpSession {
         self.answer_owed(answer, now, cx, out);
     }
 
+    /// Answers the publish handed out as `Publish` once NATS took its
+    /// `count` events (fleet mode): no `seq`, since each relay numbers the
+    /// events itself when NATS delivers them.
+    pub fn publish_forwarded(
+        &mut self,
+        count: usize,
+        now: Now,
+        cx: &SessionContext,
+        out: &mut Vec<HttpOutput>,
+    ) {
+        let State::AwaitingAnswer(owed) = &self.state else {
+            return;
+        };
+        if !matches!(owed.what, Owing::Publish { .. }) {
+            return;
+        }
+        let body = serde_json::json!({ "published": count });
+        let answer = crate::proto::http::json_response(Status::Ok, &body, owed.keep_alive);
+        self.answer_owed(answer, now, cx, out);
+    }
+
     /// Refuses the publish handed out as `Publish`, keeping the socket as
     /// the request asked. Today's one refusal: the relay is saturated,
     /// `(Status::ServiceUnavailable, "ingest_full", "the relay is saturated;

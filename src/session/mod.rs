@@ -53,6 +53,18 @@ pub struct SessionContext<'a> {
     pub hooks_set: bool,
     /// Delivery rules and compression, applied to events published here.
     pub shaping: &'a Shaping,
+    /// Fleet mode's NATS connection, for `/healthz`.
+    pub upstream: UpstreamHealth,
+}
+
+/// The state of the NATS upstream as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamHealth {
+    /// No `[upstream]`: a relay on its own.
+    #[default]
+    Standalone,
+    Up,
+    Down,
 }
 
 /// A configured timeout on the reactor's clock.

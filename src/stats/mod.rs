@@ -130,6 +130,9 @@ pub(crate) struct StatsSet {
 #[derive(Debug, Default)]
 pub(crate) struct PatternCounts {
     counts: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+    /// Bumped when a pattern gets its first subscriber or loses its last:
+    /// the fleet upstream subscribes to NATS by these.
+    generation: AtomicU64,
 }
 
 impl PatternCounts {
@@ -139,6 +142,7 @@ impl PatternCounts {
             Some(n) => *n += 1,
             None => {
                 counts.insert(pattern.into(), 1);
+                self.generation.fetch_add(1, Ordering::Release);
             }
         }
     }
@@ -149,6 +153,7 @@ impl PatternCounts {
             *n -= 1;
             if *n == 0 {
                 counts.remove(pattern);
+                self.generation.fetch_add(1, Ordering::Release);
             }
         }
     }
@@ -156,6 +161,17 @@ impl PatternCounts {
     /// Every pattern with its subscribers, most first.
     pub fn all(&self) -> Vec<(String, u64)> {
         self.top(usize::MAX)
+    }
+
+    /// Changes when the set of `patterns` does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every pattern with at least one subscriber.
+    pub fn patterns(&self) -> Vec<Box<str>> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.keys().cloned().collect()
     }
 
     /// The `limit` patterns with the most subscribers, most first.

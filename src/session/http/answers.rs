@@ -16,7 +16,7 @@ use crate::proto::http::{
 };
 use crate::route::{validate_channel, validate_pattern};
 use crate::session::ws::{Auth, WsSession};
-use crate::session::{millis, Now, SessionContext};
+use crate::session::{millis, Now, SessionContext, UpstreamHealth};
 use crate::stats::Stats;
 
 /// Why a publish body is refused: the answer's status, `code` and message.
@@ -43,7 +43,7 @@ impl HttpSession {
             // The conformance echo server upgrades on any path.
             _ if cx.config.conformance_echo => return self.upgrade(head, now, cx, out),
             Route::Publish => return self.on_publish(head, now, cx, out),
-            Route::Health => json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive),
+            Route::Health => health(cx, keep_alive),
             Route::Metrics => return self.owe(Owing::Metrics, HttpOutput::Metrics, head, out),
             Route::StatusPage => response(
                 Status::Ok,
@@ -501,4 +501,28 @@ fn publish_events(
         .map(|e| e.encode_shaped(now.wall, cx.shaping))
         .collect();
     Ok((events, single))
+}
+
+/// `/healthz`: 200 while the relay serves; in fleet mode it also tells
+/// whether NATS is reachable, and is 503 without it when
+/// `upstream.required` says a relay cut off from the fleet is unhealthy.
+fn health(cx: &SessionContext, keep_alive: bool) -> Vec<u8> {
+    let upstream = match cx.upstream {
+        UpstreamHealth::Standalone => {
+            return json_response(Status::Ok, &json!({ "status": "ok" }), keep_alive)
+        }
+        UpstreamHealth::Up => "up",
+        UpstreamHealth::Down => "down",
+    };
+    let required = cx.config.upstream.as_ref().is_some_and(|u| u.required);
+    let (status, text) = if upstream == "down" && required {
+        (Status::ServiceUnavailable, "unavailable")
+    } else {
+        (Status::Ok, "ok")
+    };
+    json_response(
+        status,
+        &json!({ "status": text, "upstream": upstream }),
+        keep_alive,
+    )
 }

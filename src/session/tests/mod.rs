@@ -69,6 +69,7 @@ impl Fixture {
             stats: &self.stats,
             hooks_set: self.hook_denies.is_some(),
             shaping: &self.shaping,
+            upstream: Default::default(),
         }
     }
 

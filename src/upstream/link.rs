@@ -1,0 +1,310 @@
+//! What the reactors and producer threads share with the upstream thread:
+//! a bounded queue of publishes, the answers coming back, and the state
+//! and counters of the NATS connection. Everything here is non-blocking.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::fanout::event::EncodedEvent;
+use crate::fanout::sequencer::Sequencer;
+
+/// A publish on its way to NATS.
+pub(crate) enum Outgoing {
+    /// A `POST /api/publish` held by reactor `reactor` on socket `key`
+    /// (`id` tells a reused slab key apart); answered in `answers`.
+    Http {
+        reactor: usize,
+        key: usize,
+        id: u32,
+        events: Vec<EncodedEvent>,
+    },
+    /// From the embedded `Publisher`: nobody waits for the answer, so a
+    /// failure is counted (`lost_publishes`).
+    Embedded(EncodedEvent),
+    Stop,
+}
+
+/// How NATS took an HTTP publish.
+pub(crate) struct PublishAnswer {
+    pub key: usize,
+    pub id: u32,
+    /// The events NATS confirmed, or why not.
+    pub result: Result<usize, Refused>,
+}
+
+/// Why a publish did not go to NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not connected to NATS (or it did not confirm within
+    /// `upstream.publish_timeout`).
+    Down,
+    /// `upstream.publish_capacity` events are already waiting.
+    Full,
+}
+
+/// Counters of the NATS link, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    /// Events NATS confirmed (HTTP) or took (embedded).
+    pub published: AtomicU64,
+    /// Publishes answered 503 or refused to `Publisher` (down or full).
+    pub refused: AtomicU64,
+    /// Embedded publishes taken but not confirmed: the connection failed
+    /// under them.
+    pub lost_publishes: AtomicU64,
+    /// Messages received and handed to the sequencer.
+    pub received: AtomicU64,
+    /// Second copies of a message (overlapping patterns), dropped.
+    pub duplicates: AtomicU64,
+    /// Messages that are not events (bad subject or payload), dropped.
+    pub invalid: AtomicU64,
+    /// Times the NATS client reported this relay a slow consumer: it
+    /// dropped messages because the relay did not take them fast enough.
+    pub slow_consumer: AtomicU64,
+    /// Times the connection to NATS was lost.
+    pub disconnects: AtomicU64,
+    /// NATS subscriptions held now (one per pattern clients hold); when
+    /// connected, counted once NATS has confirmed them.
+    pub subscriptions: AtomicU64,
+    /// Subscription changes sent to NATS (subscribes plus unsubscribes).
+    pub interest_changes: AtomicU64,
+}
+
+pub(crate) struct UpstreamLink {
+    outgoing: UnboundedSender<Outgoing>,
+    /// Events in `outgoing` and not yet answered, bounded by `capacity`.
+    queued: AtomicUsize,
+    capacity: usize,
+    publish_timeout: Duration,
+    /// Per reactor, by index.
+    answers: Box<[Mutex<Vec<PublishAnswer>>]>,
+    up: AtomicBool,
+    pub counters: UpstreamCounters,
+    /// Reactors are woken through the sequencer's wakeups.
+    sequencer: Arc<Sequencer>,
+}
+
+impl UpstreamLink {
+    pub fn new(
+        outgoing: UnboundedSender<Outgoing>,
+        capacity: usize,
+        publish_timeout: Duration,
+        reactors: usize,
+        sequencer: Arc<Sequencer>,
+    ) -> UpstreamLink {
+        UpstreamLink {
+            outgoing,
+            queued: AtomicUsize::new(0),
+            capacity,
+            publish_timeout,
+            answers: (0..reactors).map(|_| Mutex::default()).collect(),
+            up: AtomicBool::new(false),
+            counters: UpstreamCounters::default(),
+            sequencer,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+    }
+
+    /// Queues an HTTP publish for the upstream thread, or says at once why
+    /// not, handing the events back (never waits).
+    pub fn submit_http(
+        &self,
+        reactor: usize,
+        key: usize,
+        id: u32,
+        events: Vec<EncodedEvent>,
+    ) -> Result<(), (Refused, Vec<EncodedEvent>)> {
+        let count = events.len();
+        let outgoing = Outgoing::Http {
+            reactor,
+            key,
+            id,
+            events,
+        };
+        self.submit(count, outgoing)
+            .map_err(|(why, back)| match back {
+                Outgoing::Http { events, .. } => {
+                    if why == Refused::Full {
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (why, events)
+                }
+                _ => unreachable!("bug: submit hands back what it was given"),
+            })
+    }
+
+    /// Queues an embedded publish, or hands the event back with why not.
+    pub fn submit_embedded(&self, event: EncodedEvent) -> Result<(), (Refused, EncodedEvent)> {
+        self.submit(1, Outgoing::Embedded(event))
+            .map_err(|(why, back)| match back {
+                Outgoing::Embedded(event) => (why, event),
+                _ => unreachable!("bug: submit hands back what it was given"),
+            })
+    }
+
+    fn submit(&self, count: usize, outgoing: Outgoing) -> Result<(), (Refused, Outgoing)> {
+        let why = if !self.is_up() {
+            Refused::Down
+        } else if !self.reserve(count) {
+            Refused::Full
+        } else {
+            match self.outgoing.send(outgoing) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    self.release(count);
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err((Refused::Down, back.0));
+                }
+            }
+        };
+        // A `Full` an embedded `publish` waits out is not a refusal yet.
+        if why == Refused::Down {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Err((why, outgoing))
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        self.publish_timeout
+    }
+
+    fn reserve(&self, count: usize) -> bool {
+        let mut queued = self.queued.load(Ordering::Relaxed);
+        loop {
+            // An empty queue takes any request, as the sequencer does, so a
+            // request larger than the capacity is not refused forever.
+            if queued > 0 && queued + count > self.capacity {
+                return false;
+            }
+            match self.queued.compare_exchange_weak(
+                queued,
+                queued + count,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => queued = now,
+            }
+        }
+    }
+
+    pub fn release(&self, count: usize) {
+        self.queued.fetch_sub(count, Ordering::AcqRel);
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+    }
+
+    /// Hands an answer to its reactor and wakes it.
+    pub fn answer(&self, reactor: usize, answer: PublishAnswer) {
+        let Some(slot) = self.answers.get(reactor) else {
+            return;
+        };
+        slot.lock().unwrap_or_else(|p| p.into_inner()).push(answer);
+        self.sequencer.wakeup(reactor).wake();
+    }
+
+    /// The answers for reactor `reactor` (called after it cleared its wake).
+    pub fn take_answers(&self, reactor: usize, into: &mut Vec<PublishAnswer>) {
+        if let Some(slot) = self.answers.get(reactor) {
+            let mut answers = slot.lock().unwrap_or_else(|p| p.into_inner());
+            into.append(&mut answers);
+        }
+    }
+
+    pub fn stop(&self) {
+        let _ = self.outgoing.send(Outgoing::Stop);
+    }
+
+    /// The Prometheus text of the link's state and counters.
+    pub fn prometheus(&self) -> String {
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let rows: [(&str, &str, &str, u64); 11] = [
+            (
+                "tidings_upstream_up",
+                "gauge",
+                "1 while connected to NATS",
+                u64::from(self.is_up()),
+            ),
+            (
+                "tidings_upstream_published_total",
+                "counter",
+                "events published to NATS",
+                load(&c.published),
+            ),
+            (
+                "tidings_upstream_refused_total",
+                "counter",
+                "publishes refused: NATS down or the queue full",
+                load(&c.refused),
+            ),
+            (
+                "tidings_upstream_lost_publishes_total",
+                "counter",
+                "embedded publishes taken but not confirmed by NATS",
+                load(&c.lost_publishes),
+            ),
+            (
+                "tidings_upstream_received_total",
+                "counter",
+                "events received from NATS",
+                load(&c.received),
+            ),
+            (
+                "tidings_upstream_duplicates_total",
+                "counter",
+                "second copies of a message dropped",
+                load(&c.duplicates),
+            ),
+            (
+                "tidings_upstream_invalid_total",
+                "counter",
+                "messages from NATS that are not events",
+                load(&c.invalid),
+            ),
+            (
+                "tidings_upstream_slow_consumer_total",
+                "counter",
+                "times NATS dropped messages for this relay",
+                load(&c.slow_consumer),
+            ),
+            (
+                "tidings_upstream_disconnects_total",
+                "counter",
+                "times the NATS connection was lost",
+                load(&c.disconnects),
+            ),
+            (
+                "tidings_upstream_subscriptions",
+                "gauge",
+                "NATS subscriptions held",
+                load(&c.subscriptions),
+            ),
+            (
+                "tidings_upstream_interest_changes_total",
+                "counter",
+                "subscribes and unsubscribes sent to NATS",
+                load(&c.interest_changes),
+            ),
+        ];
+        let mut text = String::new();
+        for (name, kind, help, value) in rows {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+        text
+    }
+}
