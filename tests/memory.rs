@@ -14,12 +14,13 @@ mod common;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::io::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::proc::*;
 use common::*;
 use serde_json::json;
 
@@ -130,8 +131,7 @@ fn queues_and_rss_stay_under_the_documented_caps_while_maximal_batches_flood_100
              ingest_capacity = {INGEST_CAPACITY}\n"
         ),
     );
-    let relay = RelayProcess::start(&config, &reactors_text);
-    let addr = relay.addr;
+    let (mut relay, addr) = start_relay(&config, &reactors_text);
 
     // The subscribers: upgraded and subscribed one by one (replies checked),
     // then handed to the reader threads as plain sockets.
@@ -157,8 +157,8 @@ fn queues_and_rss_stay_under_the_documented_caps_while_maximal_batches_flood_100
     );
 
     // Baseline: the relay with its subscribers connected and idle.
-    let rss_before = relay.status_bytes("VmRSS");
-    relay.reset_peak_rss();
+    let rss_before = status_bytes(&relay, "VmRSS");
+    reset_peak_rss(&relay);
 
     let deadline = Instant::now() + FLOOD_DEADLINE;
     let stop = Arc::new(AtomicBool::new(false));
@@ -203,7 +203,7 @@ fn queues_and_rss_stay_under_the_documented_caps_while_maximal_batches_flood_100
     }
     let flood_time = flood_started.elapsed();
 
-    let peak = relay.status_bytes("VmHWM");
+    let peak = status_bytes(&relay, "VmHWM");
     let growth = peak.saturating_sub(rss_before);
     let metric_u64 =
         |name: &str| metric(addr, name).unwrap_or_else(|| panic!("no {name} in /metrics")) as u64;
@@ -293,7 +293,9 @@ fn queues_and_rss_stay_under_the_documented_caps_while_maximal_batches_flood_100
         "the relay's RSS grew by {growth} bytes; the documented caps sum to {}",
         bound.rss_growth()
     );
-    relay.stop();
+    relay.signal(libc::SIGTERM);
+    let status = relay.wait_exit();
+    assert!(status.success(), "tidings exited with {status}");
 }
 
 /// The largest body of `[{"channel":CHANNEL,"data":"xxx…"}, …]` within
@@ -481,116 +483,40 @@ fn read_until_marker(
     (streams, tallies)
 }
 
-/// The `tidings` binary on an ephemeral port; killed on drop if still running.
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// All of stderr, once the process has exited.
-    stderr: mpsc::Receiver<String>,
+/// Starts the relay binary with `config` and `reactors`; returns it and its
+/// address. Warnings are enough in its log (one line per connection at info).
+fn start_relay(config: &TempFile, reactors: &str) -> (Proc, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reactors",
+            reactors,
+            "--config",
+        ])
+        .arg(config.path())
+        .env("TIDINGS_LOG", "warn");
+    let mut relay = Proc::spawn_command(command);
+    let addr = parse_startup_line(&relay.startup_line());
+    (relay, addr)
 }
 
-impl RelayProcess {
-    fn start(config: &TempFile, reactors: &str) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--reactors",
-                reactors,
-                "--config",
-            ])
-            .arg(&config.0)
-            // One line per connection at info: warnings are enough here.
-            .env("TIDINGS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tidings");
-        // Both pipes are drained on threads so the relay never blocks on them.
-        let (line_tx, lines) = mpsc::channel();
-        let mut out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            let mut text = Vec::new();
-            let mut byte = [0u8; 1];
-            while out.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
-                text.push(byte[0]);
-            }
-            let _ = line_tx.send(String::from_utf8_lossy(&text).into_owned());
-            let _ = std::io::copy(&mut out, &mut std::io::sink());
-        });
-        let (err_tx, stderr) = mpsc::channel();
-        let mut err = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            let _ = err_tx.send(text);
-        });
-        let mut relay = RelayProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr,
-        };
-        let line = lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("no startup line from tidings: {e}"));
-        let addr = line
-            .strip_prefix("tidings listening on ws://")
-            .and_then(|rest| rest.strip_suffix("/ws"))
-            .unwrap_or_else(|| panic!("unexpected startup line {line:?}"));
-        relay.addr = addr.parse().expect("address in the startup line");
-        relay
-    }
-
-    /// A `/proc/PID/status` field given in kB (`VmRSS`, `VmHWM`), in bytes.
-    fn status_bytes(&self, field: &str) -> usize {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path).expect("read /proc/PID/status");
-        let kib: usize = status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in {path}"));
-        kib * 1024
-    }
-
-    /// Resets the peak RSS (`VmHWM`) to the current RSS (proc(5), clear_refs).
-    fn reset_peak_rss(&self) {
-        let path = format!("/proc/{}/clear_refs", self.child.id());
-        std::fs::write(&path, "5").expect("reset the peak RSS through clear_refs");
-    }
-
-    /// SIGTERM, then a bounded wait for a clean exit.
-    fn stop(mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill failed");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(status.success(), "tidings exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tidings did not exit within {WAIT:?} of SIGTERM"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// A `/proc/PID/status` field given in kB (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(relay: &Proc, field: &str) -> usize {
+    let path = format!("/proc/{}/status", relay.child.id());
+    let status = std::fs::read_to_string(&path).expect("read /proc/PID/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"));
+    kib * 1024
 }
 
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            if let Ok(text) = self.stderr.recv_timeout(Duration::from_secs(2)) {
-                eprintln!("--- tidings stderr ---\n{text}--- end ---");
-            }
-        }
-    }
+/// Resets the peak RSS (`VmHWM`) to the current RSS (proc(5), clear_refs).
+fn reset_peak_rss(relay: &Proc) {
+    let path = format!("/proc/{}/clear_refs", relay.child.id());
+    std::fs::write(&path, "5").expect("reset the peak RSS through clear_refs");
 }
