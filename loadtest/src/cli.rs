@@ -2,6 +2,7 @@
 
 use crate::publisher::PublishMode;
 use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 
 #[derive(Parser, Debug)]
@@ -34,9 +35,10 @@ pub enum Mode {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// WebSocket endpoint (ws://, 127.0.0.0/8 or localhost only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// WebSocket endpoint (ws://, 127.0.0.0/8 or localhost only). Repeat it
+    /// to spread the connections over several relays, round-robin.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080/ws")]
+    pub urls: Vec<String>,
     /// Subscribed connections to hold.
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
@@ -61,9 +63,10 @@ pub struct Common {
     /// Worker processes (0: all in this process; default: as the file limit requires).
     #[arg(long)]
     pub processes: Option<usize>,
-    /// The relay's pid, to report its CPU and memory from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The relay's pid, to report its CPU and memory from /proc. Repeat it
+    /// for a fleet (relays, NATS): the sum is reported, and each pid's CPU.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
     /// After publishing, wait at most this long for the last deliveries.
     #[arg(long, default_value = "5s", value_parser = parse_secs)]
     pub drain: f64,
@@ -71,7 +74,7 @@ pub struct Common {
 
 #[derive(Args, Debug, Clone)]
 pub struct Publish {
-    /// Publish endpoint (default: /api/publish on the WebSocket host).
+    /// Publish endpoint (default: /api/publish on the first --url host).
     #[arg(long)]
     pub publish_url: Option<String>,
     /// Bytes of each event's `data` object (timestamp plus padding).
@@ -162,7 +165,7 @@ pub struct StormArgs {
     /// Bytes of each event's `data` object during the storm.
     #[arg(long, default_value_t = 150)]
     pub payload: usize,
-    /// Publish endpoint (default: /api/publish on the WebSocket host).
+    /// Publish endpoint (default: /api/publish on the first --url host).
     #[arg(long)]
     pub publish_url: Option<String>,
     /// Do not publish the final marker event (nor check it arrives).
@@ -254,7 +257,7 @@ pub fn parse_secs(s: &str) -> Result<f64, String> {
 }
 
 /// Where a URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
     /// `Host` header value.
@@ -302,6 +305,26 @@ pub fn parse_url(url: &str, scheme: &str) -> Result<Target, String> {
     })
 }
 
+/// The `--url` endpoints, in order: connection k goes to `targets[k % len]`.
+pub fn parse_ws_urls(urls: &[String]) -> Result<Vec<Target>, String> {
+    if urls.is_empty() {
+        return Err("no --url given".into());
+    }
+    let targets = urls
+        .iter()
+        .map(|u| parse_url(u, "ws"))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|o| o.addr == t.addr) {
+            return Err(format!(
+                "--url {} is given twice: each endpoint once",
+                t.addr
+            ));
+        }
+    }
+    Ok(targets)
+}
+
 /// A channel or pattern that can go into JSON without escaping, and whose
 /// events the swarm does not take for replies (see `scan::reply_kind`).
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -337,6 +360,32 @@ mod tests {
         assert!(parse_url("ws://example.com/ws", "ws").is_err());
         assert!(parse_url("http://127.0.0.1/ws", "ws").is_err());
         assert!(parse_url("ws://127.0.0.1:x/ws", "ws").is_err());
+    }
+
+    #[test]
+    fn repeated_urls() {
+        let urls = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = parse_ws_urls(&urls(&["ws://127.0.0.1:9001/ws", "ws://127.0.0.2:9002/a"]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].addr.port(), t[0].path.as_str()), (9001, "/ws"));
+        assert_eq!(
+            (t[1].host.as_str(), t[1].path.as_str()),
+            ("127.0.0.2:9002", "/a")
+        );
+        let one =
+            parse_ws_urls(&urls(&["ws://localhost:9001/ws"])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.len(), 1);
+        assert!(parse_ws_urls(&[]).is_err());
+        // One bad endpoint spoils the list, and says which it is.
+        let e = parse_ws_urls(&urls(&["ws://127.0.0.1:9001/ws", "ws://10.1.1.1:9002/ws"]))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("10.1.1.1"), "{e}");
+        // The same endpoint twice is a typo, not twice the share.
+        assert!(
+            parse_ws_urls(&urls(&["ws://127.0.0.1:9001/ws", "ws://127.0.0.1:9001/x"])).is_err()
+        );
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct PhaseSummary {
     pub server_cpu_s: Option<f64>,
     pub server_cores: Option<f64>,
     pub server_cpu_s_per_million: Option<f64>,
+    /// Each `--server-pid`'s CPU seconds during the phase (a fleet: relays
+    /// and NATS apart).
+    pub server_cpu_s_by_pid: BTreeMap<u32, f64>,
     /// The merged latency histogram (hex), for `--plot`; not in the JSON.
     #[serde(skip)]
     pub hist: String,
@@ -90,6 +93,7 @@ pub struct PhaseInput<'a> {
     pub wall_seconds: f64,
     pub publisher_cpu_s: f64,
     pub server_cpu_s: Option<f64>,
+    pub server_cpu_by_pid: BTreeMap<u32, f64>,
 }
 
 pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
@@ -132,6 +136,7 @@ pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
         server_cpu_s: i.server_cpu_s,
         server_cores: i.server_cpu_s.map(|c| per_s(c, i.publish.seconds)),
         server_cpu_s_per_million: i.server_cpu_s.and_then(per_million),
+        server_cpu_s_by_pid: i.server_cpu_by_pid.clone(),
         hist: s.hist.clone(),
     }
 }
@@ -255,6 +260,14 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
                 pm(p.server_cpu_s_per_million)
             ),
         );
+    }
+    if p.server_cpu_s_by_pid.len() > 1 {
+        let each: Vec<String> = p
+            .server_cpu_s_by_pid
+            .iter()
+            .map(|(pid, s)| format!("{pid}: {s:.2} s"))
+            .collect();
+        t.row("server CPU by pid", each.join(", "));
     }
 }
 
@@ -493,6 +506,7 @@ mod tests {
             wall_seconds: 10.0,
             publisher_cpu_s: 0.5,
             server_cpu_s: Some(4.0),
+            server_cpu_by_pid: BTreeMap::from([(7, 3.0), (8, 1.0)]),
         });
         assert_eq!(p.expected, 1_000_100);
         assert_eq!(p.missing, 100);
@@ -503,6 +517,7 @@ mod tests {
         assert_eq!(p.latency.max_us, 1000);
         let json = serde_json::to_value(&p).unwrap_or_default();
         assert_eq!(json["latency"]["p99_us"], 990);
+        assert_eq!(json["server_cpu_s_by_pid"]["8"], 1.0);
     }
 
     #[test]
@@ -526,6 +541,7 @@ mod tests {
             wall_seconds: 10.0,
             publisher_cpu_s: 0.1,
             server_cpu_s: None,
+            server_cpu_by_pid: BTreeMap::new(),
         });
         let mut t = Table::new();
         phase_rows(&mut t, &p);

@@ -1,7 +1,8 @@
 //! The modes: plan the members, connect, run phases, report.
 
 use crate::cli::{
-    check_name, parse_url, Common, FanoutArgs, IdleArgs, Publish, StormArgs, SweepArgs, Target,
+    check_name, parse_url, parse_ws_urls, Common, FanoutArgs, IdleArgs, Publish, StormArgs,
+    SweepArgs, Target,
 };
 use crate::control::Cmd;
 use crate::fleet::Fleet;
@@ -13,6 +14,7 @@ use crate::storm::Backoff;
 use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
 use crate::sys::{self, Who};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,9 +23,37 @@ use std::time::{Duration, Instant};
 /// File descriptors a process keeps for itself besides its connections.
 const FD_RESERVE: usize = 100;
 
+/// The `--server-pid` processes' CPU seconds at a starting point.
+struct ServerCpu(Vec<(u32, Option<f64>)>);
+
+impl ServerCpu {
+    fn start(pids: &[u32]) -> ServerCpu {
+        ServerCpu(
+            pids.iter()
+                .map(|&p| (p, sys::proc_cpu_seconds(p)))
+                .collect(),
+        )
+    }
+
+    /// Each pid's CPU seconds since the start (those read both times).
+    fn by_pid(&self) -> BTreeMap<u32, f64> {
+        self.0
+            .iter()
+            .filter_map(|&(pid, start)| Some((pid, sys::proc_cpu_seconds(pid)? - start?)))
+            .collect()
+    }
+
+    /// Their sum; None without pids, or if one could not be read.
+    fn total(by_pid: &BTreeMap<u32, f64>, pids: usize) -> Option<f64> {
+        (pids > 0 && by_pid.len() == pids).then(|| by_pid.values().sum())
+    }
+}
+
 /// Splits the connections over members: one thread if this process can
 /// hold them all, worker processes otherwise (or as `--processes` says).
-pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String> {
+/// Each member spreads its share over the targets round-robin, by the
+/// connection's index in the whole swarm.
+pub fn plan(c: &Common, targets: &[Target]) -> Result<(Vec<SwarmCfg>, bool), String> {
     check_name(&c.channel)?;
     let pattern = c.pattern.clone().unwrap_or_else(|| c.channel.clone());
     check_name(&pattern)?;
@@ -57,9 +87,7 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
         .map(|m| {
             let n = base + usize::from(m < extra);
             let cfg = SwarmCfg {
-                target: target.addr,
-                host: target.host.clone(),
-                path: target.path.clone(),
+                targets: targets.to_vec(),
                 pattern: pattern.clone(),
                 connections: n,
                 offset,
@@ -79,8 +107,8 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
 }
 
 /// Starts the members and waits until they are connected.
-fn connect(c: &Common, target: &Target) -> Result<(Fleet, ConnectReport), String> {
-    let (cfgs, processes) = plan(c, target)?;
+fn connect(c: &Common, targets: &[Target]) -> Result<(Fleet, ConnectReport), String> {
+    let (cfgs, processes) = plan(c, targets)?;
     let mut fleet = Fleet::start(cfgs, processes)?;
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -172,7 +200,7 @@ fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<Phase
         steady_end_us: steady_end,
         deadline_us: steady_end + drain + 30_000_000,
     };
-    let server0 = c.server_pid.and_then(sys::proc_cpu_seconds);
+    let server0 = ServerCpu::start(&c.server_pids);
     let wall0 = Instant::now();
     fleet.send(&Cmd::Go(window));
     let published = publisher::run(pc, start, steady_end);
@@ -183,10 +211,8 @@ fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<Phase
     });
     let stats = fleet.phase(Duration::from_secs_f64(c.drain + 40.0))?;
     let wall_seconds = wall0.elapsed().as_secs_f64();
-    let server_cpu_s = match (server0, c.server_pid.and_then(sys::proc_cpu_seconds)) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let server_cpu_by_pid = server0.by_pid();
+    let server_cpu_s = ServerCpu::total(&server_cpu_by_pid, c.server_pids.len());
     Ok(report::phase_summary(&PhaseInput {
         rate,
         publish: &published,
@@ -195,6 +221,7 @@ fn phase(fleet: &mut Fleet, c: &Common, p: &Publish, pc: PubCfg) -> Result<Phase
         wall_seconds,
         publisher_cpu_s,
         server_cpu_s,
+        server_cpu_by_pid,
     }))
 }
 
@@ -206,12 +233,14 @@ fn publisher_label(p: &Publish) -> String {
 fn header(mode: &str, c: &Common, fleet: &Fleet) -> serde_json::Value {
     json!({
         "mode": mode,
-        "url": c.url,
+        "url": c.urls.first(),
+        "urls": c.urls,
         "channel": c.channel,
         "pattern": c.pattern.clone().unwrap_or_else(|| c.channel.clone()),
         "connections_requested": c.connections,
         "members": fleet.len(),
-        "server_pid": c.server_pid,
+        "server_pid": c.server_pids.first(),
+        "server_pids": c.server_pids,
         "unix_time_s": sys::unix_us() / 1_000_000,
     })
 }
@@ -237,9 +266,10 @@ fn total_cpu() -> f64 {
 
 pub fn fanout(a: FanoutArgs) -> Result<(), String> {
     let c = &a.common;
-    let target = parse_url(&c.url, "ws")?;
-    let pc = publish_cfg(c, &a.publish, &target, a.rate.per_second())?;
-    let (mut fleet, connected) = connect(c, &target)?;
+    let targets = parse_ws_urls(&c.urls)?;
+    let target = &targets[0];
+    let pc = publish_cfg(c, &a.publish, target, a.rate.per_second())?;
+    let (mut fleet, connected) = connect(c, &targets)?;
     let result = phase(&mut fleet, c, &a.publish, pc);
     let mut head = header("fanout", c, &fleet);
     head["publisher"] = json!(publisher_label(&a.publish));
@@ -262,17 +292,18 @@ pub fn fanout(a: FanoutArgs) -> Result<(), String> {
 
 pub fn sweep(a: SweepArgs) -> Result<(), String> {
     let c = &a.common;
-    let target = parse_url(&c.url, "ws")?;
+    let targets = parse_ws_urls(&c.urls)?;
+    let target = &targets[0];
     if a.step.is_nan() || a.step <= 1.0 {
         return Err("--step must be above 1".into());
     }
-    publish_cfg(c, &a.publish, &target, Some(a.start_rate))?; // flag errors before connecting
-    let (mut fleet, connected) = connect(c, &target)?;
+    publish_cfg(c, &a.publish, target, Some(a.start_rate))?; // flag errors before connecting
+    let (mut fleet, connected) = connect(c, &targets)?;
     let mut steps: Vec<PhaseSummary> = Vec::new();
     let mut stopped = "max_steps".to_string();
     let mut rate = a.start_rate;
     for _ in 0..a.max_steps {
-        let pc = match publish_cfg(c, &a.publish, &target, Some(rate)) {
+        let pc = match publish_cfg(c, &a.publish, target, Some(rate)) {
             Ok(pc) => pc,
             Err(e) => {
                 stopped = e;
@@ -361,10 +392,10 @@ pub fn sweep(a: SweepArgs) -> Result<(), String> {
 
 pub fn idle(a: IdleArgs) -> Result<(), String> {
     let c = &a.common;
-    let target = parse_url(&c.url, "ws")?;
-    let rss = || c.server_pid.and_then(sys::proc_rss_kib);
+    let targets = parse_ws_urls(&c.urls)?;
+    let rss = || sys::procs_rss_kib(&c.server_pids);
     let rss_before = rss();
-    let (mut fleet, connected) = connect(c, &target)?;
+    let (mut fleet, connected) = connect(c, &targets)?;
     let rss_connected = rss();
     let now = sys::unix_us();
     let hold = (a.duration * 1e6) as u64;
@@ -422,7 +453,8 @@ pub fn idle(a: IdleArgs) -> Result<(), String> {
 
 pub fn storm(a: StormArgs) -> Result<(), String> {
     let c = &a.common;
-    let target = parse_url(&c.url, "ws")?;
+    let targets = parse_ws_urls(&c.urls)?;
+    let target = &targets[0];
     if matches!(c.processes, Some(k) if k > 0) {
         return Err("storm runs in one process; --processes is not supported".into());
     }
@@ -440,7 +472,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
              (file limit {soft} less {FD_RESERVE}); lower --connections or raise `ulimit -n`"
         ));
     }
-    let (mut cfgs, _) = plan(c, &target)?;
+    let (mut cfgs, _) = plan(c, &targets)?;
     let cfg = cfgs.pop().ok_or("no connections planned")?;
     let publish = Publish {
         publish_url: a.publish_url.clone(),
@@ -451,7 +483,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         warmup: 0.0,
         duration: 0.0,
     };
-    let mut pc = publish_cfg(c, &publish, &target, (a.rate > 0.0).then_some(a.rate))?;
+    let mut pc = publish_cfg(c, &publish, target, (a.rate > 0.0).then_some(a.rate))?;
     pc.record_seqs = true;
     if a.lead > 0.0 && a.rate <= 0.0 {
         return Err("--lead needs a --rate to publish at".into());
@@ -496,11 +528,11 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
             start_publisher();
         }
     };
-    let server0 = std::cell::Cell::new(None);
+    let server0 = std::cell::RefCell::new(None);
     let storm_t0 = std::cell::Cell::new(None);
     let dropped = || {
         storm_t0.set(Some(Instant::now()));
-        server0.set(c.server_pid.and_then(sys::proc_cpu_seconds));
+        *server0.borrow_mut() = Some(ServerCpu::start(&c.server_pids));
         if a.lead <= 0.0 {
             start_publisher();
         }
@@ -509,8 +541,8 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     let mut marker_error: Option<String> = None;
     let server_cpu = std::cell::Cell::new(None);
     let mut settled = |_all_back: bool| {
-        if let (Some(a), Some(b)) = (server0.get(), c.server_pid.and_then(sys::proc_cpu_seconds)) {
-            server_cpu.set(Some(b - a));
+        if let Some(start) = server0.borrow().as_ref() {
+            server_cpu.set(ServerCpu::total(&start.by_pid(), c.server_pids.len()));
         }
         stop.store(true, Ordering::Relaxed);
         published = publisher.take().and_then(|j| j.join().ok());
@@ -610,12 +642,14 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     t.print();
     let mut head = json!({
         "mode": "storm",
-        "url": c.url,
+        "url": c.urls.first(),
+        "urls": c.urls,
         "channel": c.channel,
         "pattern": c.pattern.clone().unwrap_or_else(|| c.channel.clone()),
         "connections_requested": c.connections,
         "members": 1,
-        "server_pid": c.server_pid,
+        "server_pid": c.server_pids.first(),
+        "server_pids": c.server_pids,
         "unix_time_s": sys::unix_us() / 1_000_000,
         "seed": sc.seed,
         "lead_s": a.lead,
@@ -632,4 +666,62 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     head["seconds"] = json!(t0.elapsed().as_secs_f64());
     report::emit(&head);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn common(args: &[&str]) -> Common {
+        let mut argv = vec!["tidings-swarm", "idle"];
+        argv.extend_from_slice(args);
+        match crate::cli::Cli::parse_from(argv).mode {
+            crate::cli::Mode::Idle(a) => a.common,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_urls_across_members() {
+        let c = common(&[
+            "--url",
+            "ws://127.0.0.1:9001/ws",
+            "--url",
+            "ws://127.0.0.1:9002/ws",
+            "--url",
+            "ws://127.0.0.1:9003/ws",
+            "--connections",
+            "10",
+            "--processes",
+            "2",
+        ]);
+        let targets = parse_ws_urls(&c.urls).unwrap_or_else(|e| panic!("{e}"));
+        let (cfgs, processes) = plan(&c, &targets).unwrap_or_else(|e| panic!("{e}"));
+        assert!(processes);
+        let ports: Vec<u16> = cfgs
+            .iter()
+            .flat_map(|cfg| (0..cfg.connections).map(move |i| cfg.target(i).addr.port()))
+            .collect();
+        // The second member starts at the sixth socket: it goes on where
+        // the first left off, so the shares stay even (4, 3, 3).
+        assert_eq!(
+            ports,
+            [9001, 9002, 9003, 9001, 9002, 9003, 9001, 9002, 9003, 9001]
+        );
+    }
+
+    #[test]
+    fn server_cpu_is_summed_only_when_every_pid_was_read() {
+        let me = std::process::id();
+        let start = ServerCpu::start(&[me]);
+        let by_pid = start.by_pid();
+        assert_eq!(by_pid.len(), 1);
+        assert!(ServerCpu::total(&by_pid, 1).is_some_and(|s| s >= 0.0));
+        // A pid that does not exist (above the kernel's pid_max) is unreadable.
+        let gone = ServerCpu::start(&[me, u32::MAX]);
+        assert_eq!(gone.by_pid().len(), 1);
+        assert_eq!(ServerCpu::total(&gone.by_pid(), 2), None);
+        assert_eq!(ServerCpu::total(&BTreeMap::new(), 0), None);
+    }
 }

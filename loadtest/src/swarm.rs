@@ -1,5 +1,6 @@
 //! The swarm member: many WebSocket client connections on one mio poll loop.
 
+use crate::cli::Target;
 use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
 use crate::frame::{self, MAX_FRAME_LEFTOVER};
@@ -27,10 +28,9 @@ const READS_PER_TURN: usize = 8;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmCfg {
-    pub target: SocketAddr,
-    /// `Host` header value.
-    pub host: String,
-    pub path: String,
+    /// The endpoints; connection k of the whole swarm goes to
+    /// `targets[k % len]`.
+    pub targets: Vec<Target>,
     pub pattern: String,
     pub connections: usize,
     /// Index of this member's first connection in the whole swarm (picks
@@ -46,9 +46,14 @@ pub struct SwarmCfg {
 }
 
 impl SwarmCfg {
+    /// The endpoint of connection `i` of this member.
+    pub fn target(&self, i: usize) -> &Target {
+        &self.targets[(self.offset + i) % self.targets.len()]
+    }
+
     /// The source address of connection `i` of this member.
     pub fn source(&self, i: usize) -> Option<IpAddr> {
-        if !self.target.ip().is_loopback() {
+        if !self.target(i).addr.ip().is_loopback() {
             return None;
         }
         let n = 2 + (self.offset + i) / self.per_source.max(1);
@@ -194,12 +199,14 @@ impl Swarm {
         let key = handshake::key(
             ((u128::from(self.random())) << 64 | u128::from(self.random())).to_ne_bytes(),
         );
-        let request = handshake::request(&self.cfg.host, &self.cfg.path, &key);
+        let target = self.cfg.target(i);
+        let request = handshake::request(&target.host, &target.path, &key);
+        let addr = target.addr;
         let track = std::mem::take(&mut self.conns[i].track);
         self.conns[i] = Conn::new(request, 0);
         self.conns[i].track = track;
         self.inflight += 1;
-        let stream = open_socket(self.cfg.source(i), self.cfg.target).and_then(|mut s| {
+        let stream = open_socket(self.cfg.source(i), addr).and_then(|mut s| {
             self.poll
                 .registry()
                 .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)

@@ -91,6 +91,14 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss(&status)
 }
 
+/// The summed VmRSS of `pids`; None without pids or if one cannot be read.
+pub fn procs_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_rss_kib(p)).sum()
+}
+
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
