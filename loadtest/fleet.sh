@@ -302,7 +302,8 @@ relay_counters() { # port
 
 # ---------------------------------------------------------------- sampling
 # Once a second, bounded by $1 samples: VmRSS (KiB) and open files of each
-# pid in $2.. , /proc/net/sockstat's TCP line and /proc/meminfo's Slab.
+# pid in $2.. , /proc/net/sockstat's TCP sockets in use and buffer pages,
+# and /proc/meminfo's Slab.
 sampler() {
     local max=$1 n pid line
     shift
@@ -417,8 +418,12 @@ for line in open(samples_file):
 if not rows:
     sys.exit("no samples")
 base = rows[0]
-# The moment with the most relay memory: every socket open, events flowing.
-peak = max(rows, key=lambda r: sum(r["procs"].get(p, (0, 0))[0] for p in relays))
+# While every socket is open: the samples with the most TCP sockets in use
+# (not the teardown, when RSS is still high but sockets are going). Memory
+# is read at the last of them, after the events have flowed.
+most = max(r["tcp_inuse"] for r in rows)
+held = [r for r in rows if r["tcp_inuse"] >= most]
+peak = held[-1]
 counters = {}
 for line in open(counters_file):
     port, name, value = line.split()
@@ -439,7 +444,8 @@ out = {
     "tcp_inuse": peak["tcp_inuse"], "tcp_inuse_before": base["tcp_inuse"],
     "tcp_mem_bytes": peak["tcp_mem_pages"] * int(page),
     "tcp_mem_bytes_before": base["tcp_mem_pages"] * int(page),
-    "tcp_mem_bytes_max": max(r["tcp_mem_pages"] for r in rows) * int(page),
+    "tcp_mem_bytes_max": max(r["tcp_mem_pages"] for r in held) * int(page),
+    "seconds_held": held[-1]["t"] - held[0]["t"],
     "slab_kib": peak["slab"], "slab_kib_before": base["slab"],
     "seconds_sampled": rows[-1]["t"] - rows[0]["t"],
     "relay_counters": counters,
@@ -449,6 +455,7 @@ out["per_connection_bytes"] = {
     "relays_rss_growth": (sum(relay_rss.values()) - sum(relay_rss_base.values())) * 1024 / n,
     "nats_rss": out["nats_rss_kib"] * 1024 / n,
     "tcp_buffers": out["tcp_mem_bytes"] / n,
+    "tcp_buffers_max": out["tcp_mem_bytes_max"] / n,
     # Both ends of each loopback connection are in this machine's Slab.
     "slab_growth_both_ends": (out["slab_kib"] - out["slab_kib_before"]) * 1024 / n,
 }
@@ -565,10 +572,12 @@ if rows and rows[0]["fleet"]["scenario"] == "scale":
     print(f"  nats-server: RSS {f['nats_rss_kib'] / 1024:.1f} MiB (before {f['nats_rss_kib_before'] / 1024:.1f},"
           f" most seen {f['nats_rss_kib_max'] / 1024:.1f})")
     print(f"  kernel: TCP sockets in use {f['tcp_inuse']} (before {f['tcp_inuse_before']}),"
-          f" TCP buffers {f['tcp_mem_bytes'] / 2**20:.1f} MiB (most seen {f['tcp_mem_bytes_max'] / 2**20:.1f}),"
+          f" TCP buffers {f['tcp_mem_bytes'] / 2**20:.1f} MiB (most seen while all were open"
+          f" {f['tcp_mem_bytes_max'] / 2**20:.1f}),"
           f" Slab +{(f['slab_kib'] - f['slab_kib_before']) / 1024:.0f} MiB")
     print(f"  per connection: relays' RSS {pc['relays_rss']:.0f} B ({pc['relays_rss_growth']:.0f} B of growth),"
-          f" NATS {pc['nats_rss']:.1f} B, kernel TCP buffers {pc['tcp_buffers']:.0f} B,"
+          f" NATS {pc['nats_rss']:.1f} B, kernel TCP buffers {pc['tcp_buffers']:.0f} B"
+          f" (at most {pc['tcp_buffers_max']:.0f}),"
           f" kernel Slab {pc['slab_growth_both_ends']:.0f} B for both ends")
     for port, c in sorted(f["relay_counters"].items()):
         print(f"  relay :{port} " + ", ".join(f"{k.removeprefix('tidings_')} {v:g}" for k, v in sorted(c.items())))
