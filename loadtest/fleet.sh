@@ -130,7 +130,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 [[ -n $OUT ]] || OUT=$ROOT/loadtest/results/fleet-$STAMP.jsonl
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tidings-fleet.XXXXXX")
+WORK=$(mktemp -d -t tidings-fleet.XXXXXX)
 
 log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
