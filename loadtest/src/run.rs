@@ -69,6 +69,7 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
                 max_inflight: c.max_inflight.div_ceil(members).max(1),
                 drain_ms: (c.drain * 1000.0) as u64,
                 idle_limit_s: 3600,
+                deflate: c.deflate,
             };
             offset += n;
             cfg
