@@ -9,6 +9,7 @@
 #   loadtest/compare.sh              the full comparison (several minutes)
 #   loadtest/compare.sh --quick      a short smoke: 200 connections, 3 s
 #   loadtest/compare.sh --publisher single:2   one event per POST over 2 connections
+#   loadtest/compare.sh --servers tidings,tidings-deflate,bun,bun-deflate   compression on and off
 #   loadtest/compare.sh --help       all flags and their environment variables
 #
 # Every run starts a fresh server pinned to CPU 0, runs tidings-swarm pinned to
@@ -37,7 +38,11 @@ Scenarios (each against every server, back to back):
 
 Flags (environment variable in brackets; a flag wins over its variable):
   --quick                 smoke test: fanout-a and idle with 200 connections, 3 s
-  --servers LIST          comma list of tidings,bun,ws,naive,baseline [COMPARE_SERVERS]
+  --servers LIST          comma list of tidings,bun,ws,naive,baseline [COMPARE_SERVERS],
+                          and tidings-deflate (compression = "on") and bun-deflate
+                          (perMessageDeflate, publish with compress): against these two the
+                          swarm offers permessage-deflate (--deflate), and the table
+                          compares bun-deflate with tidings-deflate
   --scenarios LIST        comma list of fanout-a,fanout-b,idle    [COMPARE_SCENARIOS]
   --a-conns N             default 1000                            [COMPARE_A_CONNS]
   --a-rates LIST          events/s, comma list, default 100       [COMPARE_A_RATES]
@@ -158,7 +163,7 @@ for r in ${A_RATES//,/ } ${B_RATES//,/ }; do
     is_num "$r" || { echo "compare.sh: rate $r is not a number" >&2; exit 2; }
 done
 for s in ${SERVERS//,/ }; do
-    [[ $s =~ ^(tidings|bun|ws|naive|baseline)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
+    [[ $s =~ ^(tidings|tidings-deflate|bun|bun-deflate|ws|naive|baseline)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
 done
 for s in ${SCENARIOS//,/ }; do
     [[ $s =~ ^(fanout-a|fanout-b|idle|resume)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
@@ -264,7 +269,7 @@ if wants baseline; then
         BASELINE_CMD+=(--reactors "$TIDINGS_REACTORS")
     fi
 fi
-if wants bun || wants ws || wants naive; then
+if wants bun || wants bun-deflate || wants ws || wants naive; then
     if [[ ! -d $PEERS/node_modules ]]; then
         log "installing peers (npm) in $PEERS"
         if [[ -f $PEERS/package-lock.json ]]; then
@@ -275,7 +280,7 @@ if wants bun || wants ws || wants naive; then
     fi
 fi
 BUN=${BUN:-$PEERS/node_modules/.bin/bun}
-if wants bun && ! "$BUN" --version >/dev/null 2>&1; then
+if { wants bun || wants bun-deflate; } && ! "$BUN" --version >/dev/null 2>&1; then
     # The npm `bun` package's postinstall links the platform binary; if that
     # did not run, use the binary of the @oven/bun-linux-* package directly.
     BUN=
@@ -288,8 +293,10 @@ fi
 version_of() {
     case $1 in
         tidings) "$TIDINGS" --version 2>/dev/null | head -1 ;;
+        tidings-deflate) echo "$("$TIDINGS" --version 2>/dev/null | head -1) compression=on" ;;
         baseline) echo "$("$BASELINE" --version 2>/dev/null | head -1) (baseline)" ;;
         bun) echo "bun $("$BUN" --version 2>/dev/null)" ;;
+        bun-deflate) echo "bun $("$BUN" --version 2>/dev/null) perMessageDeflate" ;;
         ws) echo "node $(node --version) ws $(node -p 'require(process.argv[1]).version' "$PEERS/node_modules/ws/package.json" 2>/dev/null)" ;;
         naive) echo "node $(node --version) net" ;;
     esac
@@ -353,8 +360,14 @@ start_server() { # name port
     local name=$1 port=$2 i cmd
     case $name in
         tidings) cmd=("$TIDINGS" --listen "127.0.0.1:$port" --reactors "$TIDINGS_REACTORS") ;;
+        tidings-deflate)
+            # Every other setting at its default, as for `tidings`.
+            printf 'compression = "on"\n' >"$LOGS/tidings-deflate.toml"
+            cmd=("$TIDINGS" --config "$LOGS/tidings-deflate.toml" --listen "127.0.0.1:$port"
+                --reactors "$TIDINGS_REACTORS") ;;
         baseline) cmd=("${BASELINE_CMD[@]}" --listen "127.0.0.1:$port") ;;
         bun) cmd=("$BUN" "$PEERS/bun-server.js" "$port") ;;
+        bun-deflate) cmd=("$BUN" "$PEERS/bun-server.js" "$port" --deflate) ;;
         ws) cmd=(node "$PEERS/node-ws-server.js" "$port") ;;
         naive) cmd=(node "$PEERS/naive-server.js" "$port") ;;
     esac
@@ -385,13 +398,15 @@ start_server() { # name port
 
 # The one place the swarm command line is put together: adjust here if the
 # swarm's flags change. Fills SWARM_CMD and SWARM_TIMEOUT.
-swarm_cmd() { # mode port conns server_pid [rate publisher]
-    local mode=$1 port=$2 conns=$3 pid=$4 rate=${5:-} publisher=${6:-batch}
+swarm_cmd() { # mode port conns server_pid server [rate publisher]
+    local mode=$1 port=$2 conns=$3 pid=$4 server=$5 rate=${6:-} publisher=${7:-batch}
     SWARM_CMD=("$SWARM" "$mode"
         --url "ws://127.0.0.1:$port/ws"
         --connections "$conns"
         --per-source "$PER_SOURCE"
         --server-pid "$pid")
+    # The compressing servers get a swarm that offers permessage-deflate.
+    [[ $server != *-deflate ]] || SWARM_CMD+=(--deflate)
     local connect_s=$(((conns + 999) / 1000))  # at the swarm's default 5000/s, with slack
     case $mode in
         fanout)
@@ -444,7 +459,7 @@ run_one() { # scenario mode conns server [rate publisher]
         record "$scenario" "$server" "$conns" "$rate" "$publisher" "$version" 0 false 1 "$base" "server did not start"
         return 0
     fi
-    swarm_cmd "$mode" "$port" "$conns" "$SERVER_PID" "$rate" "$publisher"
+    swarm_cmd "$mode" "$port" "$conns" "$SERVER_PID" "$server" "$rate" "$publisher"
     printf '%q ' taskset -c "$SWARM_CPU" "${SWARM_CMD[@]}" >"$base.cmd"
     # In the background and waited for, so a signal to this script runs its
     # trap at once (timeout passes TERM/INT on to the swarm).
@@ -533,7 +548,7 @@ for scenario in ${SCENARIOS//,/ }; do
             for s in ${SERVERS//,/ }; do run_one idle idle "$IDLE_CONNS" "$s"; done ;;
         resume)
             for s in ${SERVERS//,/ }; do
-                if [[ $s == tidings ]]; then
+                if [[ $s == tidings || $s == tidings-deflate ]]; then
                     run_one resume storm "$RESUME_CONNS" "$s" "$RESUME_RATE"
                 else
                     log "resume: skipping $s: it keeps no history, so there is nothing to resume (tidings only)"
@@ -559,6 +574,7 @@ def figures(r):
         "compl": ph.get("completeness"),
         "p50": lat["p50_us"] / 1000 if "p50_us" in lat else None,
         "p99": lat["p99_us"] / 1000 if "p99_us" in lat else None,
+        "wire": ph.get("wire_bytes_per_event"),
         "cpu_m": ph.get("server_cpu_s_per_million"),
         "cores": ph.get("server_cores"),
         "rss": res.get("server_rss_bytes_per_connection"),
@@ -597,25 +613,28 @@ for r in rows:
     key = (c["scenario"], c["connections"], c["rate"], c.get("publisher"))
     groups.setdefault(key, []).append(r)
 
-head = (f"{'scenario':<22} {'pub':<9} {'pub%':>6} {'server':<8} {'ready':>6} {'deliv/s':>10} {'compl':>8} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'cpu s/M':>8} {'cores':>6} {'RSS B/c':>8} {'lost':>5} {'drops':>6} {'bg%':>4}  "
+head = (f"{'scenario':<22} {'pub':<9} {'pub%':>6} {'server':<15} {'ready':>6} {'deliv/s':>10} {'compl':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'cpu s/M':>8} {'cores':>6} {'B/ev':>6} {'RSS B/c':>8} {'lost':>5} {'drops':>6} {'bg%':>4}  "
         f"{'t/p deliv':>9} {'t/p p99':>8} {'t/p cpu':>8} {'t/p RSS':>8}")
 print()
-print("tidings vs peers (t/p = tidings value / peer value; deliv/s above 1 and p99, cpu, RSS below 1 favour tidings)")
+print("tidings vs peers (t/p = tidings value / peer value; deliv/s above 1 and p99, cpu, RSS below 1 favour tidings;")
+print("  bun-deflate is compared with tidings-deflate, the other peers with tidings)")
 print(head)
 print("-" * len(head))
 for (scenario, conns, rate, _pub), rs in groups.items():
     if scenario == "resume":
         continue
     name = f"{scenario} {conns}" + (f" @{rate:g}/s" if rate else "")
-    base = next((figures(r) for r in rs if r["compare"]["server"] == "tidings" and r["result"]), None)
+    bases = {r["compare"]["server"]: figures(r) for r in rs
+             if r["compare"]["server"] in ("tidings", "tidings-deflate") and r["result"]}
     for r in rs:
         c = r["compare"]
         f = figures(r)
-        line = (f"{name:<22} {f['pub']:<9} {num(f['pub_pct'], '.1f'):>6} {c['server']:<8} "
+        base = bases.get("tidings-deflate" if c["server"].endswith("-deflate") else "tidings")
+        line = (f"{name:<22} {f['pub']:<9} {num(f['pub_pct'], '.1f'):>6} {c['server']:<15} "
                 f"{num(f['ready'], 'd'):>6} {num(f['deliv'], '.0f'):>10} "
                 f"{num(f['compl'], '.5f'):>8} {num(f['p50'], '.2f'):>8} {num(f['p99'], '.2f'):>8} "
-                f"{num(f['cpu_m'], '.3f'):>8} {num(f['cores'], '.2f'):>6} {num(f['rss'], '.0f'):>8} "
+                f"{num(f['cpu_m'], '.3f'):>8} {num(f['cores'], '.2f'):>6} {num(f['wire'], '.0f'):>6} {num(f['rss'], '.0f'):>8} "
                 f"{num(f['lost'], 'd'):>5} {f['drops']:>6} {num(f['bg'], 'd'):>4}")
         if f["bg"] is not None and f["bg"] > 10:
             notes.add("bg%: the busier of the two pinned CPUs was this busy with other work just before "
@@ -624,7 +643,7 @@ for (scenario, conns, rate, _pub), rs in groups.items():
             notes.add("lost: events the publisher counted as rejected or unsent (e.g. its response timeout "
                       "expired while the server was busy); a server may still deliver unsent events, "
                       "which pushes completeness above 1")
-        if base is not None and c["server"] != "tidings" and r["result"]:
+        if base is not None and not c["server"].startswith("tidings") and r["result"]:
             line += (f"  {ratio(base['deliv'], f['deliv']):>9} {ratio(base['p99'], f['p99']):>8} "
                      f"{ratio(base['cpu_m'], f['cpu_m']):>8} {ratio(base['rss'], f['rss']):>8}")
         if c.get("error"):
@@ -665,7 +684,8 @@ print("columns: pub = publisher (batch: the events due in each POST over one con
 print("  per POST over K connections); pub% = events accepted / events the offered rate had due (below 100: the")
 print("  publisher could not keep the offered rate, e.g. K requests in flight at the server's answer time);")
 print("  ready = subscribed sockets; deliv/s = steady-window deliveries per second; compl = received/expected;")
-print("  cpu s/M = server CPU seconds per million deliveries; cores = server CPU s per wall s; RSS B/c = server RSS")
+print("  cpu s/M = server CPU seconds per million deliveries; cores = server CPU s per wall s;")
+print("  B/ev = bytes the swarm read per event received (frames with headers); RSS B/c = server RSS")
 print("  growth per idle connection; lost = events not accepted by the publish endpoint;")
 print("  drops = /proc/net/softnet_stat drops during the run (system-wide, connects included; see --raise-backlog);")
 print("  bg% = busier pinned CPU's load from other work in the second before the run")

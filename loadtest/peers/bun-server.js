@@ -3,9 +3,14 @@
 // uses: GET /ws, subscribe/unsubscribe with exact channel names, and
 // POST /api/publish with one event or an array of events.
 //
-//   bun bun-server.js [PORT]        (or PORT=... ; HOST defaults to 127.0.0.1)
+//   bun bun-server.js [PORT] [--deflate]   (or PORT=... ; HOST defaults to 127.0.0.1)
+//
+// --deflate turns on Bun's perMessageDeflate and publishes every event with
+// compression asked for: what a Bun user does to save bandwidth.
 
-const port = Number(process.env.PORT || process.argv[2] || 8080);
+const args = process.argv.slice(2);
+const deflate = args.includes("--deflate");
+const port = Number(process.env.PORT || args.find((a) => /^[0-9]+$/.test(a)) || 8080);
 const hostname = process.env.HOST || "127.0.0.1";
 
 let seq = 0;
@@ -70,7 +75,7 @@ const server = Bun.serve({
       const seqs = [];
       for (const ev of events) {
         const [n, text] = encode(ev);
-        server.publish(ev.channel, text);
+        server.publish(ev.channel, text, deflate);
         seqs.push(n);
       }
       return Response.json(many ? { seqs } : { seq: seqs[0] });
@@ -79,7 +84,7 @@ const server = Bun.serve({
     return new Response("Not Found", { status: 404 });
   },
   websocket: {
-    perMessageDeflate: false,
+    perMessageDeflate: deflate,
     maxPayloadLength: 64 * 1024,
     message(ws, message) {
       let msg;
@@ -109,7 +114,10 @@ const server = Bun.serve({
   },
 });
 
-console.log(`bun-server ${Bun.version} listening on ${server.hostname}:${server.port} pid ${process.pid}`);
+console.log(
+  `bun-server ${Bun.version} listening on ${server.hostname}:${server.port} pid ${process.pid}` +
+    (deflate ? " (perMessageDeflate)" : ""),
+);
 
 for (const sig of ["SIGINT", "SIGTERM"]) {
   process.on(sig, () => {

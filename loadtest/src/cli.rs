@@ -70,6 +70,10 @@ pub struct Common {
     /// After publishing, wait at most this long for the last deliveries.
     #[arg(long, default_value = "5s", value_parser = parse_secs)]
     pub drain: f64,
+    /// Offer permessage-deflate (no context takeover either way) and inflate
+    /// compressed events; the report says how many connections got it.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(Args, Debug, Clone)]

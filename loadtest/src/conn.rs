@@ -3,6 +3,7 @@
 
 use crate::frame::{self, Item, Step};
 use crate::handshake::{self, Head};
+use crate::inflate::{self, Inflater};
 use crate::resume::{self, Replies, Track};
 use crate::scan::{self, Reply};
 use crate::stats::{Arrival, PhaseAcc};
@@ -45,6 +46,8 @@ pub struct Conn {
     /// A close frame was received or sent: drop once `out` is written.
     pub closing: Option<String>,
     pub started_ms: u64,
+    /// The server agreed to permessage-deflate on this connection.
+    pub deflate: bool,
 }
 
 /// Everything a feed may touch besides the connection.
@@ -60,6 +63,9 @@ pub struct Ctx<'a> {
     /// Subscribe with `since` when the track has a position to resume from.
     pub resume: bool,
     pub replies: &'a mut Replies,
+    /// The thread's inflater when the swarm offers permessage-deflate
+    /// (`--deflate`); `None`, it offers nothing and accepts nothing.
+    pub inflater: Option<&'a mut Inflater>,
 }
 
 impl Conn {
@@ -74,6 +80,7 @@ impl Conn {
             asked: None,
             closing: None,
             started_ms,
+            deflate: false,
         }
     }
 
@@ -89,6 +96,16 @@ impl Conn {
                 }
                 Head::Invalid => return Fate::Close("bad_http_response".into()),
                 Head::Status { code: 101, len } => {
+                    let answer = handshake::header_values(&data[..len], "Sec-WebSocket-Extensions");
+                    // RFC 6455 4.1: an extension the client did not offer
+                    // fails the connection.
+                    match inflate::agreed(&answer) {
+                        Ok(agreed) if agreed && cx.inflater.is_none() => {
+                            return Fate::Close("unoffered_extension".into())
+                        }
+                        Ok(agreed) => self.deflate = agreed,
+                        Err(_) => return Fate::Close("bad_extension_answer".into()),
+                    }
                     self.state = State::Subscribing;
                     let since = cx.resume.then(|| self.track.since()).flatten();
                     match since {
@@ -146,20 +163,23 @@ impl Conn {
 
     fn on_item(&mut self, item: Item<'_>, cx: &mut Ctx<'_>) -> Fate {
         match item {
-            Item::Text(p) => {
-                if let Some(kind) = scan::reply_kind(p) {
-                    return self.on_reply(kind, p, cx);
-                }
-                let (seq, t) = cx.fields.fields(p);
-                if let Some(seq) = seq {
-                    if let Some(acc) = cx.acc.as_deref_mut() {
-                        acc.event(cx.at, self.last_seq, seq, t);
+            Item::Text(p) => return self.on_text(p, false, cx),
+            Item::Deflated { payload, whole } => {
+                // RFC 7692 6: RSV1 means something only once agreed (and
+                // it is agreed only when the swarm has an inflater).
+                let inflater = match cx.inflater.take() {
+                    Some(inflater) if self.deflate => inflater,
+                    other => {
+                        cx.inflater = other;
+                        return Fate::Close("protocol_error".into());
                     }
-                    self.last_seq = self.last_seq.max(seq);
-                    if cx.track {
-                        self.track.event(seq, cx.at.read_us);
-                    }
-                }
+                };
+                let fate = match inflater.inflate(payload, whole) {
+                    Ok(text) => self.on_text(text, true, cx),
+                    Err(_) => Fate::Close("inflate_error".into()),
+                };
+                cx.inflater = Some(inflater);
+                return fate;
             }
             Item::Ping(p) => {
                 *cx.pings += 1;
@@ -181,6 +201,25 @@ impl Conn {
 }
 
 impl Conn {
+    /// A text message (or its beginning), inflated if it came compressed.
+    fn on_text(&mut self, p: &[u8], deflated: bool, cx: &mut Ctx<'_>) -> Fate {
+        if let Some(kind) = scan::reply_kind(p) {
+            return self.on_reply(kind, p, cx);
+        }
+        let (seq, t) = cx.fields.fields(p);
+        if let Some(seq) = seq {
+            if let Some(acc) = cx.acc.as_deref_mut() {
+                acc.event(cx.at, self.last_seq, seq, t);
+                acc.stats.deflated += u64::from(deflated);
+            }
+            self.last_seq = self.last_seq.max(seq);
+            if cx.track {
+                self.track.event(seq, cx.at.read_us);
+            }
+        }
+        Fate::Keep
+    }
+
     /// A message that is not an event (rare: parsed with serde).
     fn on_reply(&mut self, kind: Reply, p: &[u8], cx: &mut Ctx<'_>) -> Fate {
         let now = cx.at.read_us;
@@ -259,6 +298,18 @@ mod tests {
     }
 
     fn feed(c: &mut Conn, acc: &mut PhaseAcc, pings: &mut u64, data: &[u8]) -> Fate {
+        feed_deflating(c, acc, pings, data, None)
+    }
+
+    /// `feed` for a swarm that offers permessage-deflate when `inflater` is
+    /// given.
+    fn feed_deflating(
+        c: &mut Conn,
+        acc: &mut PhaseAcc,
+        pings: &mut u64,
+        data: &[u8],
+        inflater: Option<&mut Inflater>,
+    ) -> Fate {
         let mut all = std::mem::take(&mut c.leftover);
         all.extend_from_slice(data);
         let mut cx = Ctx {
@@ -271,6 +322,7 @@ mod tests {
             track: true,
             resume: true,
             replies: &mut Replies::default(),
+            inflater,
         };
         c.feed(&all, &mut cx)
     }
@@ -322,6 +374,7 @@ mod tests {
                 track: true,
                 resume,
                 replies,
+                inflater: None,
             };
             c.feed(&all, &mut cx)
         };
@@ -446,6 +499,166 @@ mod tests {
             feed(&mut c, &mut a, &mut p, &[0xFF; 32]),
             Fate::Close("protocol_error".into())
         );
+    }
+
+    /// `text` as a compressed permessage-deflate frame from the server:
+    /// deflated by flate2 with a sync flush, the 00 00 ff ff tail removed
+    /// (RFC 7692 7.2.1), RSV1 set.
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut z = Compress::new(Compression::default(), false);
+        let mut body = Vec::with_capacity(text.len() + 64);
+        let status = z.compress_vec(text, &mut body, FlushCompress::Sync);
+        assert!(status.is_ok() && z.total_in() as usize == text.len());
+        assert_eq!(body.split_off(body.len() - 4), [0, 0, 0xff, 0xff]);
+        let mut f = vec![0xC1];
+        if body.len() < 126 {
+            f.push(body.len() as u8);
+        } else {
+            f.push(126);
+            f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        }
+        f.extend(body);
+        f
+    }
+
+    const AGREED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+        client_no_context_takeover\r\n\r\n";
+
+    #[test]
+    fn compressed_events_are_inflated_and_counted() {
+        let mut stream = AGREED.to_vec();
+        // A compressed reply is read as a reply.
+        stream.extend(deflated(br#"{"type":"subscribed","channels":["m.s"]}"#));
+        for s in 1..=40u64 {
+            let pad = "p".repeat(100 + s as usize);
+            let ev = format!(r#"{{"type":"m.s","seq":{s},"data":{{"t":999000,"p":"{pad}"}}}}"#);
+            // Events alternate: compressed and plain, as the relay sends
+            // events under and over compression_min_size.
+            if s % 2 == 0 {
+                stream.extend(deflated(ev.as_bytes()));
+            } else {
+                stream.extend(text(ev.as_bytes()));
+            }
+        }
+        let mut inflater = Inflater::default();
+        for chunk in [1usize, 5, 200, 100_000] {
+            let mut c = Conn::new(Vec::new(), 0);
+            c.state = State::Handshake;
+            let (mut a, mut p) = (acc(), 0);
+            for piece in stream.chunks(chunk) {
+                let fate = feed_deflating(&mut c, &mut a, &mut p, piece, Some(&mut inflater));
+                assert_eq!(fate, Fate::Keep, "chunk {chunk}");
+            }
+            assert!(c.deflate);
+            assert_eq!(c.state, State::Ready);
+            assert_eq!(
+                (a.stats.received, a.stats.deflated, a.stats.seq_gaps),
+                (40, 20, 0),
+                "chunk {chunk}"
+            );
+            assert_eq!(c.last_seq, 40);
+        }
+    }
+
+    #[test]
+    fn a_large_compressed_event_is_read_from_its_first_bytes() {
+        let mut x = 7u32;
+        let noise: String = (0..20_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                char::from(b'a' + (x >> 27) as u8 % 26)
+            })
+            .collect();
+        let big = format!(r#"{{"type":"m.s","seq":9,"data":{{"t":10,"p":"{noise}"}}}}"#);
+        let mut stream = deflated(big.as_bytes());
+        assert!(stream.len() > frame::MAX_FRAME_LEFTOVER + 1000);
+        stream.extend(deflated(&event(10, 10)[2..]));
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        c.deflate = true;
+        let (mut a, mut p) = (acc(), 0);
+        let mut inflater = Inflater::default();
+        for piece in stream.chunks(1500) {
+            let fate = feed_deflating(&mut c, &mut a, &mut p, piece, Some(&mut inflater));
+            assert_eq!(fate, Fate::Keep);
+            assert!(c.leftover.len() <= frame::MAX_FRAME_LEFTOVER);
+        }
+        assert_eq!((a.stats.received, a.stats.deflated, c.last_seq), (2, 2, 10));
+    }
+
+    #[test]
+    fn extension_answers_that_fail_the_connection() {
+        let head = |ext: &str| {
+            format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n")
+                .into_bytes()
+        };
+        let cases: [(&[u8], bool, &str); 4] = [
+            // Compression the swarm did not offer.
+            (AGREED, false, "unoffered_extension"),
+            // Offered, but the server keeps its context between messages:
+            // one inflater per thread could not read that.
+            (&head("permessage-deflate"), true, "bad_extension_answer"),
+            (
+                &head("permessage-deflate; server_no_context_takeover; x=1"),
+                true,
+                "bad_extension_answer",
+            ),
+            (
+                &head("x-webkit-deflate-frame"),
+                true,
+                "bad_extension_answer",
+            ),
+        ];
+        let mut inflater = Inflater::default();
+        for (answer, offered, why) in cases {
+            let mut c = Conn::new(Vec::new(), 0);
+            c.state = State::Handshake;
+            let (mut a, mut p) = (acc(), 0);
+            let inf = offered.then_some(&mut inflater);
+            assert_eq!(
+                feed_deflating(&mut c, &mut a, &mut p, answer, inf),
+                Fate::Close(why.into()),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        // Offered and declined: the socket runs plain.
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Handshake;
+        let (mut a, mut p) = (acc(), 0);
+        let plain = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let fate = feed_deflating(&mut c, &mut a, &mut p, plain, Some(&mut inflater));
+        assert_eq!(
+            (fate, c.deflate, c.state),
+            (Fate::Keep, false, State::Subscribing)
+        );
+    }
+
+    #[test]
+    fn compressed_frames_without_agreement_or_valid_data_close() {
+        let (mut a, mut p) = (acc(), 0);
+        let mut inflater = Inflater::default();
+        // RSV1 on a socket that did not agree.
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        let f = deflated(&event(1, 1)[2..]);
+        let fate = feed_deflating(&mut c, &mut a, &mut p, &f, Some(&mut inflater));
+        assert_eq!(fate, Fate::Close("protocol_error".into()));
+        // Agreed, but the payload is not deflate data (BTYPE 11).
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        c.deflate = true;
+        let fate = feed_deflating(
+            &mut c,
+            &mut a,
+            &mut p,
+            &[0xC1, 0x02, 0xff, 0xff],
+            Some(&mut inflater),
+        );
+        assert_eq!(fate, Fate::Close("inflate_error".into()));
+        assert_eq!(a.stats.received, 0);
     }
 
     /// Deterministic pseudo-random bytes for the stress tests below.

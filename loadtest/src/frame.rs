@@ -5,6 +5,9 @@
 //! back the payload (or, for a text frame larger than what is buffered, a
 //! prefix long enough to find `seq` and `t`) and says how many payload bytes
 //! the caller must skip in later reads.
+//!
+//! RSV1 marks a message compressed with permessage-deflate (RFC 7692); the
+//! finder reports it, and the connection decides whether it was agreed.
 
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -26,6 +29,13 @@ pub enum Item<'a> {
     /// A text frame's payload, or its first bytes when the frame is larger
     /// than what is buffered (the rest is reported as `skip`).
     Text(&'a [u8]),
+    /// The same for a text frame with RSV1 set: deflated data. `whole` says
+    /// whether this is the complete payload of an unfragmented message (then
+    /// it must inflate to its end) or only its first bytes.
+    Deflated {
+        payload: &'a [u8],
+        whole: bool,
+    },
     Ping(&'a [u8]),
     Pong,
     Close(u16),
@@ -54,13 +64,15 @@ pub fn next_frame(buf: &[u8]) -> Step<'_> {
         [b0, b1, ..] => (*b0, *b1),
         _ => return Step::NeedMore,
     };
-    if b0 & 0x70 != 0 {
+    // RSV2 and RSV3 belong to no extension the swarm offers.
+    if b0 & 0x30 != 0 {
         return Step::Error("reserved bits set");
     }
     if b1 & 0x80 != 0 {
         return Step::Error("masked server frame");
     }
     let fin = b0 & 0x80 != 0;
+    let rsv1 = b0 & 0x40 != 0;
     let op = b0 & 0x0F;
     let (len, hdr) = match b1 & 0x7F {
         126 => match buf.get(2..4) {
@@ -79,7 +91,8 @@ pub fn next_frame(buf: &[u8]) -> Step<'_> {
     };
     let avail = buf.len() - hdr;
     if op >= 0x8 {
-        if !fin || len > 125 {
+        // RFC 7692 6.1: control frames never carry the compressed bit.
+        if !fin || len > 125 || rsv1 {
             return Step::Error("bad control frame");
         }
         let len = len as usize;
@@ -105,10 +118,21 @@ pub fn next_frame(buf: &[u8]) -> Step<'_> {
     if op != OP_TEXT && op != OP_BINARY && op != OP_CONT {
         return Step::Error("reserved opcode");
     }
+    // RFC 7692 6.1: the bit is set on the first frame of a message only.
+    if rsv1 && op == OP_CONT {
+        return Step::Error("compressed bit on a continuation frame");
+    }
+    let text = |payload, whole| {
+        if rsv1 {
+            Item::Deflated { payload, whole }
+        } else {
+            Item::Text(payload)
+        }
+    };
     if avail as u64 >= len {
         let len = len as usize;
         let item = if op == OP_TEXT {
-            Item::Text(&buf[hdr..hdr + len])
+            text(&buf[hdr..hdr + len], fin)
         } else {
             Item::Data
         };
@@ -124,7 +148,7 @@ pub fn next_frame(buf: &[u8]) -> Step<'_> {
             return Step::NeedMore;
         }
         return Step::Frame {
-            item: Item::Text(&buf[hdr..]),
+            item: text(&buf[hdr..], false),
             consumed: buf.len(),
             skip: len - avail as u64,
         };
@@ -297,13 +321,82 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        assert!(matches!(next_frame(&[0xC1, 0x00]), Step::Error(_)));
+        assert!(matches!(next_frame(&[0xA1, 0x00]), Step::Error(_)));
+        assert!(matches!(next_frame(&[0x91, 0x00]), Step::Error(_)));
         assert!(matches!(
             next_frame(&[0x81, 0x80, 0, 0, 0, 0]),
             Step::Error(_)
         ));
         assert!(matches!(next_frame(&[0x83, 0x00]), Step::Error(_)));
         assert!(matches!(next_frame(&[0x8B, 0x00]), Step::Error(_)));
+    }
+
+    /// A server frame with RSV1 set: the first frame of a compressed message.
+    fn deflated_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = server_frame(op, payload);
+        f[0] = if fin { 0xC0 } else { 0x40 } | op;
+        f
+    }
+
+    #[test]
+    fn compressed_bit_on_text_frames() {
+        let f = deflated_frame(true, OP_TEXT, b"\x4a\x4c\x4a\x06\x00");
+        assert_eq!(
+            next_frame(&f),
+            Step::Frame {
+                item: Item::Deflated {
+                    payload: b"\x4a\x4c\x4a\x06\x00",
+                    whole: true
+                },
+                consumed: 7,
+                skip: 0
+            }
+        );
+        // The first fragment of a message: not the whole payload.
+        let f = deflated_frame(false, OP_TEXT, b"abc");
+        assert!(matches!(
+            next_frame(&f),
+            Step::Frame {
+                item: Item::Deflated { whole: false, .. },
+                ..
+            }
+        ));
+        // Larger than what is buffered: a prefix, the rest skipped.
+        let f = deflated_frame(true, OP_TEXT, &[7u8; 5000]);
+        assert_eq!(next_frame(&f[..4 + 100]), Step::NeedMore);
+        match next_frame(&f[..4 + 600]) {
+            Step::Frame {
+                item: Item::Deflated { payload, whole },
+                consumed,
+                skip,
+            } => assert_eq!(
+                (payload.len(), whole, consumed, skip),
+                (600, false, 604, 4400)
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Binary data is skipped compressed or not.
+        let f = deflated_frame(true, OP_BINARY, b"xy");
+        assert!(matches!(
+            next_frame(&f),
+            Step::Frame {
+                item: Item::Data,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn compressed_bit_where_rfc7692_forbids_it() {
+        let ping = deflated_frame(true, OP_PING, b"p");
+        assert_eq!(next_frame(&ping), Step::Error("bad control frame"));
+        let close = deflated_frame(true, OP_CLOSE, &1000u16.to_be_bytes());
+        assert_eq!(next_frame(&close), Step::Error("bad control frame"));
+        let cont = deflated_frame(true, OP_CONT, b"abc");
+        assert_eq!(
+            next_frame(&cont),
+            Step::Error("compressed bit on a continuation frame")
+        );
     }
 
     #[test]

@@ -13,11 +13,15 @@ pub enum Head {
 
 pub const MAX_HEAD: usize = 8192;
 
-/// The upgrade request for `path` on `host`.
-pub fn request(host: &str, path: &str, key: &str) -> Vec<u8> {
+/// The upgrade request for `path` on `host`, offering `extensions` (a
+/// `Sec-WebSocket-Extensions` value) if there are any.
+pub fn request(host: &str, path: &str, key: &str, extensions: Option<&str>) -> Vec<u8> {
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }
@@ -63,6 +67,18 @@ pub fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
+/// The values of every header called `name` (any case) in a response
+/// head; lines that are not UTF-8 or not `name: value` are passed over.
+pub fn header_values<'a>(head: &'a [u8], name: &str) -> Vec<&'a str> {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
 /// The status code of an `HTTP/1.x NNN ...` status line at the start of `buf`.
 pub fn status_code(buf: &[u8]) -> Option<u16> {
     let rest = buf.strip_prefix(b"HTTP/1.")?;
@@ -94,11 +110,27 @@ mod tests {
 
     #[test]
     fn request_has_the_upgrade_headers() {
-        let r = String::from_utf8(request("127.0.0.1:80", "/ws", "k")).unwrap_or_default();
+        let r = String::from_utf8(request("127.0.0.1:80", "/ws", "k", None)).unwrap_or_default();
         assert!(r.starts_with("GET /ws HTTP/1.1\r\n"));
         assert!(r.contains("Upgrade: websocket\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
+        assert!(!r.contains("Extensions"));
+        let r = request("h", "/ws", "k", Some("permessage-deflate"));
+        let r = String::from_utf8(r).unwrap_or_default();
+        assert!(r.ends_with("13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+    }
+
+    #[test]
+    fn finds_header_values_in_any_case() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            sec-websocket-extensions: permessage-deflate; a\r\n\
+            Sec-WebSocket-Extensions:b \r\nX-Sec-WebSocket-Extensions: no\r\n\r\n";
+        assert_eq!(
+            header_values(head, "Sec-WebSocket-Extensions"),
+            vec!["permessage-deflate; a", "b"]
+        );
+        assert!(header_values(head, "Content-Length").is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod floor;
 mod frame;
 mod handshake;
 mod http;
+mod inflate;
 mod plot;
 mod publisher;
 mod report;

@@ -24,6 +24,9 @@ pub struct ConnectSummary {
     pub failed: BTreeMap<String, u64>,
     pub seconds: f64,
     pub rate_per_s: f64,
+    /// Subscribed connections with permessage-deflate agreed (`null`: not
+    /// offered).
+    pub deflate: Option<u64>,
 }
 
 pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
@@ -33,6 +36,7 @@ pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
         failed: r.failed.clone(),
         seconds: r.seconds,
         rate_per_s: per_s(r.ready as f64, r.seconds),
+        deflate: r.deflate,
     }
 }
 
@@ -63,6 +67,11 @@ pub struct PhaseSummary {
     pub latency_read: Latency,
     /// Deliveries whose latency used a kernel receive timestamp.
     pub kernel_stamped: u64,
+    /// Events received compressed (permessage-deflate).
+    pub deflated: u64,
+    /// Bytes the sockets read per event received: the frames on the wire,
+    /// headers included (pings and replies too, a rounding error).
+    pub wire_bytes_per_event: Option<f64>,
     pub server_pings: u64,
     /// CPU of the swarm's own threads during the phase (members + publisher).
     pub swarm_cpu_s: f64,
@@ -127,6 +136,8 @@ pub fn phase_summary(i: &PhaseInput<'_>) -> PhaseSummary {
         latency: latency(&s.hist),
         latency_read: latency(&s.hist_read),
         kernel_stamped: s.kernel_stamped,
+        deflated: s.deflated,
+        wire_bytes_per_event: (s.received > 0).then(|| s.wire_bytes as f64 / s.received as f64),
         server_pings: s.pings,
         swarm_cpu_s: swarm_cpu,
         publisher_cpu_s: i.publisher_cpu_s,
@@ -197,6 +208,12 @@ pub fn connect_rows(t: &mut Table, c: &ConnectSummary) {
     if !c.failed.is_empty() {
         t.row("connect failures", map(&c.failed));
     }
+    if let Some(n) = c.deflate {
+        t.row(
+            "permessage-deflate",
+            format!("agreed on {n} of {} subscribed", c.ready),
+        );
+    }
 }
 
 pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
@@ -216,6 +233,15 @@ pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
             p.completeness, p.received, p.expected, p.missing, p.seq_gaps
         ),
     );
+    if let Some(bytes) = p.wire_bytes_per_event {
+        t.row(
+            "on the wire",
+            format!(
+                "{bytes:.1} bytes per event; {} of {} events compressed",
+                p.deflated, p.received
+            ),
+        );
+    }
     t.row(
         "closes",
         if p.closes.is_empty() {

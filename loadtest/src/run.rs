@@ -97,6 +97,7 @@ pub fn plan(c: &Common, targets: &[Target]) -> Result<(Vec<SwarmCfg>, bool), Str
                 max_inflight: c.max_inflight.div_ceil(members).max(1),
                 drain_ms: (c.drain * 1000.0) as u64,
                 idle_limit_s: 3600,
+                deflate: c.deflate,
             };
             offset += n;
             cfg

@@ -25,12 +25,20 @@ pub struct ConnectReport {
     pub ready: u64,
     pub failed: BTreeMap<String, u64>,
     pub seconds: f64,
+    /// Subscribed connections on which the server agreed to
+    /// permessage-deflate; `None` if the swarm did not offer it.
+    #[serde(default)]
+    pub deflate: Option<u64>,
 }
 
 impl ConnectReport {
     pub fn merge(&mut self, o: &ConnectReport) {
         self.requested += o.requested;
         self.ready += o.ready;
+        self.deflate = match (self.deflate, o.deflate) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         add_map(&mut self.failed, &o.failed);
         self.seconds = self.seconds.max(o.seconds);
     }
@@ -66,6 +74,13 @@ pub struct PhaseStats {
     pub hist_read: String,
     /// Deliveries that had a kernel receive timestamp.
     pub kernel_stamped: u64,
+    /// Events that arrived compressed (permessage-deflate).
+    #[serde(default)]
+    pub deflated: u64,
+    /// Bytes read from the sockets in the phase: WebSocket frames with their
+    /// headers, what the server put on the wire.
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 impl PhaseStats {
@@ -81,6 +96,8 @@ impl PhaseStats {
         add_map(&mut self.closes, &o.closes);
         self.cpu_s += o.cpu_s;
         self.kernel_stamped += o.kernel_stamped;
+        self.deflated += o.deflated;
+        self.wire_bytes += o.wire_bytes;
         self.hist = merge_hex(&self.hist, &o.hist)?;
         self.hist_read = merge_hex(&self.hist_read, &o.hist_read)?;
         Ok(())
@@ -290,8 +307,11 @@ mod tests {
         let mut sa = a.finish(1, 1.0);
         let mut sb = b.finish(2, 2.0);
         sb.closes.insert("1008".into(), 1);
+        (sa.deflated, sa.wire_bytes) = (10, 1000);
+        (sb.deflated, sb.wire_bytes) = (5, 500);
         sa.merge(&sb).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sa.received, 2000);
+        assert_eq!((sa.deflated, sa.wire_bytes), (15, 1500));
         assert_eq!(sa.open_at_start, 3);
         assert_eq!(sa.closes.get("1008"), Some(&1));
         assert!((sa.cpu_s - 3.0).abs() < 1e-9);
@@ -318,11 +338,12 @@ mod tests {
             ..Default::default()
         };
         a.failed.insert("timeout".into(), 1);
+        a.deflate = Some(7);
         let b = a.clone();
         a.merge(&b);
         assert_eq!(
-            (a.requested, a.ready, a.failed.get("timeout")),
-            (20, 18, Some(&2))
+            (a.requested, a.ready, a.deflate, a.failed.get("timeout")),
+            (20, 18, Some(14), Some(&2))
         );
     }
 }

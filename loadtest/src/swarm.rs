@@ -5,6 +5,7 @@ use crate::conn::{Conn, Ctx, Fate, State};
 use crate::control::{Cmd, Control, Msg};
 use crate::frame::{self, MAX_FRAME_LEFTOVER};
 use crate::handshake::{self, MAX_HEAD};
+use crate::inflate::{self, Inflater};
 use crate::resume::{Replies, Track};
 use crate::scan;
 use crate::stats::{Arrival, ConnectReport, PhaseAcc};
@@ -43,6 +44,9 @@ pub struct SwarmCfg {
     pub drain_ms: u64,
     /// A member with no phase and no command for this long exits.
     pub idle_limit_s: u64,
+    /// Offer permessage-deflate and inflate what comes compressed.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl SwarmCfg {
@@ -93,6 +97,9 @@ pub struct Swarm {
     /// Reconnect with `since` (storm mode, unless turned off).
     resume: bool,
     replies: Replies,
+    /// One for all of this thread's connections (`--deflate`): with no
+    /// context takeover no message needs the state of another.
+    inflater: Option<Inflater>,
 }
 
 impl Swarm {
@@ -121,6 +128,7 @@ impl Swarm {
             track: false,
             resume: false,
             replies: Replies::default(),
+            inflater: cfg.deflate.then(Inflater::default),
             cfg,
         }
     }
@@ -175,11 +183,18 @@ impl Swarm {
         }
         let failed = self.failed.values().sum();
         progress(self.conns.len() as u64, self.open, failed);
+        let deflate = self.cfg.deflate.then(|| {
+            self.conns
+                .iter()
+                .filter(|c| c.state == State::Ready && c.deflate)
+                .count() as u64
+        });
         ConnectReport {
             requested: n as u64,
             ready: self.open,
             failed: std::mem::take(&mut self.failed),
             seconds: t0.elapsed().as_secs_f64(),
+            deflate,
         }
     }
 
@@ -200,7 +215,8 @@ impl Swarm {
             ((u128::from(self.random())) << 64 | u128::from(self.random())).to_ne_bytes(),
         );
         let target = self.cfg.target(i);
-        let request = handshake::request(&target.host, &target.path, &key);
+        let offer = self.cfg.deflate.then_some(inflate::OFFER);
+        let request = handshake::request(&target.host, &target.path, &key, offer);
         let addr = target.addr;
         let track = std::mem::take(&mut self.conns[i].track);
         self.conns[i] = Conn::new(request, 0);
@@ -321,6 +337,9 @@ impl Swarm {
                     }
                 };
             let was = c.state;
+            if let Some(acc) = self.acc.as_mut() {
+                acc.stats.wire_bytes += n as u64;
+            }
             // Stamp after the read: a turn-wide time could predate the data.
             let mut cx = Ctx {
                 at: Arrival {
@@ -335,6 +354,7 @@ impl Swarm {
                 track: self.track,
                 resume: self.resume,
                 replies: &mut self.replies,
+                inflater: self.inflater.as_mut(),
             };
             let fate = c.feed(&self.buf[..l + n], &mut cx);
             let (upgraded, subscribed) = (

@@ -46,9 +46,15 @@ fn relay_binary() -> PathBuf {
 
 /// Starts the relay on an ephemeral port and returns it with its ws:// URL.
 fn start_relay() -> (KillOnDrop, String) {
+    start_relay_with(&[])
+}
+
+/// `start_relay` with more command-line arguments.
+fn start_relay_with(extra: &[&str]) -> (KillOnDrop, String) {
     let bin = relay_binary();
     let mut child = Command::new(&bin)
         .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -77,12 +83,22 @@ fn start_relay() -> (KillOnDrop, String) {
 /// arrived, and returns the RESULT.
 fn fanout_is_complete(connections: u32, processes: u32, extra: &[&str]) -> serde_json::Value {
     let (_relay, url) = start_relay();
+    fanout_against(&url, connections, processes, extra)
+}
+
+/// `fanout_is_complete` against a relay already running at `url`.
+fn fanout_against(
+    url: &str,
+    connections: u32,
+    processes: u32,
+    extra: &[&str],
+) -> serde_json::Value {
     let connections = connections.to_string();
     let processes = processes.to_string();
     let mut args = vec![
         "fanout",
         "--url",
-        &url,
+        url,
         "--connections",
         &connections,
         "--rate",
@@ -138,6 +154,52 @@ fn fanout_one_event_per_post_over_two_connections_gets_everything() {
     assert_eq!(p["largest_batch"], 1, "{v}");
     assert_eq!(p["requests"], v["phase"]["events_published"], "{v}");
     assert_eq!(p["offered_per_s"].as_f64(), Some(200.0), "{v}");
+}
+
+/// A relay with `compression = "on"`, from a config file of that one line.
+fn start_compressing_relay() -> (KillOnDrop, String, PathBuf) {
+    let config = std::env::temp_dir().join(format!("swarm-smoke-{}.toml", std::process::id()));
+    std::fs::write(&config, "compression = \"on\"\n").expect("write the config file");
+    let path = config.to_string_lossy().to_string();
+    let (relay, url) = start_relay_with(&["--config", &path]);
+    (relay, url, config)
+}
+
+#[test]
+fn deflate_fanout_inflates_every_event_and_reads_fewer_bytes() {
+    let (relay, url, config) = start_compressing_relay();
+    // Over two worker processes: each has its own inflater.
+    let deflated = fanout_against(&url, 200, 2, &["--deflate"]);
+    let plain = fanout_against(&url, 200, 0, &[]);
+    drop(relay);
+    let _ = std::fs::remove_file(config);
+    let v = &deflated;
+    assert_eq!(v["connect"]["deflate"], 200, "every socket agreed: {v}");
+    assert_eq!(v["phase"]["closes"], serde_json::json!({}), "{v}");
+    // The 150-byte events are over compression_min_size: all compressed.
+    assert_eq!(v["phase"]["deflated"], v["phase"]["received"], "{v}");
+    assert!(
+        v["phase"]["latency"]["count"].as_u64().unwrap_or(0) > 0,
+        "the publisher's `t` was found in inflated events: {v}"
+    );
+    // Without the offer the same relay sends plain frames, larger ones.
+    assert_eq!(
+        plain["connect"]["deflate"],
+        serde_json::Value::Null,
+        "{plain}"
+    );
+    assert_eq!(plain["phase"]["deflated"], 0, "{plain}");
+    let bytes = |v: &serde_json::Value| v["phase"]["wire_bytes_per_event"].as_f64().unwrap_or(0.0);
+    assert!(bytes(&plain) > 150.0, "{plain}");
+    assert!(bytes(v) > 0.0 && bytes(v) < bytes(&plain), "{v} {plain}");
+}
+
+#[test]
+fn deflate_offer_declined_runs_plain() {
+    // compression is off by default: the relay answers with no extension.
+    let v = fanout_is_complete(100, 0, &["--deflate"]);
+    assert_eq!(v["connect"]["deflate"], 0, "{v}");
+    assert_eq!(v["phase"]["deflated"], 0, "{v}");
 }
 
 /// Runs the swarm with `args` and returns its RESULT JSON.
