@@ -10,6 +10,7 @@
 #   loadtest/compare.sh --quick      a short smoke: 200 connections, 3 s
 #   loadtest/compare.sh --publisher single:2   one event per POST over 2 connections
 #   loadtest/compare.sh --servers tidings,tidings-deflate,bun,bun-deflate   compression on and off
+#   loadtest/compare.sh --servers tidings,tidings-nohistory,bun   what the history costs
 #   loadtest/compare.sh --help       all flags and their environment variables
 #
 # Every run starts a fresh server pinned to CPU 0, runs tidings-swarm pinned to
@@ -42,7 +43,9 @@ Flags (environment variable in brackets; a flag wins over its variable):
                           and tidings-deflate (compression = "on") and bun-deflate
                           (perMessageDeflate, publish with compress): against these two the
                           swarm offers permessage-deflate (--deflate), and the table
-                          compares bun-deflate with tidings-deflate
+                          compares bun-deflate with tidings-deflate; tidings-nohistory
+                          (history.max_events = 0: no history, no resume) shows what
+                          appending to the history costs
   --scenarios LIST        comma list of fanout-a,fanout-b,idle    [COMPARE_SCENARIOS]
   --a-conns N             default 1000                            [COMPARE_A_CONNS]
   --a-rates LIST          events/s, comma list, default 100       [COMPARE_A_RATES]
@@ -163,7 +166,7 @@ for r in ${A_RATES//,/ } ${B_RATES//,/ }; do
     is_num "$r" || { echo "compare.sh: rate $r is not a number" >&2; exit 2; }
 done
 for s in ${SERVERS//,/ }; do
-    [[ $s =~ ^(tidings|tidings-deflate|bun|bun-deflate|ws|naive|baseline)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
+    [[ $s =~ ^(tidings|tidings-deflate|tidings-nohistory|bun|bun-deflate|ws|naive|baseline)$ ]] || { echo "compare.sh: unknown server $s" >&2; exit 2; }
 done
 for s in ${SCENARIOS//,/ }; do
     [[ $s =~ ^(fanout-a|fanout-b|idle|resume)$ ]] || { echo "compare.sh: unknown scenario $s" >&2; exit 2; }
@@ -294,6 +297,7 @@ version_of() {
     case $1 in
         tidings) "$TIDINGS" --version 2>/dev/null | head -1 ;;
         tidings-deflate) echo "$("$TIDINGS" --version 2>/dev/null | head -1) compression=on" ;;
+        tidings-nohistory) echo "$("$TIDINGS" --version 2>/dev/null | head -1) history off" ;;
         baseline) echo "$("$BASELINE" --version 2>/dev/null | head -1) (baseline)" ;;
         bun) echo "bun $("$BUN" --version 2>/dev/null)" ;;
         bun-deflate) echo "bun $("$BUN" --version 2>/dev/null) perMessageDeflate" ;;
@@ -364,6 +368,11 @@ start_server() { # name port
             # Every other setting at its default, as for `tidings`.
             printf 'compression = "on"\n' >"$LOGS/tidings-deflate.toml"
             cmd=("$TIDINGS" --config "$LOGS/tidings-deflate.toml" --listen "127.0.0.1:$port"
+                --reactors "$TIDINGS_REACTORS") ;;
+        tidings-nohistory)
+            # Every other setting at its default, as for `tidings`.
+            printf '[history]\nmax_events = 0\n' >"$LOGS/tidings-nohistory.toml"
+            cmd=("$TIDINGS" --config "$LOGS/tidings-nohistory.toml" --listen "127.0.0.1:$port"
                 --reactors "$TIDINGS_REACTORS") ;;
         baseline) cmd=("${BASELINE_CMD[@]}" --listen "127.0.0.1:$port") ;;
         bun) cmd=("$BUN" "$PEERS/bun-server.js" "$port") ;;
