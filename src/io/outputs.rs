@@ -292,9 +292,9 @@ impl Reactor {
                 continue;
             }
             let out = match answer.result {
-                Ok(count) => self
+                Ok(published) => self
                     .http_call(answer.key, |s, now, cx, out| {
-                        s.publish_forwarded(count, now, cx, out)
+                        s.publish_forwarded(published.count, published.seq, now, cx, out)
                     })
                     .map(|((), out)| out)
                     .unwrap_or_default(),
@@ -514,6 +514,9 @@ impl Reactor {
             token,
             id,
         } = subscribed;
+        // Replies, replays and snapshots compare this reactor's position
+        // with the history's seqs: both of the same epoch.
+        self.catch_up_epoch();
         if let Some(since) = &since {
             if *since.epoch == *self.epoch && since.seq > self.last_seq {
                 self.catch_up(since.seq);

@@ -32,7 +32,15 @@ pub(crate) struct PublishAnswer {
     pub key: usize,
     pub id: u32,
     /// The events NATS confirmed, or why not.
-    pub result: Result<usize, Refused>,
+    pub result: Result<Published, Refused>,
+}
+
+/// What NATS confirmed of an HTTP publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub count: usize,
+    /// JetStream mode: the stream sequence of the request's last event.
+    pub seq: Option<u64>,
 }
 
 /// Why a publish did not go to NATS.
@@ -57,6 +65,19 @@ pub struct UpstreamCounters {
     pub lost_publishes: AtomicU64,
     /// Messages received and handed to the sequencer.
     pub received: AtomicU64,
+    /// Times events were lost upstream and subscribers told (`resync`,
+    /// reason `upstream`): core NATS reconnects and slow-consumer drops,
+    /// and JetStream events gone from the stream before this relay read them.
+    pub upstream_cuts: AtomicU64,
+    /// Messages this relay dropped itself because its sequencer did not take
+    /// them fast enough (core NATS; each also makes a cut).
+    pub dropped: AtomicU64,
+    /// JetStream mode: events read back into the history at start, and
+    /// last values read for a cold cache.
+    pub backfilled: AtomicU64,
+    pub last_values_read: AtomicU64,
+    /// JetStream mode: times the ordered consumer was (re)created.
+    pub consumers_created: AtomicU64,
     /// Second copies of a message (overlapping patterns), dropped.
     pub duplicates: AtomicU64,
     /// Messages that are not events (bad subject or payload), dropped.
@@ -231,7 +252,7 @@ impl UpstreamLink {
     pub fn prometheus(&self) -> String {
         let c = &self.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "tidings_upstream_up",
                 "gauge",
@@ -285,6 +306,36 @@ impl UpstreamLink {
                 "counter",
                 "times the NATS connection was lost",
                 load(&c.disconnects),
+            ),
+            (
+                "tidings_upstream_cuts_total",
+                "counter",
+                "times events were lost upstream and subscribers were sent resync",
+                load(&c.upstream_cuts),
+            ),
+            (
+                "tidings_upstream_dropped_total",
+                "counter",
+                "messages this relay dropped because its sequencer was full",
+                load(&c.dropped),
+            ),
+            (
+                "tidings_upstream_backfilled_total",
+                "counter",
+                "events read back from JetStream into the history",
+                load(&c.backfilled),
+            ),
+            (
+                "tidings_upstream_last_values_read_total",
+                "counter",
+                "last values read from JetStream for a cold cache",
+                load(&c.last_values_read),
+            ),
+            (
+                "tidings_upstream_consumers_created_total",
+                "counter",
+                "times the JetStream consumer was created or recreated",
+                load(&c.consumers_created),
             ),
             (
                 "tidings_upstream_subscriptions",
