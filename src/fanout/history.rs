@@ -18,8 +18,8 @@
 //! Memory, for a configuration [`HistoryConfig`]:
 //! - the ring: at most `max_bytes` of frames (`bytes()` counts both frames
 //!   of each event, plain and deflated), plus per held event about 16 bytes
-//!   in the ring, the `Sequenced` allocation (112 bytes and the channel name)
-//!   and the shared buffers' headers (about 32 bytes each): about 180 bytes
+//!   in the ring, the `Sequenced` allocation (152 bytes with its counts, and the channel name)
+//!   and the shared buffers' headers (about 32 bytes each): about 200 bytes
 //!   and the channel name;
 //! - last values: at most `max_channels` events, each held even after it has
 //!   left the ring. `last_value_bytes()` counts their frames, including those

@@ -302,10 +302,48 @@ fn wanted_filter(reader: &Reader, position: &Position) -> Option<Vec<Box<str>>> 
     }
     let mut patterns: BTreeSet<Box<str>> = reader.patterns.patterns().into_iter().collect();
     patterns.extend(reader.history.last_value.iter().map(|p| p.as_str().into()));
+    filter_of(patterns)
+}
+
+/// The consumer's subject filters for `patterns`: those no other covers.
+/// NATS refuses filters that overlap, so when two that remain still
+/// overlap (`a.*` and `*.b`) the consumer reads the whole stream (`None`).
+fn filter_of(patterns: BTreeSet<Box<str>>) -> Option<Vec<Box<str>>> {
     if patterns.is_empty() || patterns.contains(">") {
         return None;
     }
-    Some(patterns.into_iter().collect())
+    let all: Vec<&Box<str>> = patterns.iter().collect();
+    let kept: Vec<Box<str>> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| {
+            !all.iter().enumerate().any(|(j, q)| {
+                j != *i
+                    && crate::route::pattern_covers(q, p)
+                    && (*i > j || !crate::route::pattern_covers(p, q))
+            })
+        })
+        .map(|(_, p)| (*p).clone())
+        .collect();
+    for (i, a) in kept.iter().enumerate() {
+        if kept[i + 1..].iter().any(|b| collide(a, b)) {
+            return None;
+        }
+    }
+    Some(kept)
+}
+
+/// Whether some channel matches both patterns.
+fn collide(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Whether the consumer reads only what clients hold: `filter_subjects`
@@ -495,5 +533,28 @@ async fn append(reader: &Reader, live: &mut Vec<(u64, EncodedEvent)>) -> bool {
             Err(AppendError::Full) => tokio::time::sleep(SEQUENCER_RETRY).await,
             Err(AppendError::Closed) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(patterns: &[&str]) -> Option<Vec<String>> {
+        let set = patterns.iter().map(|p| Box::<str>::from(*p)).collect();
+        filter_of(set).map(|kept| kept.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn filters_never_overlap() {
+        assert_eq!(filter(&[]), None, "no interest: the whole stream");
+        assert_eq!(filter(&["a.>", ">"]), None);
+        assert_eq!(
+            filter(&["job.*", "job.>", "job.1"]),
+            Some(vec!["job.>".into()])
+        );
+        assert_eq!(filter(&["a", "b.*"]), Some(vec!["a".into(), "b.*".into()]));
+        assert_eq!(filter(&["a.*", "*.b"]), None, "they overlap on a.b");
+        assert!(collide("a.*", "*.b") && collide("a.>", "a.b.c") && !collide("a.*", "a.b.c"));
     }
 }
