@@ -407,3 +407,22 @@ fn a_fresh_relay_answers_snapshots_from_the_stream() {
     assert_eq!(rest.status, 200, "{}", rest.body_text());
     assert_eq!(rest.json()["data"]["n"], 3);
 }
+
+#[test]
+fn a_nats_without_jetstream_counts_as_down() {
+    // A server without `-js`: connected, but there is no stream to read.
+    let Some(nats) = NatsServer::started() else {
+        return;
+    };
+    let relay = js_relay(&nats, |_| {});
+    let monitor: std::net::SocketAddr = ([127, 0, 0, 1], nats.monitor).into();
+    wait_until("the relay to connect", || {
+        http_get(monitor, "/connz").json()["num_connections"] == 1
+    });
+    let (status, body) = health(&relay);
+    assert_eq!((status, &body["upstream"]), (200, &json!("down")), "{body}");
+    assert_eq!(relay_metric(&relay, "tidings_upstream_up"), 0);
+    let refused = publish_on(&relay, "news", json!({}));
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "upstream_down");
+}

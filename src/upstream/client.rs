@@ -193,7 +193,7 @@ async fn serve(parts: Parts) {
         interest.abort();
     }
     inbound.abort();
-    if link.is_up() {
+    if link.is_connected() {
         let _ = tokio::time::timeout(config.publish_timeout, client.flush()).await;
     }
     link.set_up(false);
@@ -614,7 +614,7 @@ async fn follow_interest(
         }
         // A flush returns once NATS has processed the subscribes before
         // it: the gauge below then counts subscriptions NATS holds.
-        if changes > 0 && link.is_up() {
+        if changes > 0 && link.is_connected() {
             let _ = tokio::time::timeout(config.publish_timeout, client.flush()).await;
         }
         if complete {

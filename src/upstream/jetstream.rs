@@ -125,6 +125,7 @@ pub(super) async fn read(reader: Reader) {
             Ok(Stopped::Closed) => return,
             Ok(Stopped::Recreate) => delay = Duration::from_millis(10),
             Err(e) => {
+                reader.link.set_ready(false);
                 warn!("upstream: JetStream consumer: {e}; recreating it");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(reader.config.reconnect_max_delay);
@@ -134,7 +135,7 @@ pub(super) async fn read(reader: Reader) {
 }
 
 async fn wait_up(link: &UpstreamLink) {
-    while !link.is_up() {
+    while !link.is_connected() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -394,6 +395,7 @@ async fn consume(
         .await
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
     counters.consumers_created.fetch_add(1, Ordering::Relaxed);
+    reader.link.set_ready(true);
     // What this consumer receives, for the history (2.10 filters).
     if filter != position.filter {
         let head = stream

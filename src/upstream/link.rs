@@ -102,7 +102,11 @@ pub(crate) struct UpstreamLink {
     publish_timeout: Duration,
     /// Per reactor, by index.
     answers: Box<[Mutex<Vec<PublishAnswer>>]>,
+    /// Connected to NATS.
     up: AtomicBool,
+    /// JetStream mode: the stream is found (or created) and read; core NATS
+    /// needs nothing more than the connection (always true).
+    ready: AtomicBool,
     pub counters: UpstreamCounters,
     /// Reactors are woken through the sequencer's wakeups.
     sequencer: Arc<Sequencer>,
@@ -115,6 +119,7 @@ impl UpstreamLink {
         publish_timeout: Duration,
         reactors: usize,
         sequencer: Arc<Sequencer>,
+        jetstream: bool,
     ) -> UpstreamLink {
         UpstreamLink {
             outgoing,
@@ -123,13 +128,25 @@ impl UpstreamLink {
             publish_timeout,
             answers: (0..reactors).map(|_| Mutex::default()).collect(),
             up: AtomicBool::new(false),
+            ready: AtomicBool::new(!jetstream),
             counters: UpstreamCounters::default(),
             sequencer,
         }
     }
 
+    /// Connected, and in JetStream mode with the stream in hand: what
+    /// `/healthz` and the gauge report, and what publishes need.
     pub fn is_up(&self) -> bool {
+        self.is_connected() && self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_connected(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// JetStream mode: whether the stream is found and read.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
     }
 
     pub fn set_up(&self, up: bool) {
@@ -256,7 +273,7 @@ impl UpstreamLink {
             (
                 "tidings_upstream_up",
                 "gauge",
-                "1 while connected to NATS",
+                "1 while connected to NATS (and, with JetStream, reading the stream)",
                 u64::from(self.is_up()),
             ),
             (

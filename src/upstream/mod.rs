@@ -47,6 +47,7 @@ impl Upstream {
             config.publish_timeout,
             reactors,
             Arc::clone(sequencer),
+            config.jetstream,
         ));
         let parts = client::Parts {
             config: config.clone(),
