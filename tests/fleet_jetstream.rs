@@ -227,6 +227,7 @@ fn a_resume_the_stream_no_longer_holds_is_gone() {
     let b = js_relay(&nats, small);
     wait_one_epoch(&[&a, &b]);
     let mut on_b = connect(b.addr);
+    // Neither B's history nor the stream reaches back to `first`.
     let reply = subscribe_since(&mut on_b, &["feed"], &epoch, first);
     assert_eq!(reply["recovered"], false, "{reply}");
     assert_eq!(reply["reason"], "gone", "{reply}");
@@ -425,4 +426,50 @@ fn a_nats_without_jetstream_counts_as_down() {
     let refused = publish_on(&relay, "news", json!({}));
     assert_eq!(refused.status, 503);
     assert_eq!(refused.json()["error"]["code"], "upstream_down");
+}
+
+#[test]
+fn a_resume_older_than_the_history_is_read_from_the_stream() {
+    let Some(nats) = NatsServer::started_jetstream() else {
+        return;
+    };
+    let a = js_relay(&nats, |_| {});
+    // B keeps only the last 3 events: older gaps are read from JetStream.
+    let b = js_relay_with(&nats, |_| {}, |c| c.history.max_events = 3);
+    let epoch = wait_one_epoch(&[&a, &b]);
+    let mut on_a = connect(a.addr);
+    on_a.subscribe(&["feed.*", "alert"]);
+    let first = publish_n(&a, "feed.x", 0);
+    assert_eq!(on_a.next_json()["seq"], first);
+    drop(on_a);
+    let mut missed = Vec::new();
+    for n in 1..=12 {
+        missed.push((publish_n(&b, "feed.x", n), n));
+        publish_n(&b, "other", n);
+        if n % 4 == 0 {
+            missed.push((publish_n(&a, "alert", 100 + n), 100 + n));
+        }
+    }
+    let head = missed.last().unwrap().0;
+    wait_until("B to have read the stream", || {
+        relay_metric(&b, "tidings_upstream_received_total") >= head - 1
+    });
+    for channels in [&["feed.*", "alert"][..], &["feed.*"][..]] {
+        let mut on_b = connect(b.addr);
+        let reply = subscribe_since(&mut on_b, channels, &epoch, first);
+        assert_eq!(reply["recovered"], true, "{channels:?}: {reply}");
+        publish_on(&a, "feed.x", json!({ "last": true }));
+        let mut expected = missed.clone();
+        if channels.len() == 1 {
+            expected.retain(|(_, n)| *n < 100);
+        }
+        let seen = read_seqs_through_last(&mut on_b);
+        assert_eq!(seen[..expected.len()], expected[..], "{channels:?}");
+    }
+    assert_eq!(relay_metric(&b, "tidings_upstream_fetches_total"), 2);
+    // From the very start: the stream still holds everything.
+    let mut late = connect(b.addr);
+    let reply = subscribe_since(&mut late, &["feed.*"], &epoch, 0);
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(late.next_json()["seq"], first);
 }

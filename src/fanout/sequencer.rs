@@ -520,6 +520,23 @@ impl Sequencer {
         self.lock().closed
     }
 
+    /// An event read back for one resume (JetStream), as the history holds
+    /// events; it enters neither the log nor the history.
+    pub fn replay_entry(&self, seq: u64, event: EncodedEvent) -> Arc<Sequenced> {
+        self.sequenced(seq, event)
+    }
+
+    /// Whether the history can answer a resume from `since` on `patterns`
+    /// in `epoch` (it may still be `too_many`).
+    pub fn can_resume(&self, epoch: &str, since: u64, patterns: &[String]) -> bool {
+        matches!(
+            self.lock()
+                .history
+                .resume(epoch, since, since, patterns, |_| true),
+            Replay::Recovered(_)
+        )
+    }
+
     /// The last seq appended (or the epoch's base).
     pub fn last_seq(&self) -> u64 {
         self.lock().last_seq

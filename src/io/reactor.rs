@@ -38,6 +38,7 @@ use crate::fanout::coalesce::Coalescer;
 use crate::fanout::delivery::Fate;
 use crate::fanout::event::seq_of_frame;
 use crate::fanout::event::EncodedEvent;
+use crate::fanout::history::Gap;
 use crate::fanout::queue::OutQueue;
 use crate::fanout::queue::{Frame, Push, QueueLimits};
 use crate::fanout::sequencer::{Mark, Sequenced, Sequencer};
@@ -48,8 +49,9 @@ use crate::proto::http::Status;
 use crate::rate::Pace;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
+use crate::session::SubscribeAsk;
 use crate::stats::{Stats, StatsSet};
-use crate::upstream::link::UpstreamLink;
+use crate::upstream::link::{Fetched, UpstreamLink};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -113,7 +115,7 @@ pub(crate) struct Reactor {
     /// Closes requested during fan-out, applied after it (invariant: the
     /// router and slab never change while an event is being fanned out).
     deferred_closes: Vec<(usize, CloseReason)>,
-    read_again: Vec<usize>,
+    pub(super) read_again: Vec<usize>,
     stopping_until: Option<Millis>,
     /// When the last flush pass that wrote anything started, for
     /// `timeouts.coalesce` (turns without output must not hold the next back).
@@ -174,6 +176,18 @@ pub(crate) struct Reactor {
     latency_probe: Option<(Instant, u64)>,
     /// Fleet mode: publishes go to NATS through it.
     pub(super) upstream: Option<Arc<UpstreamLink>>,
+    /// JetStream mode: subscribes whose resume is being read from the
+    /// stream, by socket; their input is not read meanwhile.
+    pub(super) fetching: HashMap<usize, PendingFetch>,
+    /// What such a read gave, for the subscribe's answer.
+    pub(super) fetched: HashMap<usize, Result<Fetched, Gap>>,
+}
+
+/// A subscribe waiting for its resume's events from JetStream.
+pub(super) struct PendingFetch {
+    /// The socket's id, since the slab key may be reused.
+    pub id: u32,
+    pub ask: Box<SubscribeAsk>,
 }
 
 /// What one accept did.
@@ -296,6 +310,8 @@ impl Reactor {
             pass_us: 0,
             latency_probe: None,
             upstream: parts.upstream,
+            fetching: HashMap::new(),
+            fetched: HashMap::new(),
         }
     }
 
@@ -539,6 +555,10 @@ impl Reactor {
     }
 
     fn on_readable(&mut self, key: usize) {
+        if self.fetching.contains_key(&key) {
+            // Read again once the resume is answered (`take_fetches`).
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
         while let Some(conn) = self.conns.get_mut(key) {
@@ -1082,6 +1102,8 @@ impl Reactor {
             return;
         }
         let conn = self.conns.remove(key);
+        self.fetching.remove(&key);
+        self.fetched.remove(&key);
         self.admission.release(self.ip_of.remove(&key));
         if let Phase::WebSocket(ws) = &conn.phase {
             Stats::sub(&self.stats.websockets, 1);

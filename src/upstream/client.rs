@@ -156,6 +156,15 @@ async fn serve(parts: Parts) {
     };
     let (inbound, interest, sink) = if config.jetstream {
         let js = async_nats::jetstream::new(client.clone());
+        let fetcher = jetstream::Fetcher {
+            client: client.clone(),
+            js: js.clone(),
+            sequencer: Arc::clone(&sequencer),
+            link: Arc::clone(&link),
+            config: config.clone(),
+            max_replay: history.max_replay,
+            limits,
+        };
         let reader = jetstream::Reader {
             client: client.clone(),
             js: js.clone(),
@@ -169,7 +178,7 @@ async fn serve(parts: Parts) {
         (
             tokio::spawn(jetstream::read(reader)),
             None,
-            Sink::JetStream(js),
+            Sink::JetStream(js, Box::new(fetcher)),
         )
     } else {
         let inbound = tokio::spawn(deliver(
@@ -288,10 +297,10 @@ async fn on_event(
     }
 }
 
-/// Where publishes go.
+/// Where publishes go (and, with JetStream, where resumes are read from).
 enum Sink {
     Core(Client),
-    JetStream(async_nats::jetstream::Context),
+    JetStream(async_nats::jetstream::Context, Box<jetstream::Fetcher>),
 }
 
 /// Sends publishes in batches and answers each HTTP request once NATS has
@@ -310,6 +319,25 @@ async fn publish(
         if outgoing.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
             return;
         }
+        // Reads for resumes go on beside the publishes.
+        for item in &mut batch {
+            if !matches!(item, Outgoing::Fetch(_)) {
+                continue;
+            }
+            let Outgoing::Fetch(request) = std::mem::replace(item, Outgoing::Fetched) else {
+                continue;
+            };
+            match &sink {
+                Sink::JetStream(_, fetcher) => {
+                    tokio::spawn(jetstream::fetch((**fetcher).clone(), request));
+                }
+                Sink::Core(_) => jetstream::refuse_fetch(link, request),
+            }
+        }
+        batch.retain(|item| !matches!(item, Outgoing::Fetched));
+        if batch.is_empty() {
+            continue;
+        }
         let stop = batch.iter().any(|o| matches!(o, Outgoing::Stop));
         if stop && batch.len() == 1 {
             return;
@@ -319,7 +347,9 @@ async fn publish(
                 let all = send_core(client, &batch, config, relay_id, &mut next_id).await;
                 vec![all.then_some(None); batch.len()]
             }
-            Sink::JetStream(js) => send_jetstream(js, &batch, config, relay_id, &mut next_id).await,
+            Sink::JetStream(js, _) => {
+                send_jetstream(js, &batch, config, relay_id, &mut next_id).await
+            }
         };
         for (item, confirmed) in batch.drain(..).zip(confirmed) {
             answer(link, item, confirmed);
@@ -334,7 +364,7 @@ fn events_of(item: &Outgoing) -> &[EncodedEvent] {
     match item {
         Outgoing::Http { events, .. } => events,
         Outgoing::Embedded(event) => std::slice::from_ref(event),
-        Outgoing::Stop => &[],
+        Outgoing::Stop | Outgoing::Fetch(_) | Outgoing::Fetched => &[],
     }
 }
 
@@ -476,7 +506,7 @@ fn answer(link: &UpstreamLink, item: Outgoing, confirmed: Option<Option<u64>>) {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        Outgoing::Stop => {}
+        Outgoing::Stop | Outgoing::Fetch(_) | Outgoing::Fetched => {}
     }
 }
 

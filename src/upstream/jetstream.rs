@@ -37,12 +37,13 @@ use async_nats::Client;
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::link::UpstreamLink;
+use super::link::{FetchAnswer, FetchRequest, Fetched, UpstreamLink};
 use super::wire;
 use super::UpstreamConfig;
 use crate::config::HistoryConfig;
 use crate::fanout::event::EncodedEvent;
 use crate::fanout::history::stream_epoch;
+use crate::fanout::history::Gap;
 use crate::fanout::sequencer::{AppendError, Sequencer};
 use crate::route::SubjectLimits;
 use crate::stats::PatternCounts;
@@ -515,6 +516,151 @@ fn finish_backfill(reader: &Reader, position: &mut Position) {
         .sequencer
         .backfilled(position.backfill_from.saturating_sub(1));
     position.backfill_from = 0;
+}
+
+/// What reads resumes from the stream works with.
+#[derive(Clone)]
+pub(super) struct Fetcher {
+    pub client: Client,
+    pub js: Context,
+    pub sequencer: Arc<Sequencer>,
+    pub link: Arc<UpstreamLink>,
+    pub config: UpstreamConfig,
+    pub max_replay: usize,
+    pub limits: SubjectLimits,
+}
+
+/// Most events matching a resume read from JetStream, as a multiple of
+/// `history.max_replay`: the reactor applies the client's token to them
+/// and then `max_replay` itself; a read that finds more answers `too_many`.
+const FETCH_SLACK: usize = 4;
+
+/// Reads a resume's events from the stream by start sequence (the relay's
+/// history did not reach back far enough) and hands them to the reactor
+/// that asked, within `publish_timeout`; `gone` when the stream no longer
+/// has them or the read fails.
+pub(super) async fn fetch(fetcher: Fetcher, request: FetchRequest) {
+    let counters = &fetcher.link.counters;
+    counters.fetches.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(
+        fetcher.config.publish_timeout,
+        read_range(&fetcher, &request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        warn!("upstream: reading a resume from JetStream timed out");
+        Err(Gap::Gone)
+    });
+    if let Ok(fetched) = &result {
+        counters
+            .fetched
+            .fetch_add(fetched.events.len() as u64, Ordering::Relaxed);
+    }
+    let answer = FetchAnswer {
+        key: request.key,
+        id: request.id,
+        result,
+    };
+    fetcher.link.answer_fetch(request.reactor, answer);
+}
+
+/// Core NATS keeps nothing to read back.
+pub(super) fn refuse_fetch(link: &UpstreamLink, request: FetchRequest) {
+    let answer = FetchAnswer {
+        key: request.key,
+        id: request.id,
+        result: Err(Gap::Gone),
+    };
+    link.answer_fetch(request.reactor, answer);
+}
+
+async fn read_range(fetcher: &Fetcher, request: &FetchRequest) -> Result<Fetched, Gap> {
+    let config = &fetcher.config;
+    let gone = |e: &dyn std::fmt::Display| {
+        warn!("upstream: cannot read a resume from JetStream: {e}");
+        Gap::Gone
+    };
+    let mut stream = fetcher
+        .js
+        .get_stream(&config.stream)
+        .await
+        .map_err(|e| gone(&e))?;
+    let state = stream.info().await.map_err(|e| gone(&e))?.state.clone();
+    let head = state.last_sequence;
+    if request.since.saturating_add(1) < state.first_sequence {
+        // Events after `since` have left the stream too.
+        return Err(Gap::Gone);
+    }
+    let mut events = Vec::new();
+    if head <= request.since {
+        return Ok(Fetched {
+            events,
+            through: head,
+        });
+    }
+    // One pattern: NATS filters (any server has one filter subject);
+    // several: the range is read whole and matched here.
+    let filter_subject = match request.channels.as_slice() {
+        [only] => wire::subject(&config.subject_prefix, only),
+        _ => String::new(),
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: fetcher.client.new_inbox(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: request.since + 1,
+            },
+            filter_subject,
+            ..OrderedConfig::default()
+        })
+        .await
+        .map_err(|e| gone(&e))?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(Fetched {
+            events,
+            through: head,
+        });
+    }
+    let most = fetcher.max_replay.saturating_mul(FETCH_SLACK).max(1);
+    let mut messages = consumer.messages().await.map_err(|e| gone(&e))?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| gone(&e))?;
+        let info = message.info().map_err(|e| gone(&e))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if seq > head {
+            break;
+        }
+        let wanted = message
+            .subject
+            .strip_prefix(config.subject_prefix.as_str())
+            .is_some_and(|channel| {
+                request
+                    .channels
+                    .iter()
+                    .any(|p| crate::route::pattern_matches(p, channel))
+            });
+        if wanted {
+            if let Ok(event) = wire::decode(
+                &config.subject_prefix,
+                &message.subject,
+                &message.payload,
+                &fetcher.limits,
+                fetcher.sequencer.shaping(),
+            ) {
+                if events.len() == most {
+                    return Err(Gap::TooMany);
+                }
+                events.push((seq, event));
+            }
+        }
+        if seq >= head || pending == 0 {
+            break;
+        }
+    }
+    Ok(Fetched {
+        events,
+        through: head,
+    })
 }
 
 /// Hands live events to the sequencer, waiting while it is full (the
