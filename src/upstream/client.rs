@@ -581,16 +581,17 @@ async fn append(
     if events.is_empty() {
         return true;
     }
+    // Counted before they are appended: a client may see them (and read
+    // the counter) as soon as they are.
     let count = events.len() as u64;
+    link.counters.received.fetch_add(count, Ordering::Relaxed);
     loop {
         match sequencer.try_append(events) {
-            Ok(_) => break,
+            Ok(_) => return true,
             Err(AppendError::Full) => tokio::time::sleep(SEQUENCER_RETRY).await,
             Err(AppendError::Closed) => return false,
         }
     }
-    link.counters.received.fetch_add(count, Ordering::Relaxed);
-    true
 }
 
 /// Keeps one NATS subscription per pattern clients hold. Looks at the

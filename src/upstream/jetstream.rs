@@ -667,15 +667,15 @@ async fn read_range(fetcher: &Fetcher, request: &FetchRequest) -> Result<Fetched
 /// consumer is not read meanwhile, so NATS holds the rest: flow control).
 /// False once the relay stops.
 async fn append(reader: &Reader, live: &mut Vec<(u64, EncodedEvent)>) -> bool {
-    let count = live.len() as u64;
+    // Counted before they are appended: a client may see them (and read
+    // the counter) as soon as they are. None is stale here (the consumer
+    // skips what this relay already took), so none is counted twice.
+    let received = &reader.link.counters.received;
+    received.fetch_add(live.len() as u64, Ordering::Relaxed);
     loop {
         match reader.sequencer.try_append_numbered(live) {
             Ok(stale) => {
-                reader
-                    .link
-                    .counters
-                    .received
-                    .fetch_add(count - stale as u64, Ordering::Relaxed);
+                received.fetch_sub(stale as u64, Ordering::Relaxed);
                 return true;
             }
             Err(AppendError::Full) => tokio::time::sleep(SEQUENCER_RETRY).await,
