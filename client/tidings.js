@@ -50,7 +50,7 @@ const AUTH_FAILED = 4001;
  * @property {(event: TidingsEvent) => void} [onEvent]
  * @property {(reason: string) => void} [onResync]  state may have been missed: reload it.
  *                                     `reason` is the relay's: "epoch", "gone", "too_many",
- *                                     or "overflow" / "dropped" after a `resync` message
+ *                                     or "overflow" / "dropped" / "upstream" after a `resync` message
  * @property {(state: 'connecting'|'open'|'closed', close?: {code: number, reason: string}) => void} [onState]
  *                                     the second argument comes with "closed" and with a
  *                                     "connecting" that follows a lost connection

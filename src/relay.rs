@@ -98,6 +98,7 @@ impl Relay {
                     &sequencer,
                     &stats.patterns,
                     config.subject_limits(),
+                    &config.history,
                 )
             })
             .transpose()?;

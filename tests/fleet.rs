@@ -1,190 +1,16 @@
-//! Fleet mode against a real nats-server: two relays on one NATS, interest,
-//! and NATS going away and coming back.
-//!
-//! Each test starts its own nats-server on free ports and kills it itself.
-//! Without a `nats-server` binary (`NATS_SERVER`, `PATH`, or
-//! /usr/sbin/nats-server, where the Debian package puts it) the tests say
-//! so loudly and pass; `.ci/run` installs it.
+//! Fleet mode (core NATS) against a real nats-server: two relays on one
+//! NATS, interest, and NATS going away and coming back. The server and the
+//! helpers are in `common::nats`.
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::nats::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use tidings::{Event, PublishError, UpstreamConfig};
-
-struct NatsServer {
-    binary: PathBuf,
-    port: u16,
-    monitor: u16,
-    child: Option<Child>,
-}
-
-fn nats_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return Some(path.into());
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let debian = PathBuf::from("/usr/sbin/nats-server");
-        debian.is_file().then_some(debian)
-    })
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-impl NatsServer {
-    /// A stopped server on free ports; None (after a loud message) when
-    /// there is no nats-server to run.
-    fn new() -> Option<NatsServer> {
-        let Some(binary) = nats_binary() else {
-            eprintln!(
-                "\n*** SKIPPING fleet test: no nats-server (install the Debian package \
-                 nats-server, or set NATS_SERVER) ***\n"
-            );
-            return None;
-        };
-        Some(NatsServer {
-            binary,
-            port: free_port(),
-            monitor: free_port(),
-            child: None,
-        })
-    }
-
-    fn started() -> Option<NatsServer> {
-        let mut server = NatsServer::new()?;
-        server.start();
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Every subscription subject NATS holds, from its monitoring endpoint.
-    fn subjects(&self) -> Vec<String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.monitor).into();
-        let connz = http_get(addr, "/connz?subs=1").json();
-        connz["connections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|c| {
-                c["subscriptions_list"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn fleet_relay(nats: &NatsServer, tweak: impl FnOnce(&mut UpstreamConfig)) -> TestRelay {
-    let mut upstream = UpstreamConfig {
-        nats: vec![nats.url()],
-        interest_debounce: Duration::from_millis(20),
-        reconnect_max_delay: Duration::from_millis(200),
-        ..UpstreamConfig::default()
-    };
-    tweak(&mut upstream);
-    TestRelay::with(|c| c.upstream = Some(upstream))
-}
-
-fn health(relay: &TestRelay) -> (u16, Value) {
-    let response = http_get(relay.addr, "/healthz");
-    (response.status, response.json())
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_up(relay: &TestRelay) {
-    wait_until("the upstream to be up", || {
-        health(relay).1["upstream"] == "up"
-    });
-}
-
-/// A value of the relay's `/metrics`.
-fn metric(relay: &TestRelay, name: &str) -> u64 {
-    let text = http_get(relay.addr, "/metrics").body_text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
-/// Waits until the relay holds `count` NATS subscriptions (its interest
-/// reached NATS, after the debounce).
-fn wait_subscriptions(relay: &TestRelay, count: u64) {
-    wait_until("the relay's NATS subscriptions", || {
-        metric(relay, "tidings_upstream_subscriptions") == count
-    });
-}
-
-fn http_publish(relay: &TestRelay, channel: &str, data: Value) -> HttpResponse {
-    let body = json!({ "channel": channel, "data": data }).to_string();
-    http(relay.addr, &publish_request(&body, ""))
-}
-
-/// Reads events until one with `data.last`, returning every `data.n`.
-fn read_through_last(client: &mut Client) -> Vec<u64> {
-    let mut seen = Vec::new();
-    loop {
-        let event = client.next_json();
-        if event["data"]["last"] == true {
-            return seen;
-        }
-        seen.push(event["data"]["n"].as_u64().expect("n"));
-    }
-}
 
 #[test]
 fn an_http_publish_on_a_reaches_a_subscriber_on_b_once_in_order() {
@@ -200,14 +26,14 @@ fn an_http_publish_on_a_reaches_a_subscriber_on_b_once_in_order() {
     client.subscribe(&["job.*", "job.>"]);
     wait_subscriptions(&b, 2);
     for n in 0..20 {
-        let answer = http_publish(&a, "job.1", json!({ "n": n }));
+        let answer = publish_on(&a, "job.1", json!({ "n": n }));
         assert_eq!(answer.status, 200, "{}", answer.body_text());
         assert_eq!(answer.json(), json!({ "published": 1 }));
     }
-    http_publish(&a, "job.1", json!({ "last": true }));
+    publish_on(&a, "job.1", json!({ "last": true }));
     assert_eq!(read_through_last(&mut client), (0..20).collect::<Vec<_>>());
-    assert!(metric(&b, "tidings_upstream_duplicates_total") >= 20);
-    assert_eq!(metric(&a, "tidings_upstream_published_total"), 21);
+    assert!(relay_metric(&b, "tidings_upstream_duplicates_total") >= 20);
+    assert_eq!(relay_metric(&a, "tidings_upstream_published_total"), 21);
 }
 
 #[test]
@@ -262,20 +88,24 @@ fn a_relay_subscribes_upstream_only_to_what_its_clients_hold() {
     );
     assert!(!subjects.iter().any(|s| s.starts_with("tidings.x")));
     for channel in ["x.1", "x.2", "y.1"] {
-        let answer = http_publish(&b, channel, json!({ "on": channel }));
+        let answer = publish_on(&b, channel, json!({ "on": channel }));
         assert_eq!(answer.status, 200);
     }
     assert_eq!(first.next_json()["data"]["on"], "y.1");
     assert_eq!(second.next_json()["data"]["on"], "y.1");
     assert_eq!(
-        metric(&a, "tidings_upstream_received_total"),
+        relay_metric(&a, "tidings_upstream_received_total"),
         1,
         "NATS sent A nothing on x.*"
     );
     // The last client leaving takes the subscription away.
     first.unsubscribe(&["y.*"]);
     thread::sleep(Duration::from_millis(100));
-    assert_eq!(metric(&a, "tidings_upstream_subscriptions"), 1, "one left");
+    assert_eq!(
+        relay_metric(&a, "tidings_upstream_subscriptions"),
+        1,
+        "one left"
+    );
     second.close(1000);
     wait_subscriptions(&a, 0);
     wait_until("NATS to drop y.*", || {
@@ -297,8 +127,8 @@ fn a_relay_started_with_nats_down_serves_and_connects_later() {
     assert_eq!((status, &body["upstream"]), (503, &json!("down")), "{body}");
     let (status, body) = health(&optional);
     assert_eq!((status, &body["upstream"]), (200, &json!("down")), "{body}");
-    assert_eq!(metric(&relay, "tidings_upstream_up"), 0);
-    let refused = http_publish(&relay, "news", json!({}));
+    assert_eq!(relay_metric(&relay, "tidings_upstream_up"), 0);
+    let refused = publish_on(&relay, "news", json!({}));
     assert_eq!(refused.status, 503);
     assert!(refused.header("Retry-After").is_some());
     assert_eq!(refused.json()["error"]["code"], "upstream_down");
@@ -311,12 +141,12 @@ fn a_relay_started_with_nats_down_serves_and_connects_later() {
     nats.start();
     wait_up(&relay);
     assert_eq!(health(&relay).0, 200);
-    assert_eq!(metric(&relay, "tidings_upstream_up"), 1);
+    assert_eq!(relay_metric(&relay, "tidings_upstream_up"), 1);
     wait_subscriptions(&relay, 1);
     wait_until("NATS to hold the relay's interest", || {
         nats.subjects().contains(&"tidings.news".to_string())
     });
-    let answer = http_publish(&optional, "news", json!({ "n": 1 }));
+    let answer = publish_on(&optional, "news", json!({ "n": 1 }));
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     assert_eq!(client.next_json()["data"]["n"], 1);
 }
@@ -370,18 +200,29 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
     });
     // Once both are back, every event arrives again.
     for n in 1000..1010 {
-        assert_eq!(http_publish(&a, "feed", json!({ "n": n })).status, 200);
+        assert_eq!(publish_on(&a, "feed", json!({ "n": n })).status, 200);
     }
-    http_publish(&a, "feed", json!({ "last": true }));
+    publish_on(&a, "feed", json!({ "last": true }));
     let after: Vec<u64> = (1000..1010).collect();
     for (name, relay, client) in [("A", &a, &mut on_a), ("B", &b, &mut on_b)] {
-        let seen = read_through_last(client);
+        let (seen, notices) = read_through_last_with_notices(client);
+        // Core NATS keeps nothing for a relay cut off: its subscribers are
+        // told (and a resume across the cut is refused, see
+        // `a_resume_across_a_nats_outage_is_gone`).
+        assert!(!notices.is_empty(), "{name}: no resync");
+        for notice in &notices {
+            assert_eq!(notice["data"]["reason"], "upstream", "{name}: {notice}");
+        }
+        assert!(
+            relay_metric(relay, "tidings_upstream_cuts_total") >= 1,
+            "{name}"
+        );
         // In order, never twice, and nothing that was not published.
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{name}: {seen:?}");
         assert!(seen.iter().all(|n| *n < 150 || after.contains(n)), "{name}");
         assert!(seen.ends_with(&after), "{name}: {seen:?}");
         assert!(
-            metric(relay, "tidings_upstream_disconnects_total") >= 1,
+            relay_metric(relay, "tidings_upstream_disconnects_total") >= 1,
             "{name}"
         );
     }
@@ -391,7 +232,7 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
         "publishes while NATS was down are refused, not dropped"
     );
     assert_eq!(
-        metric(&a, "tidings_upstream_refused_total"),
+        relay_metric(&a, "tidings_upstream_refused_total"),
         refused,
         "every refusal is counted"
     );
@@ -412,7 +253,7 @@ fn default_channels_are_interest_too() {
         c.upstream = Some(upstream);
     });
     wait_up(&relay);
-    assert_eq!(metric(&relay, "tidings_upstream_subscriptions"), 0);
+    assert_eq!(relay_metric(&relay, "tidings_upstream_subscriptions"), 0);
     let mut client = connect(relay.addr);
     wait_subscriptions(&relay, 1);
     let subjects = nats.subjects();
@@ -420,6 +261,60 @@ fn default_channels_are_interest_too() {
         subjects.contains(&"tidings.alerts.>".to_string()),
         "{subjects:?}"
     );
-    assert_eq!(http_publish(&relay, "alerts.disk", json!(1)).status, 200);
+    assert_eq!(publish_on(&relay, "alerts.disk", json!(1)).status, 200);
     assert_eq!(client.next_json()["type"], "alerts.disk");
+}
+
+#[test]
+fn a_resume_across_a_nats_outage_is_gone() {
+    let Some(mut nats) = NatsServer::started() else {
+        return;
+    };
+    let relay = fleet_relay(&nats, |_| {});
+    wait_up(&relay);
+    let mut client = connect(relay.addr);
+    let reply = client.request(&json!({"type": "subscribe", "channels": ["feed"]}));
+    let epoch = reply["epoch"].as_str().expect("epoch").to_string();
+    wait_subscriptions(&relay, 1);
+    let mut last = 0;
+    for n in 0..3 {
+        assert_eq!(publish_on(&relay, "feed", json!({ "n": n })).status, 200);
+        last = client.next_json()["seq"].as_u64().expect("seq");
+    }
+
+    nats.kill();
+    // Subscribers are told at once: what NATS carries meanwhile is lost.
+    let notice = client.next_json();
+    assert_eq!(notice["type"], "resync", "{notice}");
+    assert_eq!(notice["data"]["reason"], "upstream", "{notice}");
+    assert_eq!(notice["data"]["seq"], last, "{notice}");
+    // Resuming from before the cut is refused: the history is not complete.
+    let since = json!({ "epoch": epoch, "seq": last });
+    let reply = client.request(&json!({"type": "subscribe", "channels": ["feed"], "since": since}));
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["reason"], "gone", "{reply}");
+    assert!(relay_metric(&relay, "tidings_upstream_cuts_total") >= 1);
+
+    nats.start();
+    wait_up(&relay);
+    wait_until("NATS to hold the relay's interest", || {
+        nats.subjects().contains(&"tidings.feed".to_string())
+    });
+    assert_eq!(publish_on(&relay, "feed", json!({ "n": 3 })).status, 200);
+    // Another notice when the connection is back, then the new event.
+    let event = loop {
+        let message = client.next_json();
+        if message["type"] == "resync" {
+            assert_eq!(message["data"]["reason"], "upstream", "{message}");
+            continue;
+        }
+        break message;
+    };
+    assert_eq!(event["data"]["n"], 3, "{event}");
+    let after = event["seq"].as_u64().expect("seq");
+    // From a position after the cut, a resume recovers.
+    let mut again = connect(relay.addr);
+    let since = json!({ "epoch": epoch, "seq": after });
+    let reply = again.request(&json!({"type": "subscribe", "channels": ["feed"], "since": since}));
+    assert_eq!(reply["recovered"], true, "{reply}");
 }

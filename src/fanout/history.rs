@@ -6,14 +6,20 @@
 //! [`History::expire`] from a timer so that age applies without traffic.
 //!
 //! The ring holds the same `Arc<Sequenced>` every reactor reads: a frame is
-//! built once and never copied here. It is ordered by `seq`, and seqs in it
-//! are consecutive, so the event after `since` is found by subtraction.
+//! built once and never copied here. It is ordered by `seq`. Seqs in it may
+//! have holes (in JetStream mode the seq is the stream's, and a relay may
+//! not receive every subject), so whether a resume can be answered is not
+//! read from contiguity but from [`History::resumable_from`]: the lowest
+//! `since` after which the history holds every event the relay received,
+//! with nothing lost in between (raised by evictions and by upstream cuts),
+//! and from what the relay received at all (its coverage, when the
+//! upstream filters by interest).
 //!
 //! Memory, for a configuration [`HistoryConfig`]:
 //! - the ring: at most `max_bytes` of frames (`bytes()` counts both frames
 //!   of each event, plain and deflated), plus per held event about 16 bytes
-//!   in the ring, the `Sequenced` allocation (112 bytes and the channel name)
-//!   and the shared buffers' headers (about 32 bytes each): about 180 bytes
+//!   in the ring, the `Sequenced` allocation (152 bytes with its counts, and the channel name)
+//!   and the shared buffers' headers (about 32 bytes each): about 200 bytes
 //!   and the channel name;
 //! - last values: at most `max_channels` events, each held even after it has
 //!   left the ring. `last_value_bytes()` counts their frames, including those
@@ -97,15 +103,31 @@ impl PartialEq for LastValue {
 
 impl Eq for LastValue {}
 
+/// A set of patterns, as coverage holds it.
+type Patterns = Box<[Box<str>]>;
+
+/// Most coverage changes remembered; past it the oldest is forgotten and
+/// resumes from before it are refused (they would be refused soon anyway).
+const MAX_COVERAGE_CHANGES: usize = 4096;
+
 /// See the module doc.
 #[derive(Debug)]
 pub struct History {
     epoch: Box<str>,
-    /// Events with consecutive seqs, ending at `newest_seq`.
+    /// Events by rising seq (with holes), ending at most at `newest_seq`.
     ring: VecDeque<Held>,
     ring_bytes: usize,
-    /// The highest seq pushed; 0 before the first.
+    /// The highest seq pushed (or the base of this epoch); 0 before the first.
     newest_seq: u64,
+    /// The highest seq after which something is missing: an evicted event,
+    /// or events lost upstream (a cut). Only rises within an epoch.
+    lost_to: u64,
+    /// Resumes need `since` at least this, whatever was evicted: the base
+    /// of an epoch until the events before it are backfilled.
+    complete_from: u64,
+    /// What the relay receives, by seq: from `.0` on, the channels matching
+    /// `.1` (`None`: every channel). Empty: every channel, always.
+    coverage: VecDeque<(u64, Option<Patterns>)>,
     /// The latest `at_ms` in the ring, so that times stay ordered.
     newest_at: u64,
     max_events: usize,
@@ -129,6 +151,9 @@ impl History {
             ring: VecDeque::new(),
             ring_bytes: 0,
             newest_seq: 0,
+            lost_to: 0,
+            complete_from: 0,
+            coverage: VecDeque::new(),
             newest_at: 0,
             max_events: config.max_events,
             max_bytes: config.max_bytes,
@@ -153,20 +178,30 @@ impl History {
     /// Keeps the event just sequenced, pushed at `now_ms`, and evicts what
     /// no longer fits by count, bytes or age.
     ///
-    /// Seqs must rise. A jump (a seq more than one past the newest) means
-    /// events in between never reached the history: the ring restarts at
-    /// the new event, so a resume from before it answers `Gone` rather
-    /// than replaying across the hole.
+    /// Seqs must rise; they may jump (seqs given by JetStream have holes
+    /// where the relay receives nothing). A jump is not a loss: events lost
+    /// upstream are declared with [`History::cut`].
     pub fn push(&mut self, event: Arc<Sequenced>, now_ms: u64) {
         if event.seq <= self.newest_seq {
             debug_assert!(false, "bug: seq {} after {}", event.seq, self.newest_seq);
             return;
         }
-        if event.seq != self.newest_seq + 1 {
-            self.ring.clear();
-            self.ring_bytes = 0;
-        }
         self.newest_seq = event.seq;
+        self.hold(event, now_ms);
+    }
+
+    /// Keeps an event from before this epoch's base (read back from
+    /// JetStream at start), in rising seq order, as [`History::push`] does.
+    pub fn push_backfill(&mut self, event: Arc<Sequenced>, now_ms: u64) {
+        let newest_held = self.ring.back().map_or(0, |held| held.event.seq);
+        if event.seq <= newest_held.max(self.lost_to) || event.seq > self.newest_seq {
+            debug_assert!(false, "bug: backfill seq {} out of order", event.seq);
+            return;
+        }
+        self.hold(event, now_ms);
+    }
+
+    fn hold(&mut self, event: Arc<Sequenced>, now_ms: u64) {
         self.keep_last_value(&event);
         if self.max_events == 0 {
             return;
@@ -201,6 +236,103 @@ impl History {
     fn pop_oldest(&mut self) {
         if let Some(held) = self.ring.pop_front() {
             self.ring_bytes -= held.event.bytes();
+            self.lost_to = self.lost_to.max(held.event.seq);
+        }
+    }
+
+    /// Events were lost upstream (the relay was cut off from NATS, or
+    /// JetStream no longer had them): a resume from any `since` below
+    /// `resumable_from` spans the loss and is refused (`Gone`).
+    pub fn cut(&mut self, resumable_from: u64) {
+        self.lost_to = self.lost_to.max(resumable_from);
+    }
+
+    /// A new order (a new epoch, JetStream's stream): everything held goes,
+    /// last values too, and seqs continue after `base`. Resumes need `since`
+    /// at least `base` until [`History::backfilled`] says the events before
+    /// it are in.
+    pub fn restart(&mut self, epoch: &str, base: u64) {
+        self.epoch = epoch.into();
+        self.ring.clear();
+        self.ring_bytes = 0;
+        self.newest_seq = base;
+        self.lost_to = 0;
+        self.complete_from = base;
+        self.coverage.clear();
+        self.last_values.clear();
+        self.last_value_bytes = 0;
+    }
+
+    /// The events after `from` up to the epoch's base were pushed (the
+    /// backfill at start): resumes from `from` on can be answered, as far
+    /// as nothing was evicted since.
+    pub fn backfilled(&mut self, from: u64) {
+        self.complete_from = self.complete_from.min(from);
+    }
+
+    /// From seq `from` on, the relay receives the channels matching
+    /// `patterns` only (`None`: every channel). A resume is answered only if
+    /// everything after its `since` covered its patterns.
+    pub fn cover(&mut self, from: u64, patterns: Option<Vec<Box<str>>>) {
+        let patterns = patterns.map(Vec::into_boxed_slice);
+        if self
+            .coverage
+            .back()
+            .is_some_and(|(_, last)| *last == patterns)
+        {
+            return;
+        }
+        while self.coverage.back().is_some_and(|(at, _)| *at >= from) {
+            self.coverage.pop_back();
+        }
+        if self.coverage.is_empty() && patterns.is_none() {
+            return;
+        }
+        self.coverage.push_back((from, patterns));
+        // Changes no resume can reach any more (before the lowest `since`
+        // answered) are forgotten; so is the oldest past the bound, which
+        // then counts as a loss.
+        let floor = self.resumable_from();
+        while self.coverage.len() >= 2 && self.coverage[1].0 <= floor.saturating_add(1) {
+            self.coverage.pop_front();
+        }
+        if self.coverage.len() > MAX_COVERAGE_CHANGES {
+            self.coverage.pop_front();
+            if let Some((next, _)) = self.coverage.front() {
+                self.lost_to = self.lost_to.max(next.saturating_sub(1));
+            }
+        }
+    }
+
+    /// The lowest `since` a resume can be answered from (given coverage).
+    pub fn resumable_from(&self) -> u64 {
+        self.lost_to.max(self.complete_from)
+    }
+
+    /// Whether every event after `since` the relay received covered `patterns`.
+    fn covered<P: AsRef<str>>(&self, since: u64, patterns: &[P]) -> bool {
+        let changes = self.coverage.len();
+        (0..changes).all(|i| {
+            let reaches_past_since =
+                i + 1 == changes || self.coverage[i + 1].0 > since.saturating_add(1);
+            match &self.coverage[i].1 {
+                _ if !reaches_past_since => true,
+                None => true,
+                Some(held) => patterns.iter().all(|p| {
+                    held.iter()
+                        .any(|h| crate::route::pattern_covers(h, p.as_ref()))
+                }),
+            }
+        })
+    }
+
+    /// Keeps `event` as its channel's last value if it is newer than the
+    /// one kept (an event read back from JetStream for a cold cache); it
+    /// does not enter the ring.
+    pub fn seed_last_value(&mut self, event: &Arc<Sequenced>) {
+        match self.last_values.get(&*event.channel) {
+            Some(kept) if kept.0.seq >= event.seq => {}
+            _ => self.keep_last_value(event),
         }
     }
 
@@ -211,7 +343,12 @@ impl History {
     /// Channels are never removed; their value is replaced by the next event.
     fn keep_last_value(&mut self, event: &Arc<Sequenced>) {
         let bytes = event.bytes();
-        if self.last_values.contains(&*event.channel) {
+        if let Some(kept) = self.last_values.get(&*event.channel) {
+            // A value read back from JetStream may be newer than a
+            // backfilled event of the same channel.
+            if kept.0.seq > event.seq {
+                return;
+            }
             let old = self.last_values.replace(LastValue(Arc::clone(event)));
             let old = old.expect("bug: a channel just found is in the set");
             self.last_value_bytes = self.last_value_bytes - old.0.bytes() + bytes;
@@ -251,11 +388,14 @@ impl History {
     /// one of `patterns` and passes `allow`, oldest first. (`until` is where
     /// live delivery takes over: later events reach the client live.)
     ///
-    /// `Gone` when an event after `since` is no longer held, when the
-    /// history is off (`max_events = 0`), and when `since` is past the
-    /// newest seq: the client cannot have seen a seq never assigned, so its
-    /// state is from elsewhere and only a reload makes it right. `since`
-    /// equal to the newest seq recovers with nothing to replay.
+    /// `Gone` when an event after `since` is no longer held or was lost
+    /// upstream (`since` below [`History::resumable_from`]), when the
+    /// relay did not receive every channel of `patterns` all along since
+    /// then (coverage), when the history is off (`max_events = 0`), and
+    /// when `since` is past the newest seq: the client cannot have seen a
+    /// seq never assigned here, so its state is from elsewhere and only a
+    /// reload makes it right. `since` equal to the newest seq recovers with
+    /// nothing to replay.
     pub fn replay<P: AsRef<str>>(
         &self,
         since: u64,
@@ -263,12 +403,14 @@ impl History {
         patterns: &[P],
         allow: impl Fn(&str) -> bool,
     ) -> Replay {
-        // Every event with a seq above this is held.
-        let held_after = self.newest_seq - self.ring.len() as u64;
-        if self.max_events == 0 || since < held_after || since > self.newest_seq {
+        if self.max_events == 0
+            || since < self.resumable_from()
+            || since > self.newest_seq
+            || !self.covered(since, patterns)
+        {
             return Replay::NotRecovered(Gap::Gone);
         }
-        let start = (since - held_after) as usize;
+        let start = self.ring.partition_point(|held| held.event.seq <= since);
         let mut events = Vec::new();
         for held in self.ring.range(start..) {
             if held.event.seq > until {
@@ -392,6 +534,20 @@ pub fn new_epoch() -> String {
         .map_or(0, |d| d.as_nanos());
     nanos.hash(&mut hasher);
     epoch_text(hasher.finish())
+}
+
+/// The epoch of a JetStream stream: the same on every relay that reads it,
+/// and new when the stream is deleted and created again. A fixed hash
+/// (FNV-1a) of its name and creation time, so relays of different builds
+/// agree.
+pub fn stream_epoch(name: &str, created_unix_nanos: i128) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let created = created_unix_nanos.to_le_bytes();
+    for byte in name.bytes().chain([0]).chain(created) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    epoch_text(hash)
 }
 
 fn epoch_text(bits: u64) -> String {

@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -53,6 +53,22 @@ pub struct Sequenced {
     pub appended_ms: u64,
     /// The same moment as an `Instant`, for the publish-to-write latency.
     pub appended_at: Instant,
+    /// Set on the log's entries that are not events (no frame, not in the
+    /// history): what the reactors must do at this point of the order.
+    pub mark: Option<Box<Mark>>,
+}
+
+/// A point in the order where something other than an event happened.
+/// Its entry's `seq` is the last event's seq before it (or the new base).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Events were lost upstream after `seq` (the relay was cut off from
+    /// NATS, or JetStream no longer had them): resumes across this point are
+    /// refused, and subscribers get a `resync` notice (reason `upstream`).
+    Cut,
+    /// A new order begins under this epoch, positions continuing from `seq`
+    /// (JetStream: the stream became known, or was created anew).
+    Epoch(Arc<str>),
 }
 
 impl Sequenced {
@@ -134,11 +150,16 @@ impl Wakeup {
 }
 
 struct Log {
-    /// The seq the next appended event gets; seqs start at 1.
-    next_seq: u64,
-    /// Events from seq `next_seq - events.len()` on.
+    /// The seq of the last event appended (or the base of the epoch): a
+    /// relay numbering events itself gives the next one this plus one.
+    last_seq: u64,
+    /// The position of the next entry in the log. Positions count entries
+    /// (events and marks), from 1; they are not seqs, which an upstream
+    /// (JetStream) may give with holes.
+    next_pos: u64,
+    /// Entries from position `next_pos - events.len()` on.
     events: VecDeque<Arc<Sequenced>>,
-    /// Per reactor: the seq it reads next.
+    /// Per reactor: the position it reads next.
     cursors: Vec<u64>,
     /// A producer (publisher thread or held HTTP request) found the log
     /// full and waits for room.
@@ -164,18 +185,18 @@ impl Log {
     /// When the oldest event the slowest reactor has not read was appended.
     fn oldest_unread_ms(&self) -> Option<u64> {
         let slowest = self.cursors.iter().copied().min()?;
-        let index = slowest.checked_sub(self.first_seq())?;
+        let index = slowest.checked_sub(self.first_pos())?;
         self.events.get(index as usize).map(|e| e.appended_ms)
     }
 
-    fn first_seq(&self) -> u64 {
-        self.next_seq - self.events.len() as u64
+    fn first_pos(&self) -> u64 {
+        self.next_pos - self.events.len() as u64
     }
 
-    /// Events the slowest reactor has not read yet.
+    /// Entries the slowest reactor has not read yet.
     fn unread(&self) -> usize {
-        let slowest = self.cursors.iter().copied().min().unwrap_or(self.next_seq);
-        (self.next_seq - slowest) as usize
+        let slowest = self.cursors.iter().copied().min().unwrap_or(self.next_pos);
+        (self.next_pos - slowest) as usize
     }
 }
 
@@ -190,8 +211,14 @@ pub struct Sequencer {
     capacity: usize,
     /// Events are counted here, once, not by each reactor.
     stats: Arc<Stats>,
-    /// The history's epoch, readable without the lock.
-    epoch: Arc<str>,
+    /// The history's epoch, readable without the log's lock; and how many
+    /// times it changed (JetStream mode), so a reactor sees cheaply that it
+    /// has not read the change yet.
+    epoch: Mutex<Arc<str>>,
+    epoch_changes: AtomicU64,
+    /// The epoch the log began with: a reactor starts from it and reads
+    /// every change after it from the log.
+    first_epoch: Arc<str>,
     /// The history's clock (age limits).
     started: Instant,
     /// Delivery rules and compression, which producers apply as they encode.
@@ -208,7 +235,8 @@ impl Sequencer {
     ) -> Sequencer {
         let epoch: Arc<str> = history.epoch().into();
         let log = Log {
-            next_seq: 1,
+            last_seq: 0,
+            next_pos: 1,
             events: VecDeque::new(),
             cursors: vec![1; wakeups.len()],
             room_wanted: false,
@@ -223,7 +251,9 @@ impl Sequencer {
             wakeups: wakeups.into(),
             capacity,
             stats,
-            epoch,
+            first_epoch: Arc::clone(&epoch),
+            epoch: Mutex::new(epoch),
+            epoch_changes: AtomicU64::new(0),
             started: Instant::now(),
             shaping,
         }
@@ -235,9 +265,21 @@ impl Sequencer {
         &self.shaping
     }
 
-    /// This run's epoch: positions (`seq`) are meaningful within it.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    /// The current epoch: positions (`seq`) are meaningful within it. A
+    /// relay on its own keeps one per run; in JetStream mode it is the
+    /// stream's, and changes when the stream becomes known.
+    pub fn epoch(&self) -> Arc<str> {
+        Arc::clone(&self.epoch.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The epoch the log began with.
+    pub fn first_epoch(&self) -> Arc<str> {
+        Arc::clone(&self.first_epoch)
+    }
+
+    /// How many times the epoch changed since start.
+    pub fn epoch_changes(&self) -> u64 {
+        self.epoch_changes.load(Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -334,7 +376,8 @@ impl Sequencer {
                 .wait(log)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        let seq = self.push(&mut log, event);
+        let seq = log.last_seq + 1;
+        self.push(&mut log, seq, event);
         drop(log);
         self.wake_all();
         Ok(seq)
@@ -360,23 +403,167 @@ impl Sequencer {
             log.room_wanted = true;
             return Err(AppendError::Full);
         }
-        let first = log.next_seq;
+        let first = log.last_seq + 1;
         for event in events.drain(..) {
-            self.push(&mut log, event);
+            let seq = log.last_seq + 1;
+            self.push(&mut log, seq, event);
         }
         drop(log);
         self.wake_all();
         Ok(first)
     }
 
-    fn push(&self, log: &mut Log, event: EncodedEvent) -> u64 {
-        let seq = log.next_seq;
-        log.next_seq += 1;
+    /// [`Sequencer::try_append`] for events numbered upstream (JetStream's
+    /// stream sequence): each keeps its seq, which must rise past every seq
+    /// appended before (holes allowed); one that does not is dropped, and
+    /// counted in the returned number.
+    pub fn try_append_numbered(
+        &self,
+        events: &mut Vec<(u64, EncodedEvent)>,
+    ) -> Result<usize, AppendError> {
+        let mut log = self.lock();
+        if log.closed {
+            return Err(AppendError::Closed);
+        }
+        let needed = events.len().min(self.capacity);
+        if log.no_room_for(needed, self.capacity, self.now_ms())
+            || (events.len() > self.capacity && log.unread() > 0)
+        {
+            log.room_wanted = true;
+            return Err(AppendError::Full);
+        }
+        let mut stale = 0;
+        for (seq, event) in events.drain(..) {
+            if seq <= log.last_seq {
+                stale += 1;
+                continue;
+            }
+            self.push(&mut log, seq, event);
+        }
+        drop(log);
+        self.wake_all();
+        Ok(stale)
+    }
+
+    /// Puts events from before the epoch's base (read back from JetStream
+    /// at start) into the history only: reactors never deliver them, and
+    /// resumes and snapshots are answered from them. Rising seqs, each at
+    /// most the base.
+    pub fn backfill(&self, events: Vec<(u64, EncodedEvent)>) {
+        let mut log = self.lock();
+        for (seq, event) in events {
+            let sequenced = self.sequenced(seq, event);
+            let now = sequenced.appended_ms;
+            log.history.push_backfill(sequenced, now);
+        }
+    }
+
+    /// The backfill reached the base: resumes from `from` on are answered.
+    pub fn backfilled(&self, from: u64) {
+        self.lock().history.backfilled(from);
+    }
+
+    /// Keeps events read back from JetStream as their channels' last
+    /// values where the cache has none or an older one (a cold start).
+    pub fn seed_last_values(&self, events: Vec<(u64, EncodedEvent)>) {
+        let mut log = self.lock();
+        for (seq, event) in events {
+            let sequenced = self.sequenced(seq, event);
+            log.history.seed_last_value(&sequenced);
+        }
+    }
+
+    /// Events were lost upstream after the last one appended: resumes from
+    /// before `resumable_from` (by default the next seq) are refused, and
+    /// reactors tell their subscribers (`resync`, reason `upstream`).
+    pub fn cut(&self, resumable_from: Option<u64>) {
+        let mut log = self.lock();
+        let from = resumable_from.unwrap_or(log.last_seq + 1);
+        log.history.cut(from);
+        self.push_mark(&mut log, Mark::Cut);
+        drop(log);
+        self.wake_all();
+    }
+
+    /// A new order begins: `epoch`, with seqs continuing after `base`. The
+    /// history starts over; reactors take the new epoch and position when
+    /// they read this point, and tell their subscribers.
+    pub fn restart(&self, epoch: &str, base: u64) {
+        let mut log = self.lock();
+        log.history.restart(epoch, base);
+        log.last_seq = base;
+        let epoch: Arc<str> = epoch.into();
+        *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&epoch);
+        self.epoch_changes.fetch_add(1, Ordering::AcqRel);
+        self.push_mark(&mut log, Mark::Epoch(epoch));
+        drop(log);
+        self.wake_all();
+    }
+
+    /// From the next seq on, the relay receives only the channels matching
+    /// `patterns` (`None`: every channel), for the history's coverage.
+    pub fn cover(&self, patterns: Option<Vec<Box<str>>>) {
+        let mut log = self.lock();
+        let from = log.last_seq + 1;
+        log.history.cover(from, patterns);
+    }
+
+    /// [`Sequencer::cover`] from seq `from` on (at least the next seq).
+    pub fn cover_at(&self, from: u64, patterns: Option<Vec<Box<str>>>) {
+        let mut log = self.lock();
+        let from = from.max(log.last_seq + 1);
+        log.history.cover(from, patterns);
+    }
+
+    /// Whether the relay is stopping (appends are refused).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// An event read back for one resume (JetStream), as the history holds
+    /// events; it enters neither the log nor the history.
+    pub fn replay_entry(&self, seq: u64, event: EncodedEvent) -> Arc<Sequenced> {
+        self.sequenced(seq, event)
+    }
+
+    /// Whether the history can answer a resume from `since` on `patterns`
+    /// in `epoch` (it may still be `too_many`).
+    pub fn can_resume(&self, epoch: &str, since: u64, patterns: &[String]) -> bool {
+        matches!(
+            self.lock()
+                .history
+                .resume(epoch, since, since, patterns, |_| true),
+            Replay::Recovered(_)
+        )
+    }
+
+    /// The last seq appended (or the epoch's base).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    fn push_mark(&self, log: &mut Log, mark: Mark) {
+        let appended_at = Instant::now();
+        let entry = Arc::new(Sequenced {
+            seq: log.last_seq,
+            channel: "".into(),
+            frame: Bytes::new(),
+            deflated: None,
+            fate: Fate::default(),
+            appended_ms: appended_at.duration_since(self.started).as_millis() as u64,
+            appended_at,
+            mark: Some(Box::new(mark)),
+        });
+        log.events.push_back(entry);
+        log.next_pos += 1;
+    }
+
+    fn sequenced(&self, seq: u64, event: EncodedEvent) -> Arc<Sequenced> {
         let frame = event.frame(seq);
         let deflated = event.deflated_frame(seq);
         let appended_at = Instant::now();
         let now = appended_at.duration_since(self.started).as_millis() as u64;
-        let sequenced = Arc::new(Sequenced {
+        Arc::new(Sequenced {
             seq,
             channel: event.channel,
             frame,
@@ -384,11 +571,18 @@ impl Sequencer {
             fate: event.fate,
             appended_ms: now,
             appended_at,
-        });
+            mark: None,
+        })
+    }
+
+    fn push(&self, log: &mut Log, seq: u64, event: EncodedEvent) {
+        log.last_seq = seq;
+        log.next_pos += 1;
+        let sequenced = self.sequenced(seq, event);
+        let now = sequenced.appended_ms;
         log.history.push(Arc::clone(&sequenced), now);
         log.events.push_back(sequenced);
         Stats::add(&self.stats.events_published, 1);
-        seq
     }
 
     /// Moves up to `max` events the reactor has not read into `into`, in seq
@@ -396,7 +590,7 @@ impl Sequencer {
     pub fn read(&self, reactor: usize, max: usize, into: &mut VecDeque<Arc<Sequenced>>) -> usize {
         let mut log = self.lock();
         let cursor = log.cursors[reactor];
-        let start = (cursor - log.first_seq()) as usize;
+        let start = (cursor - log.first_pos()) as usize;
         let count = (log.events.len() - start).min(max);
         if count == 0 {
             return 0;
@@ -405,7 +599,7 @@ impl Sequencer {
         log.cursors[reactor] = cursor + count as u64;
         // Events every reactor has read leave the log.
         let slowest = log.cursors.iter().copied().min().unwrap_or(cursor);
-        let done = (slowest - log.first_seq()) as usize;
+        let done = (slowest - log.first_pos()) as usize;
         log.events.drain(..done);
         let woke = done > 0 && std::mem::take(&mut log.room_wanted);
         drop(log);
@@ -588,5 +782,45 @@ mod tests {
             s.try_append(&mut vec![event("c")]),
             Err(AppendError::Closed)
         );
+    }
+
+    #[test]
+    fn numbered_events_keep_their_seq_and_marks_take_a_position() {
+        let s = sequencer(2, 100);
+        s.restart("stream-epoch", 10);
+        assert_eq!(&*s.epoch(), "stream-epoch");
+        assert_eq!(s.epoch_changes(), 1);
+        s.backfill(vec![(8, event("a")), (10, event("a"))]);
+        s.backfilled(7);
+        let mut batch = vec![(12, event("a")), (11, event("b")), (15, event("a"))];
+        assert_eq!(
+            s.try_append_numbered(&mut batch),
+            Ok(1),
+            "11 after 12 is dropped"
+        );
+        let all = |_: &str| true;
+        match s.resume("stream-epoch", 7, 15, &[">".to_string()], all) {
+            Replay::Recovered(events) => {
+                let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+                assert_eq!(seqs, [8, 10, 12, 15]);
+            }
+            other => panic!("{other:?}"),
+        }
+        s.cut(None);
+        let mut out = VecDeque::new();
+        s.read(0, usize::MAX, &mut out);
+        let entries: Vec<(u64, bool)> = out.iter().map(|e| (e.seq, e.mark.is_some())).collect();
+        assert_eq!(entries, [(10, true), (12, false), (15, false), (15, true)]);
+        assert_eq!(
+            out[0].mark.as_deref(),
+            Some(&Mark::Epoch("stream-epoch".into()))
+        );
+        assert_eq!(out[3].mark.as_deref(), Some(&Mark::Cut));
+        // The cut after 15: a resume from 15 would miss what was lost.
+        assert_eq!(s.try_append(&mut vec![event("c")]), Ok(16));
+        assert!(matches!(
+            s.resume("stream-epoch", 15, 16, &[">".to_string()], all),
+            Replay::NotRecovered(crate::fanout::history::Gap::Gone)
+        ));
     }
 }

@@ -8,21 +8,23 @@ use std::collections::VecDeque;
 use tracing::debug;
 
 use super::conn::Phase;
-use super::reactor::{HeldPublish, Reactor};
+use super::reactor::{HeldPublish, PendingFetch, Reactor};
 use super::timer::Millis;
 use crate::error::CloseReason;
 use crate::fanout::event::payload_of_frame;
 use crate::fanout::event::EncodedEvent;
-use crate::fanout::history::Replay;
+use crate::fanout::history::{Gap, Replay};
 use crate::fanout::queue::{Push, SharedFrame};
 use crate::fanout::sequencer::AppendError;
-use crate::proto::command::{reply_subscribed, Recovery};
+use crate::proto::command::{reply_subscribed, Recovery, Since};
 use crate::proto::frames::encode_text;
 use crate::proto::http::Status;
+use crate::session::SubscribeAsk;
 use crate::session::{
     HttpOutput, HttpSession, Now, Query, SessionContext, Subscribed, WsOutput, WsSession,
 };
 use crate::stats::Stats;
+use crate::upstream::link::{FetchRequest, Fetched};
 use crate::upstream::Refused;
 
 /// Patterns `/api/stats` lists, most subscribers first.
@@ -54,6 +56,10 @@ macro_rules! session_cx {
                 Some(link) if link.is_up() => $crate::session::UpstreamHealth::Up,
                 Some(_) => $crate::session::UpstreamHealth::Down,
             },
+            fetch_resumes: $reactor
+                .upstream
+                .as_ref()
+                .is_some_and(|link| link.fetches_resumes()),
         }
     };
 }
@@ -279,8 +285,73 @@ impl Reactor {
         self.refuse_publish(key, refusal)
     }
 
+    /// JetStream mode: asks the upstream thread for the events of a resume
+    /// the history cannot answer (it does not reach back to `since`); true
+    /// when asked.
+    fn start_fetch(&mut self, key: usize, ask: &SubscribeAsk) -> bool {
+        let Some(upstream) = self.upstream.clone() else {
+            return false;
+        };
+        let Some(since) = ask.since() else {
+            return false;
+        };
+        if !upstream.fetches_resumes() {
+            return false;
+        }
+        self.catch_up_epoch();
+        if *since.epoch != *self.epoch
+            || since.seq > self.last_seq
+            || self
+                .sequencer
+                .can_resume(&since.epoch, since.seq, ask.channels())
+        {
+            return false;
+        }
+        let Some(conn) = self.conns.get(key) else {
+            return false;
+        };
+        upstream.submit_fetch(FetchRequest {
+            reactor: self.index,
+            key,
+            id: conn.id,
+            since: since.seq,
+            channels: ask.channels().to_vec(),
+        })
+    }
+
+    /// Answers the subscribes whose resume was read from JetStream.
+    pub(super) fn take_fetches(&mut self) {
+        let Some(upstream) = self.upstream.clone() else {
+            return;
+        };
+        let mut answers = Vec::new();
+        upstream.take_fetches(self.index, &mut answers);
+        for answer in answers {
+            let key = answer.key;
+            match self.fetching.remove(&key) {
+                Some(pending) if pending.id == answer.id => {
+                    self.fetched.insert(key, answer.result);
+                    let deflate = self.conns.get(key).is_some_and(|c| c.deflate);
+                    let out = self.ws_call(key, |s, now, cx, out| {
+                        s.subscribe_decided(*pending.ask, None, deflate, now, cx, out)
+                    });
+                    self.apply_ws(key, out, Origin::Client);
+                    self.fetched.remove(&key);
+                    // Input that came meanwhile was left unread.
+                    self.read_again.push(key);
+                }
+                Some(other) => {
+                    // A later socket on the same key.
+                    self.fetching.insert(key, other);
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Answers the publish requests NATS has confirmed or failed.
     pub(super) fn take_upstream_answers(&mut self) {
+        self.take_fetches();
         let Some(upstream) = &self.upstream else {
             return;
         };
@@ -292,9 +363,9 @@ impl Reactor {
                 continue;
             }
             let out = match answer.result {
-                Ok(count) => self
+                Ok(published) => self
                     .http_call(answer.key, |s, now, cx, out| {
-                        s.publish_forwarded(count, now, cx, out)
+                        s.publish_forwarded(published.count, published.seq, now, cx, out)
                     })
                     .map(|((), out)| out)
                     .unwrap_or_default(),
@@ -397,6 +468,16 @@ impl Reactor {
                 }
                 WsOutput::AskSubscribe(ask) => {
                     let denied = self.ask_on_subscribe(key, &ask);
+                    if denied.is_none() && self.start_fetch(key, &ask) {
+                        // Answered when the stream's events are in
+                        // (`take_fetches`); the session reads nothing more
+                        // until then, so commands keep their order.
+                        if let Some(conn) = self.conns.get(key) {
+                            let id = conn.id;
+                            self.fetching.insert(key, PendingFetch { id, ask });
+                        }
+                        continue;
+                    }
                     let deflate = self.conns.get(key).is_some_and(|c| c.deflate);
                     queue.extend(self.ws_call(key, |s, now, cx, out| {
                         s.subscribe_decided(*ask, denied, deflate, now, cx, out)
@@ -514,6 +595,9 @@ impl Reactor {
             token,
             id,
         } = subscribed;
+        // Replies, replays and snapshots compare this reactor's position
+        // with the history's seqs: both of the same epoch.
+        self.catch_up_epoch();
         if let Some(since) = &since {
             if *since.epoch == *self.epoch && since.seq > self.last_seq {
                 self.catch_up(since.seq);
@@ -522,18 +606,24 @@ impl Reactor {
         let position = self.last_seq;
         let tokens = &self.tokens;
         let allow = |channel: &str| tokens.allows(token.as_ref(), channel);
-        let (recovery, mut events) = match &since {
+        let fetched = self.fetched.remove(&key);
+        let replay = match (&since, fetched) {
+            (None, _) => None,
+            (Some(since), None) => {
+                Some(
+                    self.sequencer
+                        .resume(&since.epoch, since.seq, position, &channels, allow),
+                )
+            }
+            (Some(since), Some(fetched)) => {
+                Some(self.replay_fetched(since, position, &channels, fetched, &allow))
+            }
+        };
+        let (recovery, mut events) = match replay {
             None => (None, Vec::new()),
-            Some(since) => {
-                match self
-                    .sequencer
-                    .resume(&since.epoch, since.seq, position, &channels, allow)
-                {
-                    Replay::Recovered(events) => (Some(Recovery::Recovered), events),
-                    Replay::NotRecovered(gap) => {
-                        (Some(Recovery::NotRecovered(gap.reason())), Vec::new())
-                    }
-                }
+            Some(Replay::Recovered(events)) => (Some(Recovery::Recovered), events),
+            Some(Replay::NotRecovered(gap)) => {
+                (Some(Recovery::NotRecovered(gap.reason())), Vec::new())
             }
         };
         if snapshot {
@@ -575,6 +665,42 @@ impl Reactor {
         }
         self.flush_soon(key);
         true
+    }
+
+    /// A resume from events read from JetStream (those after `since` up to
+    /// the stream's head when the read began) and, past them, from the
+    /// history: the same events as a history reaching back to `since`
+    /// would give.
+    fn replay_fetched(
+        &self,
+        since: &Since,
+        position: u64,
+        channels: &[String],
+        fetched: Result<Fetched, Gap>,
+        allow: &impl Fn(&str) -> bool,
+    ) -> Replay {
+        let Fetched { events, through } = match fetched {
+            Ok(fetched) => fetched,
+            Err(gap) => return Replay::NotRecovered(gap),
+        };
+        let mut replay: Vec<_> = events
+            .into_iter()
+            .filter(|(seq, event)| *seq <= position && allow(&event.channel))
+            .map(|(seq, event)| self.sequencer.replay_entry(seq, event))
+            .collect();
+        if through < position {
+            match self
+                .sequencer
+                .resume(&since.epoch, through, position, channels, allow)
+            {
+                Replay::Recovered(more) => replay.extend(more),
+                Replay::NotRecovered(gap) => return Replay::NotRecovered(gap),
+            }
+        }
+        if replay.len() > self.config.history.max_replay {
+            return Replay::NotRecovered(Gap::TooMany);
+        }
+        Replay::Recovered(replay)
     }
 
     /// Calls the socket's WebSocket session on its timer and carries out

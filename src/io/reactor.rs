@@ -38,9 +38,10 @@ use crate::fanout::coalesce::Coalescer;
 use crate::fanout::delivery::Fate;
 use crate::fanout::event::seq_of_frame;
 use crate::fanout::event::EncodedEvent;
+use crate::fanout::history::Gap;
 use crate::fanout::queue::OutQueue;
 use crate::fanout::queue::{Frame, Push, QueueLimits};
-use crate::fanout::sequencer::{Sequenced, Sequencer};
+use crate::fanout::sequencer::{Mark, Sequenced, Sequencer};
 use crate::hooks::Hooks;
 use crate::proto::command::notice_resync;
 use crate::proto::frames::{encode_close, encode_text};
@@ -48,8 +49,9 @@ use crate::proto::http::Status;
 use crate::rate::Pace;
 use crate::route::{SubjectLimits, SubscriptionTrie};
 use crate::session::HttpSession;
+use crate::session::SubscribeAsk;
 use crate::stats::{Stats, StatsSet};
-use crate::upstream::link::UpstreamLink;
+use crate::upstream::link::{Fetched, UpstreamLink};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -113,7 +115,7 @@ pub(crate) struct Reactor {
     /// Closes requested during fan-out, applied after it (invariant: the
     /// router and slab never change while an event is being fanned out).
     deferred_closes: Vec<(usize, CloseReason)>,
-    read_again: Vec<usize>,
+    pub(super) read_again: Vec<usize>,
     stopping_until: Option<Millis>,
     /// When the last flush pass that wrote anything started, for
     /// `timeouts.coalesce` (turns without output must not hold the next back).
@@ -130,8 +132,10 @@ pub(crate) struct Reactor {
     /// The seq of the last event fanned out here: where a subscription made
     /// now starts (`subscribed` replies carry it).
     pub(super) last_seq: u64,
-    /// The sequencer's epoch, for replies and notices.
+    /// The epoch of the events fanned out so far, for replies and notices.
     pub(super) epoch: Arc<str>,
+    /// Epoch changes read from the log (`Mark::Epoch`).
+    epoch_changes_seen: u64,
     /// Flush passes started so far, and the one whose end lifts the pause.
     passes: u64,
     resume_after_pass: u64,
@@ -172,6 +176,18 @@ pub(crate) struct Reactor {
     latency_probe: Option<(Instant, u64)>,
     /// Fleet mode: publishes go to NATS through it.
     pub(super) upstream: Option<Arc<UpstreamLink>>,
+    /// JetStream mode: subscribes whose resume is being read from the
+    /// stream, by socket; their input is not read meanwhile.
+    pub(super) fetching: HashMap<usize, PendingFetch>,
+    /// What such a read gave, for the subscribe's answer.
+    pub(super) fetched: HashMap<usize, Result<Fetched, Gap>>,
+}
+
+/// A subscribe waiting for its resume's events from JetStream.
+pub(super) struct PendingFetch {
+    /// The socket's id, since the slab key may be reused.
+    pub id: u32,
+    pub ask: Box<SubscribeAsk>,
 }
 
 /// What one accept did.
@@ -233,7 +249,8 @@ impl Reactor {
         let reactors = parts.stats.reactors.len() as u32;
         let accept_pace = (config.limits.accept_rate > 0)
             .then(|| Pace::new(config.limits.accept_rate.div_ceil(reactors), 0));
-        let epoch: Arc<str> = parts.sequencer.epoch().into();
+        // The epoch at the start of the log (changes come as marks in it).
+        let epoch: Arc<str> = parts.sequencer.first_epoch();
         Stats::set(&stats.write_interval_ms, coalescer.interval());
         let (tokens_generation, tokens) = parts.token_slot.current();
         let close_log = CloseLog::new(parts.index, config.limits.close_log_per_second);
@@ -274,6 +291,7 @@ impl Reactor {
             intake_paused: false,
             last_seq: 0,
             epoch,
+            epoch_changes_seen: 0,
             passes: 0,
             resume_after_pass: 0,
             held: Vec::new(),
@@ -292,6 +310,8 @@ impl Reactor {
             pass_us: 0,
             latency_probe: None,
             upstream: parts.upstream,
+            fetching: HashMap::new(),
+            fetched: HashMap::new(),
         }
     }
 
@@ -535,6 +555,10 @@ impl Reactor {
     }
 
     fn on_readable(&mut self, key: usize) {
+        if self.fetching.contains_key(&key) {
+            // Read again once the resume is answered (`take_fetches`).
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
         while let Some(conn) = self.conns.get_mut(key) {
@@ -633,6 +657,10 @@ impl Reactor {
     /// Queues a handle to the event's one frame on every matching socket;
     /// returns how many got it.
     fn fan_out(&mut self, event: &Sequenced) -> u64 {
+        if let Some(mark) = &event.mark {
+            self.at_mark(event.seq, mark);
+            return 0;
+        }
         // One atomic increment per event (and frame) for this reactor; each
         // delivery then only counts an `Rc`.
         let plain = event.shared_frame(false);
@@ -730,6 +758,53 @@ impl Reactor {
             Stats::add(&self.stats.replaced_events, replaced);
         }
         delivered
+    }
+
+    /// A point in the order that is not an event: takes the new epoch and
+    /// position, and tells every subscribed socket that events may have
+    /// been missed here (`resync`, reason `upstream`): it resumes from its
+    /// position, which the history refuses across a loss or an epoch.
+    fn at_mark(&mut self, seq: u64, mark: &Mark) {
+        if let Mark::Epoch(epoch) = mark {
+            self.epoch = Arc::clone(epoch);
+            self.epoch_changes_seen += 1;
+        }
+        self.last_seq = seq;
+        let notice = notice_resync("upstream", &self.epoch, seq);
+        let mut resyncs = 0;
+        for (key, conn) in self.conns.iter_mut() {
+            let Phase::WebSocket(session) = &conn.phase else {
+                continue;
+            };
+            if session.patterns().is_empty() {
+                continue;
+            }
+            conn.out.push_unbounded(encode_text(notice.as_bytes()));
+            conn.resyncs = conn.resyncs.saturating_add(1);
+            resyncs += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        Stats::add(&self.stats.resyncs, resyncs);
+    }
+
+    /// Reads the log through the last epoch change, if this reactor has not
+    /// yet: a resume or a snapshot compares seqs with the history's, which
+    /// must be of the same order.
+    pub(super) fn catch_up_epoch(&mut self) {
+        while self.epoch_changes_seen < self.sequencer.epoch_changes() {
+            if self.inbox.is_empty()
+                && self.sequencer.read(self.index, READ_CHUNK, &mut self.inbox) == 0
+            {
+                break;
+            }
+            let Some(event) = self.inbox.pop_front() else {
+                break;
+            };
+            self.fan_out(&event);
+        }
     }
 
     /// Times a sampled event from its entry in the log to the end of the
@@ -1027,6 +1102,8 @@ impl Reactor {
             return;
         }
         let conn = self.conns.remove(key);
+        self.fetching.remove(&key);
+        self.fetched.remove(&key);
         self.admission.release(self.ip_of.remove(&key));
         if let Phase::WebSocket(ws) = &conn.phase {
             Stats::sub(&self.stats.websockets, 1);

@@ -243,11 +243,13 @@ impl HttpSession {
     }
 
     /// Answers the publish handed out as `Publish` once NATS took its
-    /// `count` events (fleet mode): no `seq`, since each relay numbers the
-    /// events itself when NATS delivers them.
+    /// `count` events (fleet mode). Core NATS: no `seq`, since each relay
+    /// numbers the events itself when NATS delivers them. JetStream: `seq`
+    /// is the stream sequence of the last event, every relay's seq for it.
     pub fn publish_forwarded(
         &mut self,
         count: usize,
+        seq: Option<u64>,
         now: Now,
         cx: &SessionContext,
         out: &mut Vec<HttpOutput>,
@@ -258,7 +260,10 @@ impl HttpSession {
         if !matches!(owed.what, Owing::Publish { .. }) {
             return;
         }
-        let body = serde_json::json!({ "published": count });
+        let body = match seq {
+            Some(seq) => serde_json::json!({ "published": count, "seq": seq }),
+            None => serde_json::json!({ "published": count }),
+        };
         let answer = crate::proto::http::json_response(Status::Ok, &body, owed.keep_alive);
         self.answer_owed(answer, now, cx, out);
     }

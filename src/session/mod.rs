@@ -55,6 +55,9 @@ pub struct SessionContext<'a> {
     pub shaping: &'a Shaping,
     /// Fleet mode's NATS connection, for `/healthz`.
     pub upstream: UpstreamHealth,
+    /// JetStream mode: a resume may be read from the stream, so subscribes
+    /// with `since` are asked about (`WsOutput::AskSubscribe`) and may wait.
+    pub fetch_resumes: bool,
 }
 
 /// The state of the NATS upstream as `/healthz` reports it.

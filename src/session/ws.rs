@@ -64,7 +64,8 @@ pub struct Subscribed {
     pub id: Option<CommandId>,
 }
 
-/// See [`WsOutput::AskSubscribe`].
+/// See [`WsOutput::AskSubscribe`]. Also asked in JetStream mode for a
+/// resume, which the reactor may read from the stream before it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeAsk {
     /// The patterns the subscribe would add, each to be asked about.
@@ -73,6 +74,18 @@ pub struct SubscribeAsk {
     pub token: Option<Grant>,
     subscribe: Subscribe,
     id: Option<CommandId>,
+}
+
+impl SubscribeAsk {
+    /// The position a resume starts from.
+    pub fn since(&self) -> Option<&crate::proto::command::Since> {
+        self.subscribe.since.as_ref()
+    }
+
+    /// Every pattern of the subscribe (the resume's).
+    pub fn channels(&self) -> &[String] {
+        &self.subscribe.channels
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,27 @@ pub struct UpstreamConfig {
     /// Prepended to every channel to make its NATS subject, so several
     /// applications can share one NATS account.
     pub subject_prefix: String,
-    /// Not built yet: refused at load. Core NATS (`false`) is.
+    /// JetStream mode: events go into a stream, every relay reads it, and
+    /// the stream sequence is every relay's `seq` (docs/fleet.md).
     pub jetstream: bool,
+    /// JetStream mode: the stream's name. It is created if missing, with
+    /// the subjects `{subject_prefix}>` and the limits below; an existing
+    /// stream is used as it is.
+    pub stream: String,
+    /// Limits of a stream the relay creates: most messages, bytes, and the
+    /// longest a message is kept (`0` / `"0s"`: no limit of that kind).
+    pub stream_max_messages: i64,
+    pub stream_max_bytes: i64,
+    #[serde(with = "duration_text")]
+    pub stream_max_age: Duration,
+    /// Replicas of a stream the relay creates (in a JetStream cluster).
+    pub stream_replicas: usize,
+    /// Keep a stream the relay creates in memory rather than on disk.
+    pub stream_memory: bool,
+    /// With a NATS server of 2.10 or later, read only the subjects clients
+    /// hold (and `history.last_value`) from the stream; before 2.10, or
+    /// when false, every relay reads the whole stream.
+    pub filter_subjects: bool,
     /// When true, `/healthz` answers 503 while NATS is unreachable, so a
     /// load balancer takes the relay out of rotation.
     pub required: bool,
@@ -63,6 +82,13 @@ impl Default for UpstreamConfig {
             nats: Vec::new(),
             subject_prefix: "tidings.".to_string(),
             jetstream: false,
+            stream: "TIDINGS".to_string(),
+            stream_max_messages: 1_000_000,
+            stream_max_bytes: 1 << 30,
+            stream_max_age: Duration::from_secs(24 * 3600),
+            stream_replicas: 1,
+            stream_memory: false,
+            filter_subjects: true,
             required: false,
             token: None,
             user: None,
@@ -97,11 +123,7 @@ impl UpstreamConfig {
             }
         }
         if self.jetstream {
-            return Err(ConfigError::invalid(
-                "upstream.jetstream",
-                "JetStream mode is not built yet; set jetstream = false for core NATS \
-                 (each relay keeps its own seq and epoch, see docs/fleet.md)",
-            ));
+            self.validate_stream()?;
         }
         self.validate_prefix()?;
         let credentials = [
@@ -163,6 +185,47 @@ impl UpstreamConfig {
         Ok(())
     }
 
+    fn validate_stream(&self) -> Result<(), ConfigError> {
+        let name_ok = !self.stream.is_empty()
+            && self.stream.len() <= 255
+            && !self
+                .stream
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\'));
+        if !name_ok {
+            return Err(ConfigError::invalid(
+                "upstream.stream",
+                format!(
+                    "{:?}: a stream name is 1 to 255 characters without whitespace, \
+                     '.', '*', '>', '/' or '\\'",
+                    self.stream
+                ),
+            ));
+        }
+        if self.subject_prefix.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream.subject_prefix",
+                "JetStream mode needs a prefix: the stream's subjects are {subject_prefix}>",
+            ));
+        }
+        let limits = [
+            ("upstream.stream_max_messages", self.stream_max_messages),
+            ("upstream.stream_max_bytes", self.stream_max_bytes),
+        ];
+        for (key, value) in limits {
+            if value < 0 {
+                return Err(ConfigError::invalid(key, "must be 0 (no limit) or more"));
+            }
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::invalid(
+                "upstream.stream_replicas",
+                "must be 1 to 5",
+            ));
+        }
+        Ok(())
+    }
+
     /// The prefix is empty or ends with `.` and holds only characters a
     /// NATS subject token may (no wildcards, no whitespace).
     fn validate_prefix(&self) -> Result<(), ConfigError> {
@@ -211,15 +274,43 @@ mod tests {
         assert_eq!(with(|_| {}), Ok(()));
         assert_eq!(with(|c| c.subject_prefix = String::new()), Ok(()));
         assert_eq!(with(|c| c.subject_prefix = "app.events.".into()), Ok(()));
+        assert_eq!(with(|c| c.jetstream = true), Ok(()));
     }
 
     #[test]
     fn bad_values_name_their_key() {
         type Edit = fn(&mut UpstreamConfig);
-        let cases: [(Edit, &str); 8] = [
+        let cases: [(Edit, &str); 11] = [
             (|c| c.nats.clear(), "upstream.nats"),
             (|c| c.nats = vec!["http://x:1 y".into()], "upstream.nats"),
-            (|c| c.jetstream = true, "not built yet"),
+            (
+                |c| {
+                    c.jetstream = true;
+                    c.stream = "a.b".into();
+                },
+                "upstream.stream",
+            ),
+            (
+                |c| {
+                    c.jetstream = true;
+                    c.subject_prefix = String::new();
+                },
+                "needs a prefix",
+            ),
+            (
+                |c| {
+                    c.jetstream = true;
+                    c.stream_max_bytes = -1;
+                },
+                "stream_max_bytes",
+            ),
+            (
+                |c| {
+                    c.jetstream = true;
+                    c.stream_replicas = 0;
+                },
+                "stream_replicas",
+            ),
             (|c| c.subject_prefix = "tidings".into(), "subject_prefix"),
             (|c| c.subject_prefix = "a.*.".into(), "subject_prefix"),
             (|c| c.subject_prefix = "a..".into(), "subject_prefix"),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fanout::event::EncodedEvent;
+use crate::fanout::history::Gap;
 use crate::fanout::sequencer::Sequencer;
 
 /// A publish on its way to NATS.
@@ -24,15 +25,58 @@ pub(crate) enum Outgoing {
     /// From the embedded `Publisher`: nobody waits for the answer, so a
     /// failure is counted (`lost_publishes`).
     Embedded(EncodedEvent),
+    /// JetStream mode: a resume the history cannot serve; answered in
+    /// `fetches`.
+    Fetch(FetchRequest),
+    /// A fetch taken out of a batch (a placeholder).
+    Fetched,
     Stop,
 }
+
+/// A resume's missing events, to be read from JetStream by start sequence.
+#[derive(Debug)]
+pub(crate) struct FetchRequest {
+    pub reactor: usize,
+    pub key: usize,
+    pub id: u32,
+    /// The client's position: events after it are read.
+    pub since: u64,
+    /// The subscription's patterns.
+    pub channels: Vec<String>,
+}
+
+/// What JetStream gave for a [`FetchRequest`].
+pub(crate) struct FetchAnswer {
+    pub key: usize,
+    pub id: u32,
+    pub result: Result<Fetched, Gap>,
+}
+
+/// Every event matching the request's patterns after its `since`, up to
+/// `through` (the stream's last sequence when the read began), in order.
+pub(crate) struct Fetched {
+    pub events: Vec<(u64, EncodedEvent)>,
+    pub through: u64,
+}
+
+/// Most resumes read from JetStream at once; more are answered from the
+/// history alone (`gone`).
+const MAX_FETCHES: usize = 64;
 
 /// How NATS took an HTTP publish.
 pub(crate) struct PublishAnswer {
     pub key: usize,
     pub id: u32,
     /// The events NATS confirmed, or why not.
-    pub result: Result<usize, Refused>,
+    pub result: Result<Published, Refused>,
+}
+
+/// What NATS confirmed of an HTTP publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub count: usize,
+    /// JetStream mode: the stream sequence of the request's last event.
+    pub seq: Option<u64>,
 }
 
 /// Why a publish did not go to NATS.
@@ -57,6 +101,23 @@ pub struct UpstreamCounters {
     pub lost_publishes: AtomicU64,
     /// Messages received and handed to the sequencer.
     pub received: AtomicU64,
+    /// Times events were lost upstream and subscribers told (`resync`,
+    /// reason `upstream`): core NATS reconnects and slow-consumer drops,
+    /// and JetStream events gone from the stream before this relay read them.
+    pub upstream_cuts: AtomicU64,
+    /// Messages this relay dropped itself because its sequencer did not take
+    /// them fast enough (core NATS; each also makes a cut).
+    pub dropped: AtomicU64,
+    /// JetStream mode: events read back into the history at start, and
+    /// last values read for a cold cache.
+    pub backfilled: AtomicU64,
+    pub last_values_read: AtomicU64,
+    /// JetStream mode: times the ordered consumer was (re)created.
+    pub consumers_created: AtomicU64,
+    /// JetStream mode: resumes read from the stream (their history did not
+    /// reach back), and events they read.
+    pub fetches: AtomicU64,
+    pub fetched: AtomicU64,
     /// Second copies of a message (overlapping patterns), dropped.
     pub duplicates: AtomicU64,
     /// Messages that are not events (bad subject or payload), dropped.
@@ -81,7 +142,15 @@ pub(crate) struct UpstreamLink {
     publish_timeout: Duration,
     /// Per reactor, by index.
     answers: Box<[Mutex<Vec<PublishAnswer>>]>,
+    fetches: Box<[Mutex<Vec<FetchAnswer>>]>,
+    fetching: AtomicUsize,
+    /// Connected to NATS.
     up: AtomicBool,
+    /// JetStream mode: the stream is found (or created) and read; core NATS
+    /// needs nothing more than the connection (always true).
+    ready: AtomicBool,
+    /// Core NATS: ready needs no stream (and resumes are not fetched).
+    ready_is_implicit: bool,
     pub counters: UpstreamCounters,
     /// Reactors are woken through the sequencer's wakeups.
     sequencer: Arc<Sequencer>,
@@ -94,6 +163,7 @@ impl UpstreamLink {
         publish_timeout: Duration,
         reactors: usize,
         sequencer: Arc<Sequencer>,
+        jetstream: bool,
     ) -> UpstreamLink {
         UpstreamLink {
             outgoing,
@@ -101,14 +171,29 @@ impl UpstreamLink {
             capacity,
             publish_timeout,
             answers: (0..reactors).map(|_| Mutex::default()).collect(),
+            fetches: (0..reactors).map(|_| Mutex::default()).collect(),
+            fetching: AtomicUsize::new(0),
             up: AtomicBool::new(false),
+            ready: AtomicBool::new(!jetstream),
+            ready_is_implicit: !jetstream,
             counters: UpstreamCounters::default(),
             sequencer,
         }
     }
 
+    /// Connected, and in JetStream mode with the stream in hand: what
+    /// `/healthz` and the gauge report, and what publishes need.
     pub fn is_up(&self) -> bool {
+        self.is_connected() && self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_connected(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// JetStream mode: whether the stream is found and read.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
     }
 
     pub fn set_up(&self, up: bool) {
@@ -223,6 +308,46 @@ impl UpstreamLink {
         }
     }
 
+    /// Asks the upstream thread to read a resume's events from JetStream;
+    /// false (nothing asked) when it is down or `MAX_FETCHES` are under way.
+    pub fn submit_fetch(&self, request: FetchRequest) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        if self.fetching.fetch_add(1, Ordering::AcqRel) >= MAX_FETCHES {
+            self.fetching.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if self.outgoing.send(Outgoing::Fetch(request)).is_err() {
+            self.fetching.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Hands a fetch's answer to its reactor and wakes it.
+    pub fn answer_fetch(&self, reactor: usize, answer: FetchAnswer) {
+        self.fetching.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = self.fetches.get(reactor) else {
+            return;
+        };
+        slot.lock().unwrap_or_else(|p| p.into_inner()).push(answer);
+        self.sequencer.wakeup(reactor).wake();
+    }
+
+    /// The fetch answers for reactor `reactor`.
+    pub fn take_fetches(&self, reactor: usize, into: &mut Vec<FetchAnswer>) {
+        if let Some(slot) = self.fetches.get(reactor) {
+            let mut answers = slot.lock().unwrap_or_else(|p| p.into_inner());
+            into.append(&mut answers);
+        }
+    }
+
+    /// Whether resumes the history cannot serve are read from JetStream.
+    pub fn fetches_resumes(&self) -> bool {
+        !self.ready_is_implicit
+    }
+
     pub fn stop(&self) {
         let _ = self.outgoing.send(Outgoing::Stop);
     }
@@ -231,11 +356,11 @@ impl UpstreamLink {
     pub fn prometheus(&self) -> String {
         let c = &self.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "tidings_upstream_up",
                 "gauge",
-                "1 while connected to NATS",
+                "1 while connected to NATS (and, with JetStream, reading the stream)",
                 u64::from(self.is_up()),
             ),
             (
@@ -285,6 +410,48 @@ impl UpstreamLink {
                 "counter",
                 "times the NATS connection was lost",
                 load(&c.disconnects),
+            ),
+            (
+                "tidings_upstream_cuts_total",
+                "counter",
+                "times events were lost upstream and subscribers were sent resync",
+                load(&c.upstream_cuts),
+            ),
+            (
+                "tidings_upstream_dropped_total",
+                "counter",
+                "messages this relay dropped because its sequencer was full",
+                load(&c.dropped),
+            ),
+            (
+                "tidings_upstream_backfilled_total",
+                "counter",
+                "events read back from JetStream into the history",
+                load(&c.backfilled),
+            ),
+            (
+                "tidings_upstream_last_values_read_total",
+                "counter",
+                "last values read from JetStream for a cold cache",
+                load(&c.last_values_read),
+            ),
+            (
+                "tidings_upstream_consumers_created_total",
+                "counter",
+                "times the JetStream consumer was created or recreated",
+                load(&c.consumers_created),
+            ),
+            (
+                "tidings_upstream_fetches_total",
+                "counter",
+                "resumes read from JetStream by start sequence",
+                load(&c.fetches),
+            ),
+            (
+                "tidings_upstream_fetched_total",
+                "counter",
+                "events read from JetStream for resumes",
+                load(&c.fetched),
             ),
             (
                 "tidings_upstream_subscriptions",

@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod jetstream;
 pub(crate) mod link;
 mod wire;
 
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 pub use config::UpstreamConfig;
 pub use link::Refused;
 
+use crate::config::HistoryConfig;
 use crate::error::Error;
 use crate::fanout::sequencer::Sequencer;
 use crate::route::SubjectLimits;
@@ -35,6 +37,7 @@ impl Upstream {
         sequencer: &Arc<Sequencer>,
         patterns: &Arc<PatternCounts>,
         limits: SubjectLimits,
+        history: &HistoryConfig,
     ) -> Result<Upstream, Error> {
         config.check_files().map_err(Error::Config)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -44,6 +47,7 @@ impl Upstream {
             config.publish_timeout,
             reactors,
             Arc::clone(sequencer),
+            config.jetstream,
         ));
         let parts = client::Parts {
             config: config.clone(),
@@ -52,7 +56,8 @@ impl Upstream {
             sequencer: Arc::clone(sequencer),
             patterns: Arc::clone(patterns),
             limits,
-            relay_id: sequencer.epoch().to_string(),
+            relay_id: crate::fanout::history::new_epoch(),
+            history: history.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("tidings-upstream".into())

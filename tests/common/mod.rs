@@ -23,6 +23,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 pub mod jwt;
+pub mod nats;
 pub mod proc;
 
 /// Upper bound for anything the relay should do "soon". Generous on purpose.

@@ -25,6 +25,7 @@ fn event(seq: u64, channel: &str, len: usize) -> Arc<Sequenced> {
         fate: Default::default(),
         appended_ms: 0,
         appended_at: std::time::Instant::now(),
+        mark: None,
     })
 }
 
@@ -237,13 +238,138 @@ fn resume_checks_the_epoch_first() {
 }
 
 #[test]
-fn a_jump_in_seq_restarts_the_ring() {
+fn holes_in_seq_are_not_losses() {
     let mut h = History::new(&config(10, 1000, 1000), "e");
     fill(&mut h, 1, 2, "a");
     h.push(event(5, "a", 10), 0);
-    assert_eq!((h.len(), h.bytes(), h.oldest_seq()), (1, 10, Some(5)));
+    h.push(event(9, "a", 10), 0);
+    assert_eq!((h.len(), h.oldest_seq()), (4, Some(1)));
+    assert_eq!(replayed(h.replay(2, u64::MAX, &[">"], all)), Ok(vec![5, 9]));
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Ok(vec![5, 9]));
+    assert_eq!(replayed(h.replay(5, 8, &[">"], all)), Ok(vec![]));
+    assert_eq!(replayed(h.replay(9, u64::MAX, &[">"], all)), Ok(vec![]));
+    // Evicting 1 and 2 leaves "complete after 2": a client at 2, 3 or 4
+    // missed only 5 and 9.
+    let mut small = History::new(&config(2, 1000, 1000), "e");
+    for seq in [1, 2, 5, 9] {
+        small.push(event(seq, "a", 10), 0);
+    }
+    assert_eq!(small.resumable_from(), 2);
+    assert_eq!(
+        replayed(small.replay(1, u64::MAX, &[">"], all)),
+        Err(Gap::Gone)
+    );
+    assert_eq!(
+        replayed(small.replay(4, u64::MAX, &[">"], all)),
+        Ok(vec![5, 9])
+    );
+}
+
+#[test]
+fn a_cut_refuses_resumes_across_it() {
+    let mut h = History::new(&config(10, 1000, 1000), "e");
+    fill(&mut h, 1, 3, "a");
+    // Events were lost after 3: the next one will be 4.
+    h.cut(4);
+    fill(&mut h, 4, 5, "a");
     assert_eq!(replayed(h.replay(2, u64::MAX, &[">"], all)), Err(Gap::Gone));
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Err(Gap::Gone));
     assert_eq!(replayed(h.replay(4, u64::MAX, &[">"], all)), Ok(vec![5]));
+}
+
+#[test]
+fn a_restart_starts_an_epoch_at_its_base_until_backfilled() {
+    let mut h = History::new(&last_value_config(&["lv.*"], 10), "e");
+    fill(&mut h, 1, 3, "lv.a");
+    h.restart("f", 100);
+    assert_eq!((h.epoch(), h.len(), h.last_value_count()), ("f", 0, 0));
+    assert_eq!(h.newest_seq(), 100);
+    assert_eq!(replayed(h.replay(100, u64::MAX, &[">"], all)), Ok(vec![]));
+    // Backfill under way: 91..=100 not all in yet.
+    for seq in 91..=95 {
+        h.push_backfill(event(seq, "lv.a", 10), 0);
+    }
+    assert_eq!(
+        replayed(h.replay(92, u64::MAX, &[">"], all)),
+        Err(Gap::Gone)
+    );
+    for seq in 96..=100 {
+        h.push_backfill(event(seq, "lv.a", 10), 0);
+    }
+    h.backfilled(90);
+    assert_eq!(
+        replayed(h.replay(97, u64::MAX, &[">"], all)),
+        Ok(vec![98, 99, 100])
+    );
+    assert_eq!(
+        replayed(h.replay(89, u64::MAX, &[">"], all)),
+        Err(Gap::Gone)
+    );
+    assert_eq!(h.last_value("lv.a").map(|e| e.seq), Some(100));
+}
+
+#[test]
+fn coverage_limits_what_a_resume_may_rely_on() {
+    let mut h = History::new(&config(100, 10_000, 1000), "e");
+    h.cover(1, Some(vec!["a.*".into()]));
+    fill(&mut h, 1, 3, "a.x");
+    // From 4 on, b.> too.
+    h.cover(4, Some(vec!["a.*".into(), "b.>".into()]));
+    fill(&mut h, 4, 6, "b.y");
+    assert_eq!(
+        replayed(h.replay(1, u64::MAX, &["a.x"], all)),
+        Ok(vec![2, 3])
+    );
+    assert_eq!(
+        replayed(h.replay(1, u64::MAX, &["b.y"], all)),
+        Err(Gap::Gone),
+        "b.y was not received before 4"
+    );
+    assert_eq!(
+        replayed(h.replay(3, u64::MAX, &["b.y"], all)),
+        Ok(vec![4, 5, 6])
+    );
+    assert_eq!(
+        replayed(h.replay(3, u64::MAX, &["b.>"], all)),
+        Ok(vec![4, 5, 6])
+    );
+    assert_eq!(replayed(h.replay(3, u64::MAX, &[">"], all)), Err(Gap::Gone));
+    // Everything again from 7.
+    h.cover(7, None);
+    assert_eq!(replayed(h.replay(6, u64::MAX, &[">"], all)), Ok(vec![]));
+    assert_eq!(replayed(h.replay(5, u64::MAX, &[">"], all)), Err(Gap::Gone));
+}
+
+#[test]
+fn seeded_last_values_keep_the_newest() {
+    let mut h = History::new(&last_value_config(&["lv.*"], 10), "e");
+    h.seed_last_value(&event(50, "lv.a", 10));
+    h.seed_last_value(&event(40, "lv.a", 10));
+    assert_eq!(h.last_value("lv.a").map(|e| e.seq), Some(50));
+    assert!(h.is_empty(), "seeds do not enter the ring");
+    // A backfilled older event does not replace it; a newer one does.
+    h.push(event(45, "lv.a", 10), 0);
+    assert_eq!(h.last_value("lv.a").map(|e| e.seq), Some(50));
+    h.push(event(60, "lv.a", 10), 0);
+    assert_eq!(h.last_value("lv.a").map(|e| e.seq), Some(60));
+    h.seed_last_value(&event(1, "other", 10));
+    assert_eq!(h.last_value_count(), 1, "only last_value channels");
+}
+
+#[test]
+fn stream_epochs_are_stable_and_tell_streams_apart() {
+    assert_eq!(stream_epoch("TIDINGS", 1), stream_epoch("TIDINGS", 1));
+    assert_ne!(stream_epoch("TIDINGS", 1), stream_epoch("TIDINGS", 2));
+    assert_ne!(stream_epoch("TIDINGS", 1), stream_epoch("OTHER", 1));
+    assert_eq!(stream_epoch("TIDINGS", 1).len(), 12);
+}
+
+fn last_value_config(patterns: &[&str], max_channels: usize) -> HistoryConfig {
+    HistoryConfig {
+        last_value: patterns.iter().map(|p| p.to_string()).collect(),
+        max_channels,
+        ..config(100, 10_000, 1000)
+    }
 }
 
 fn last_values(patterns: &[&str], max_channels: usize) -> History {

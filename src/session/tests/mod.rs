@@ -70,6 +70,7 @@ impl Fixture {
             hooks_set: self.hook_denies.is_some(),
             shaping: &self.shaping,
             upstream: Default::default(),
+            fetch_resumes: false,
         }
     }
 

@@ -247,7 +247,8 @@ impl WsSession {
             ));
         }
         let added: Vec<Box<str>> = added.into_iter().map(Box::from).collect();
-        if cx.hooks_set && !added.is_empty() {
+        let may_fetch = cx.fetch_resumes && subscribe.since.is_some();
+        if (cx.hooks_set && !added.is_empty()) || may_fetch {
             out.push(WsOutput::AskSubscribe(Box::new(SubscribeAsk {
                 patterns: added,
                 token,
