@@ -24,6 +24,10 @@ pub struct ConnectSummary {
     pub failed: BTreeMap<String, u64>,
     pub seconds: f64,
     pub rate_per_s: f64,
+    /// The relay's CPU while connecting (with `--server-pid`), in all and
+    /// per subscribed connection.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_connection: Option<f64>,
 }
 
 pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
@@ -33,6 +37,11 @@ pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
         failed: r.failed.clone(),
         seconds: r.seconds,
         rate_per_s: per_s(r.ready as f64, r.seconds),
+        server_cpu_s: r.server_cpu_s,
+        server_cpu_us_per_connection: r
+            .server_cpu_s
+            .filter(|_| r.ready > 0)
+            .map(|s| s * 1e6 / r.ready as f64),
     }
 }
 
@@ -191,6 +200,12 @@ pub fn connect_rows(t: &mut Table, c: &ConnectSummary) {
     );
     if !c.failed.is_empty() {
         t.row("connect failures", map(&c.failed));
+    }
+    if let (Some(s), Some(per)) = (c.server_cpu_s, c.server_cpu_us_per_connection) {
+        t.row(
+            "server CPU connecting",
+            format!("{s:.2} s, {per:.1} µs per connection"),
+        );
     }
 }
 
@@ -358,6 +373,23 @@ pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
     );
     if !s.lost_after_back.is_empty() {
         t.row("lost after back", map(&s.lost_after_back));
+    }
+    if s.drop == crate::storm::DropHow::Server {
+        t.row(
+            "closed by the relay",
+            format!(
+                "{} (the last {} after the SIGTERM), {} never closed",
+                s.closed_by_server,
+                secs(s.last_server_close_s),
+                s.never_closed
+            ),
+        );
+    }
+    if s.retry_hints_honoured > 0 {
+        t.row(
+            "retry_after_ms honoured",
+            format!("{} reconnects waited their hint", s.retry_hints_honoured),
+        );
     }
 }
 

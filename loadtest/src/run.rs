@@ -9,7 +9,8 @@ use crate::publisher::{self, PubCfg, PubStats, PublishMode};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
 use crate::resume;
 use crate::stats::{ConnectReport, Window};
-use crate::storm::Backoff;
+use crate::storm::{Backoff, DropHow};
+use crate::successor::{self, Successor};
 use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
 use crate::sys::{self, Who};
 use serde_json::json;
@@ -27,6 +28,7 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
     check_name(&c.channel)?;
     let pattern = c.pattern.clone().unwrap_or_else(|| c.channel.clone());
     check_name(&pattern)?;
+    let token = c.token()?;
     if c.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -61,6 +63,7 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
                 host: target.host.clone(),
                 path: target.path.clone(),
                 pattern: pattern.clone(),
+                token: token.clone(),
                 connections: n,
                 offset,
                 connect_rate: c.connect_rate / members as f64,
@@ -81,6 +84,7 @@ pub fn plan(c: &Common, target: &Target) -> Result<(Vec<SwarmCfg>, bool), String
 /// Starts the members and waits until they are connected.
 fn connect(c: &Common, target: &Target) -> Result<(Fleet, ConnectReport), String> {
     let (cfgs, processes) = plan(c, target)?;
+    let server0 = c.server_pid.and_then(sys::proc_cpu_seconds);
     let mut fleet = Fleet::start(cfgs, processes)?;
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -110,7 +114,12 @@ fn connect(c: &Common, target: &Target) -> Result<(Fleet, ConnectReport), String
             t.print();
             Err("no connection subscribed".into())
         }
-        Ok(r) => Ok((fleet, r)),
+        Ok(mut r) => {
+            if let (Some(a), Some(b)) = (server0, c.server_pid.and_then(sys::proc_cpu_seconds)) {
+                r.server_cpu_s = Some(b - a);
+            }
+            Ok((fleet, r))
+        }
         Err(e) => {
             fleet.stop();
             Err(e)
@@ -420,6 +429,19 @@ pub fn idle(a: IdleArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a successor may take to listen, and to exit on SIGTERM.
+const SUCCESSOR_WAIT: Duration = Duration::from_secs(30);
+
+/// What dropped the clients, for the plot's title.
+fn summary_label(a: &StormArgs) -> String {
+    let how = format!("{:?}", a.drop_how).to_lowercase();
+    match (a.drop_how, a.ignore_retry_after) {
+        (DropHow::Server, false) => "relay restart, retry_after_ms honoured".into(),
+        (DropHow::Server, true) => "relay restart, retry_after_ms ignored".into(),
+        _ => format!("clients drop: {how}"),
+    }
+}
+
 pub fn storm(a: StormArgs) -> Result<(), String> {
     let c = &a.common;
     let target = parse_url(&c.url, "ws")?;
@@ -456,6 +478,19 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     if a.lead > 0.0 && a.rate <= 0.0 {
         return Err("--lead needs a --rate to publish at".into());
     }
+    let by_server = a.drop_how == DropHow::Server;
+    if by_server && c.server_pid.is_none() {
+        return Err("--drop server needs --server-pid: the relay to stop".into());
+    }
+    if by_server && (a.rate > 0.0 || a.lead > 0.0) {
+        return Err(
+            "--drop server does not publish (--rate, --lead): the successor starts a new seq space"
+                .into(),
+        );
+    }
+    if a.successor.is_some() && !by_server {
+        return Err("--successor is for --drop server".into());
+    }
     let sc = StormCfg {
         drop: a.drop_how,
         backoff: Backoff {
@@ -467,6 +502,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         marker_wait: Duration::from_secs_f64(c.drain),
         resume: !a.no_resume,
         lead: Duration::from_secs_f64(a.lead),
+        honour_retry_after: !a.ignore_retry_after,
     };
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -496,20 +532,37 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
             start_publisher();
         }
     };
+    // With --drop server the successor takes the storm, so its CPU is the
+    // server's.
+    let successor: std::cell::RefCell<Option<Successor>> = std::cell::RefCell::new(None);
+    let cpu_pid = std::cell::Cell::new(c.server_pid);
+    let cpu_now = || cpu_pid.get().and_then(sys::proc_cpu_seconds);
+    let before_drop = || {
+        if let Some(cmd) = &a.successor {
+            let s = Successor::start(cmd, SUCCESSOR_WAIT)?;
+            cpu_pid.set(Some(s.pid()));
+            *successor.borrow_mut() = Some(s);
+        }
+        Ok(())
+    };
     let server0 = std::cell::Cell::new(None);
     let storm_t0 = std::cell::Cell::new(None);
     let dropped = || {
         storm_t0.set(Some(Instant::now()));
-        server0.set(c.server_pid.and_then(sys::proc_cpu_seconds));
+        server0.set(cpu_now());
         if a.lead <= 0.0 {
             start_publisher();
+        }
+        match c.server_pid {
+            Some(pid) if by_server => successor::terminate(pid),
+            _ => Ok(()),
         }
     };
     let mut published: Option<PubStats> = None;
     let mut marker_error: Option<String> = None;
     let server_cpu = std::cell::Cell::new(None);
     let mut settled = |_all_back: bool| {
-        if let (Some(a), Some(b)) = (server0.get(), c.server_pid.and_then(sys::proc_cpu_seconds)) {
+        if let (Some(a), Some(b)) = (server0.get(), cpu_now()) {
             server_cpu.set(Some(b - a));
         }
         stop.store(true, Ordering::Relaxed);
@@ -539,6 +592,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         &mut connect_progress,
         &mut StormHooks {
             connected: &mut { connected },
+            before_drop: &mut { before_drop },
             dropped: &mut { dropped },
             settled: &mut settled,
             progress: &mut progress,
@@ -546,6 +600,12 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     );
     if tty {
         eprintln!();
+    }
+    let successor_pid = successor.borrow().as_ref().map(Successor::pid);
+    if let Some(s) = successor.take() {
+        if !s.stop(SUCCESSOR_WAIT) {
+            eprintln!("the successor did not exit on SIGTERM: killed");
+        }
     }
     let run = result?;
     let (summary, marker) = (&run.summary, &run.marker);
@@ -605,9 +665,31 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     }
     report::resume_rows(&mut t, &resume);
     if let Some(s) = server_cpu.get() {
-        t.row("server CPU", format!("{s:.2} s during the storm"));
+        let whose = if successor_pid.is_some() {
+            "successor"
+        } else {
+            "server"
+        };
+        t.row(
+            &format!("{whose} CPU"),
+            format!(
+                "{s:.2} s during the storm, {:.1} µs per client back",
+                s * 1e6 / summary.back.max(1) as f64
+            ),
+        );
     }
     t.print();
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "tidings storm ({}): {} clients, upgrades per 100 ms",
+            summary_label(&a),
+            summary.clients
+        );
+        match crate::plot::write_curve(path, &summary.accepts_per_100ms, 0.1, &title) {
+            Ok(n) => eprintln!("  plot: {} ({n} buckets)", path.display()),
+            Err(e) => eprintln!("  plot: not written: {e}"),
+        }
+    }
     let mut head = json!({
         "mode": "storm",
         "url": c.url,
@@ -620,6 +702,9 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         "seed": sc.seed,
         "lead_s": a.lead,
         "rate": a.rate,
+        "honour_retry_after": sc.honour_retry_after,
+        "successor": a.successor,
+        "successor_pid": successor_pid,
     });
     head["connect"] = json!(cs);
     head["storm"] = json!(summary);

@@ -25,6 +25,10 @@ pub struct ConnectReport {
     pub ready: u64,
     pub failed: BTreeMap<String, u64>,
     pub seconds: f64,
+    /// CPU the relay (`--server-pid`) spent while the swarm connected:
+    /// handshakes, auth and subscribes. Set by the driver, not by members.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
 }
 
 impl ConnectReport {
