@@ -70,9 +70,15 @@ pub fn write_cdf(path: &Path, hist: &str, title: &str) -> Result<usize, String> 
     Ok(points.len())
 }
 
-/// Renders counts per bucket (`bucket_s` wide, from time 0) as a step
-/// line: two vertices per bucket, so a burst stays as narrow as it was.
-pub fn curve_svg(counts: &[u32], bucket_s: f64, title: &str) -> Result<String, String> {
+/// Renders counts per bucket (`bucket_s` wide, from time 0, which `x_desc`
+/// names) as a step line: two vertices per bucket, so a burst stays as
+/// narrow as it was.
+pub fn curve_svg(
+    counts: &[u32],
+    bucket_s: f64,
+    title: &str,
+    x_desc: &str,
+) -> Result<String, String> {
     let steps: Vec<(f64, f64)> = counts
         .iter()
         .enumerate()
@@ -96,7 +102,7 @@ pub fn curve_svg(counts: &[u32], bucket_s: f64, title: &str) -> Result<String, S
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("seconds after the drop")
+            .x_desc(x_desc)
             .y_desc(format!("upgrades per {:.0} ms", bucket_s * 1000.0))
             .x_label_formatter(&|v| format!("{v:.1}"))
             .y_label_formatter(&|v| format!("{v:.0}"))
@@ -116,11 +122,12 @@ pub fn write_curve(
     counts: &[u32],
     bucket_s: f64,
     title: &str,
+    x_desc: &str,
 ) -> Result<usize, String> {
     if counts.is_empty() {
         return Err("no upgrades recorded: nothing to plot".into());
     }
-    let svg = curve_svg(counts, bucket_s, title)?;
+    let svg = curve_svg(counts, bucket_s, title, x_desc)?;
     std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(counts.len())
 }
@@ -228,13 +235,15 @@ mod tests {
     #[test]
     fn curve_is_a_step_line_with_two_vertices_per_bucket() {
         let counts = [0, 3, 250, 2529, 40, 0, 7];
-        let svg = curve_svg(&counts, 0.1, "storm").unwrap_or_else(|e| panic!("{e}"));
+        let svg = curve_svg(&counts, 0.1, "storm", "seconds after the drop")
+            .unwrap_or_else(|e| panic!("{e}"));
         well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
         assert!(polyline_vertices(&svg).contains(&(2 * counts.len())));
         assert!(svg.contains("upgrades per 100 ms"));
+        assert!(svg.contains("seconds after the drop"));
         let path = std::env::temp_dir().join(format!("swarm-curve-{}.svg", std::process::id()));
-        assert!(write_curve(&path, &[], 0.1, "x").is_err());
-        assert_eq!(write_curve(&path, &counts, 0.1, "x"), Ok(7));
+        assert!(write_curve(&path, &[], 0.1, "x", "t").is_err());
+        assert_eq!(write_curve(&path, &counts, 0.1, "x", "t"), Ok(7));
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let _ = std::fs::remove_file(&path);
         assert!(text.contains("</svg>"));

@@ -385,10 +385,13 @@ pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
             ),
         );
     }
-    if s.retry_hints_honoured > 0 {
+    if let Some(max) = s.retry_after_max_s {
         t.row(
-            "retry_after_ms honoured",
-            format!("{} reconnects waited their hint", s.retry_hints_honoured),
+            "retry_after_ms",
+            format!(
+                "up to {max:.3} s; {} reconnects waited their hint",
+                s.retry_hints_honoured
+            ),
         );
     }
 }

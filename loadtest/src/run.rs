@@ -9,7 +9,7 @@ use crate::publisher::{self, PubCfg, PubStats, PublishMode};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
 use crate::resume;
 use crate::stats::{ConnectReport, Window};
-use crate::storm::{Backoff, DropHow};
+use crate::storm::{Backoff, DropHow, StormSummary};
 use crate::successor::{self, Successor};
 use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
 use crate::sys::{self, Who};
@@ -432,14 +432,19 @@ pub fn idle(a: IdleArgs) -> Result<(), String> {
 /// How long a successor may take to listen, and to exit on SIGTERM.
 const SUCCESSOR_WAIT: Duration = Duration::from_secs(30);
 
-/// What dropped the clients, for the plot's title.
-fn summary_label(a: &StormArgs) -> String {
-    let how = format!("{:?}", a.drop_how).to_lowercase();
-    match (a.drop_how, a.ignore_retry_after) {
-        (DropHow::Server, false) => "relay restart, retry_after_ms honoured".into(),
-        (DropHow::Server, true) => "relay restart, retry_after_ms ignored".into(),
-        _ => format!("clients drop: {how}"),
-    }
+/// What dropped the clients, and the retry hints they got, for the
+/// plot's title.
+fn summary_label(a: &StormArgs, s: &StormSummary) -> String {
+    let how = match a.drop_how {
+        DropHow::Server => "relay restart".to_string(),
+        other => format!("clients drop: {}", format!("{other:?}").to_lowercase()),
+    };
+    let hints = match (s.retry_after_max_s, a.ignore_retry_after) {
+        (None, _) => String::new(),
+        (Some(max), false) => format!(", retry_after_ms 0-{max:.1} s honoured"),
+        (Some(max), true) => format!(", retry_after_ms 0-{max:.1} s ignored"),
+    };
+    how + &hints
 }
 
 pub fn storm(a: StormArgs) -> Result<(), String> {
@@ -682,10 +687,15 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     if let Some(path) = &a.plot {
         let title = format!(
             "tidings storm ({}): {} clients, upgrades per 100 ms",
-            summary_label(&a),
+            summary_label(&a, summary),
             summary.clients
         );
-        match crate::plot::write_curve(path, &summary.accepts_per_100ms, 0.1, &title) {
+        let x_desc = if by_server {
+            "seconds after the SIGTERM"
+        } else {
+            "seconds after the drop"
+        };
+        match crate::plot::write_curve(path, &summary.accepts_per_100ms, 0.1, &title, x_desc) {
             Ok(n) => eprintln!("  plot: {} ({n} buckets)", path.display()),
             Err(e) => eprintln!("  plot: not written: {e}"),
         }

@@ -144,6 +144,9 @@ pub struct StormBook {
     pub server_closes_us: Vec<u64>,
     /// Reconnects scheduled by a close's `retry_after_ms`.
     pub hints_honoured: u64,
+    /// The largest `retry_after_ms` a subscribed connection's close
+    /// carried (honoured or not): the relay's spread, seen from outside.
+    pub max_hint_ms: Option<u64>,
 }
 
 impl StormBook {
@@ -162,6 +165,7 @@ impl StormBook {
             honour_hint: true,
             server_closes_us: Vec::new(),
             hints_honoured: 0,
+            max_hint_ms: None,
         }
     }
 
@@ -238,8 +242,10 @@ impl StormBook {
         let Some(s) = self.slots.get_mut(i).filter(|s| s.member) else {
             return;
         };
+        let retry_after_ms = retry_after_ms.filter(|_| was_ready);
+        self.max_hint_ms = self.max_hint_ms.max(retry_after_ms);
         let hint_us = retry_after_ms
-            .filter(|_| was_ready && self.honour_hint)
+            .filter(|_| self.honour_hint)
             .map(|ms| ms.saturating_mul(1000));
         if s.awaiting_close {
             // The close the storm waited for: the start of this client's return.
@@ -367,6 +373,8 @@ pub struct StormSummary {
     pub never_closed: u64,
     /// Reconnects that waited the close reason's `retry_after_ms`.
     pub retry_hints_honoured: u64,
+    /// The largest `retry_after_ms` received, in seconds.
+    pub retry_after_max_s: Option<f64>,
 }
 
 pub fn summarize(b: &StormBook, drop: DropHow, drop_seconds: f64) -> StormSummary {
@@ -407,6 +415,7 @@ pub fn summarize(b: &StormBook, drop: DropHow, drop_seconds: f64) -> StormSummar
         last_server_close_s: b.server_closes_us.iter().max().copied().map(secs),
         never_closed: b.still_awaiting(),
         retry_hints_honoured: b.hints_honoured,
+        retry_after_max_s: b.max_hint_ms.map(|ms| ms as f64 / 1000.0),
     }
 }
 
@@ -600,6 +609,7 @@ mod tests {
         assert_eq!(s.last_server_close_s, Some(0.01));
         assert_eq!(s.never_closed, 0);
         assert_eq!(s.retry_hints_honoured, 2);
+        assert_eq!(s.retry_after_max_s, Some(4.0));
         assert_eq!(s.failures.get("refused"), Some(&1));
     }
 
@@ -611,6 +621,7 @@ mod tests {
         b.closed(0, true, "1001", 0, Some(9_000));
         assert!(b.next_due().is_some_and(|t| t < 1_000_000));
         assert_eq!(b.hints_honoured, 0);
+        assert_eq!(b.max_hint_ms, Some(9_000), "seen, though not honoured");
         let s = summarize(&b, DropHow::Server, 0.0);
         assert_eq!((s.closed_by_server, s.never_closed), (1, 0));
         let mut b = StormBook::new(2, backoff(1000, 1000), 5, 60_000_000);

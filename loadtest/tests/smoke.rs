@@ -306,6 +306,8 @@ fn restart_storm_waits_for_the_relay_and_honours_its_retry_hints() {
     assert_eq!(s["lost_after_back"], serde_json::json!({}), "{v}");
     // Every close carried a hint and every client waited it.
     assert_eq!(s["retry_hints_honoured"], 200, "{v}");
+    let max_hint = s["retry_after_max_s"].as_f64().unwrap_or(0.0);
+    assert!(max_hint > 0.5 && max_hint <= 1.5, "{v}");
     // The hand-over never leaves the port without a listener.
     assert_eq!(s["failed_attempts"], 0, "{v}");
     // 200 hints drawn uniformly from [0, 1.5 s): all below 0.5 s has
