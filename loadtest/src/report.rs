@@ -321,15 +321,24 @@ fn publish_rows(t: &mut Table, p: &PhaseSummary) {
 
 pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.3} s"));
+    let how = if s.drop == crate::storm::DropHow::Server {
+        format!(
+            "{} clients left for the relay to close (SIGTERM)",
+            s.clients
+        )
+    } else {
+        format!(
+            "{} clients dropped ({}) in {:.3} s",
+            s.clients,
+            format!("{:?}", s.drop).to_lowercase(),
+            s.drop_seconds
+        )
+    };
     t.row(
         "storm",
         format!(
-            "{} clients dropped ({}) in {:.3} s; backoff base {} s cap {} s, full jitter",
-            s.clients,
-            format!("{:?}", s.drop).to_lowercase(),
-            s.drop_seconds,
-            s.base_s,
-            s.cap_s
+            "{how}; backoff base {} s cap {} s, full jitter",
+            s.base_s, s.cap_s
         ),
     );
     t.row(
