@@ -191,11 +191,19 @@ impl StormBook {
         self.due.push(Reverse((d, i)));
     }
 
-    /// The clients whose reconnect is due at `now_us`, earliest first.
+    /// All the clients whose reconnect is due at `now_us`, earliest first
+    /// (the swarm takes them in batches: `take_due_at_most`).
+    #[cfg(test)]
     pub fn take_due(&mut self, now_us: u64, out: &mut Vec<usize>) {
+        self.take_due_at_most(now_us, usize::MAX, out);
+    }
+
+    /// At most `max` of the clients whose reconnect is due at `now_us`,
+    /// earliest first; the others stay due.
+    pub fn take_due_at_most(&mut self, now_us: u64, max: usize, out: &mut Vec<usize>) {
         out.clear();
         while let Some(&Reverse((t, i))) = self.due.peek() {
-            if t > now_us {
+            if t > now_us || out.len() >= max {
                 break;
             }
             self.due.pop();
@@ -611,6 +619,24 @@ mod tests {
         assert_eq!(s.retry_hints_honoured, 2);
         assert_eq!(s.retry_after_max_s, Some(4.0));
         assert_eq!(s.failures.get("refused"), Some(&1));
+    }
+
+    #[test]
+    fn due_reconnects_are_taken_in_batches_earliest_first() {
+        let mut b = StormBook::new(3, backoff(1000, 1000), 5, 60_000_000);
+        for i in 0..3 {
+            b.awaiting(i);
+            // Hints 30, 20 and 10 ms: due in the opposite order.
+            b.closed(i, true, "1001", 0, Some(30 - 10 * i as u64));
+        }
+        let mut due = Vec::new();
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert_eq!(due, [2, 1]);
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert_eq!(due, [0]);
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert!(due.is_empty());
+        assert_eq!(b.attempts(), 3, "each counted once");
     }
 
     #[test]
