@@ -24,7 +24,8 @@ pub enum Mode {
     Idle(IdleArgs),
     /// Fanout phases at rising rates until completeness or p99 fails.
     Sweep(SweepArgs),
-    /// Drop every connection at once and time the reconnect storm.
+    /// Drop every connection at once (or restart the relay) and time the
+    /// reconnect storm.
     Storm(StormArgs),
     /// No server: what the kernel charges for k frames per write on loopback.
     Floor(FloorArgs),
@@ -74,6 +75,32 @@ pub struct Common {
     /// compressed events; the report says how many connections got it.
     #[arg(long)]
     pub deflate: bool,
+    /// Token sent with every upgrade as the `Bearer` subprotocol (a static
+    /// token or a JWT; the relay checks it on every handshake).
+    #[arg(long, conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the token from this file (its first line), e.g. a minted JWT.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl Common {
+    /// The token of `--token` or `--token-file`, checked.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        crate::handshake::check_token(&token)?;
+        Ok(Some(token))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -148,9 +175,25 @@ pub struct FloorArgs {
 pub struct StormArgs {
     #[command(flatten)]
     pub common: Common,
-    /// How clients drop: mixed (half TCP close, half close frame), tcp, frame, reset.
+    /// How clients drop: mixed (half TCP close, half close frame), tcp,
+    /// frame, reset; or server: the swarm sends SIGTERM to --server-pid
+    /// (after starting --successor) and the relay closes them.
     #[arg(long = "drop", value_enum, default_value_t = crate::storm::DropHow::Mixed)]
     pub drop_how: crate::storm::DropHow,
+    /// With --drop server: the command of the relay that takes the port
+    /// over (run by `sh -c`), started before the SIGTERM; the swarm waits
+    /// for its `tidings listening on` line, reports its CPU as the server's,
+    /// and stops it at the end.
+    #[arg(long)]
+    pub successor: Option<String>,
+    /// Reconnect after the backoff even when the close reason carries
+    /// `retry_after_ms` (a client that ignores the hint).
+    #[arg(long)]
+    pub ignore_retry_after: bool,
+    /// Write the reconnect curve (upgrades per 100 ms after the drop) to
+    /// this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// Backoff base: the first reconnect waits uniformly in [0, base).
     #[arg(long, default_value = "1s", value_parser = parse_secs)]
     pub base: f64,

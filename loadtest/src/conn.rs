@@ -45,6 +45,9 @@ pub struct Conn {
     pub asked: Option<u64>,
     /// A close frame was received or sent: drop once `out` is written.
     pub closing: Option<String>,
+    /// The `retry_after_ms` of the server's close reason, if it gave one
+    /// (a relay that is stopping spreads its clients' returns with it).
+    pub retry_after_ms: Option<u64>,
     pub started_ms: u64,
     /// The server agreed to permessage-deflate on this connection.
     pub deflate: bool,
@@ -79,6 +82,7 @@ impl Conn {
             track: Track::default(),
             asked: None,
             closing: None,
+            retry_after_ms: None,
             started_ms,
             deflate: false,
         }
@@ -187,7 +191,8 @@ impl Conn {
                     frame::encode_masked(&mut self.out, frame::OP_PONG, p, cx.mask);
                 }
             }
-            Item::Close(code) => {
+            Item::Close { code, reason } => {
+                self.retry_after_ms = crate::storm::retry_after_ms(reason);
                 if self.closing.is_none() {
                     frame::encode_close(&mut self.out, code_to_echo(code), cx.mask);
                 }
@@ -471,6 +476,24 @@ mod tests {
         assert_eq!(a.stats.received, 1);
         assert_eq!(c.closing.as_deref(), Some("1008"));
         assert_eq!(&c.out[..2], &[0x88, 0x82]);
+        assert_eq!(c.retry_after_ms, None, "no reason, no hint");
+    }
+
+    #[test]
+    fn a_stopping_relays_retry_hint_is_kept() {
+        let mut c = Conn::new(Vec::new(), 0);
+        c.state = State::Ready;
+        let (mut a, mut p) = (acc(), 0);
+        let reason = br#"{"reason":"server shutting down","retry_after_ms":4321}"#;
+        let mut data = vec![0x88, (2 + reason.len()) as u8, 0x03, 0xE9];
+        data.extend_from_slice(reason);
+        assert_eq!(
+            feed(&mut c, &mut a, &mut p, &data),
+            Fate::Close("1001".into())
+        );
+        assert_eq!(c.retry_after_ms, Some(4321));
+        assert_eq!(&c.out[..2], &[0x88, 0x82]);
+        assert_eq!([c.out[6] ^ 9, c.out[7] ^ 8], [0x03, 0xE9], "1001 echoed");
     }
 
     #[test]

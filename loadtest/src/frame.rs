@@ -38,7 +38,11 @@ pub enum Item<'a> {
     },
     Ping(&'a [u8]),
     Pong,
-    Close(u16),
+    /// A close frame: its code, and its reason (UTF-8 text, possibly empty).
+    Close {
+        code: u16,
+        reason: &'a [u8],
+    },
     /// Binary or continuation data: not inspected.
     Data,
 }
@@ -101,9 +105,15 @@ pub fn next_frame(buf: &[u8]) -> Step<'_> {
         };
         let item = match op {
             OP_CLOSE => match payload {
-                [] => Item::Close(CLOSE_NO_CODE),
+                [] => Item::Close {
+                    code: CLOSE_NO_CODE,
+                    reason: &[],
+                },
                 [_] => return Step::Error("one-byte close payload"),
-                [a, b, ..] => Item::Close(u16::from_be_bytes([*a, *b])),
+                [a, b, reason @ ..] => Item::Close {
+                    code: u16::from_be_bytes([*a, *b]),
+                    reason,
+                },
             },
             OP_PING => Item::Ping(payload),
             OP_PONG => Item::Pong,
@@ -235,7 +245,7 @@ mod tests {
         for _ in 0..10 {
             match next_frame(&buf[pos..]) {
                 Step::Frame { item, consumed, .. } => {
-                    items.push(format!("{item:?}").chars().take(12).collect::<String>());
+                    items.push(format!("{item:?}").chars().take(20).collect::<String>());
                     pos += consumed;
                 }
                 Step::NeedMore => break,
@@ -245,7 +255,7 @@ mod tests {
         assert_eq!(pos, buf.len());
         assert_eq!(items.len(), 4);
         assert!(items[1].starts_with("Ping"));
-        assert!(items[3].starts_with("Close(1001)"));
+        assert!(items[3].starts_with("Close { code: 1001"));
     }
 
     #[test]
@@ -287,7 +297,10 @@ mod tests {
         assert!(matches!(
             next_frame(&f),
             Step::Frame {
-                item: Item::Close(1008),
+                item: Item::Close {
+                    code: 1008,
+                    reason: b"bye"
+                },
                 ..
             }
         ));
@@ -295,7 +308,10 @@ mod tests {
         assert!(matches!(
             next_frame(&f),
             Step::Frame {
-                item: Item::Close(1005),
+                item: Item::Close {
+                    code: 1005,
+                    reason: b""
+                },
                 ..
             }
         ));

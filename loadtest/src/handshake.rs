@@ -14,16 +14,40 @@ pub enum Head {
 pub const MAX_HEAD: usize = 8192;
 
 /// The upgrade request for `path` on `host`, offering `extensions` (a
-/// `Sec-WebSocket-Extensions` value) if there are any.
-pub fn request(host: &str, path: &str, key: &str, extensions: Option<&str>) -> Vec<u8> {
+/// `Sec-WebSocket-Extensions` value) if there are any; a `token` goes in the
+/// subprotocol list as `Bearer, <token>`, as browsers send one
+/// (docs/protocol.md).
+pub fn request(
+    host: &str,
+    path: &str,
+    key: &str,
+    extensions: Option<&str>,
+    token: Option<&str>,
+) -> Vec<u8> {
     let offer = extensions
         .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
         .unwrap_or_default();
+    let protocol = token
+        .map(|t| format!("Sec-WebSocket-Protocol: Bearer, {t}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}{protocol}\r\n"
     )
     .into_bytes()
+}
+
+/// A token that fits in a subprotocol list: an HTTP token (RFC 7230 3.2.6),
+/// which JWTs (base64url and dots) and the usual static tokens are.
+pub fn check_token(token: &str) -> Result<(), String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if token.is_empty() || !token.bytes().all(ok) {
+        return Err(format!(
+            "the token ({} bytes) is not an HTTP token: it cannot go in Sec-WebSocket-Protocol",
+            token.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A `Sec-WebSocket-Key`: 16 bytes in base64.
@@ -110,15 +134,21 @@ mod tests {
 
     #[test]
     fn request_has_the_upgrade_headers() {
-        let r = String::from_utf8(request("127.0.0.1:80", "/ws", "k", None)).unwrap_or_default();
+        let r =
+            String::from_utf8(request("127.0.0.1:80", "/ws", "k", None, None)).unwrap_or_default();
         assert!(r.starts_with("GET /ws HTTP/1.1\r\n"));
         assert!(r.contains("Upgrade: websocket\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
         assert!(!r.contains("Extensions"));
-        let r = request("h", "/ws", "k", Some("permessage-deflate"));
+        let r = request("h", "/ws", "k", Some("permessage-deflate"), None);
         let r = String::from_utf8(r).unwrap_or_default();
         assert!(r.ends_with("13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+        assert!(!r.contains("Protocol"));
+        let r =
+            String::from_utf8(request("h", "/ws", "k", None, Some("a.b-c"))).unwrap_or_default();
+        assert!(r.contains("\r\nSec-WebSocket-Protocol: Bearer, a.b-c\r\n"));
+        assert!(r.ends_with("13\r\nSec-WebSocket-Protocol: Bearer, a.b-c\r\n\r\n"));
     }
 
     #[test]
@@ -131,6 +161,16 @@ mod tests {
             vec!["permessage-deflate; a", "b"]
         );
         assert!(header_values(head, "Content-Length").is_empty());
+    }
+
+    #[test]
+    fn tokens_must_be_http_tokens() {
+        assert!(check_token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig_-x").is_ok());
+        assert!(check_token("dashboard-token").is_ok());
+        assert!(check_token("").is_err());
+        assert!(check_token("a b").is_err());
+        assert!(check_token("a,b").is_err());
+        assert!(check_token("a\r\nX: y").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod run;
 mod scan;
 mod stats;
 mod storm;
+mod successor;
 mod swarm;
 mod sys;
 

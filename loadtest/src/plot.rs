@@ -1,5 +1,6 @@
-//! `--plot FILE.svg`: the latency CDF of a phase, drawn with plotters' SVG
-//! backend (x: latency in ms on a log scale, y: percentile).
+//! `--plot FILE.svg`, drawn with plotters' SVG backend: the latency CDF of
+//! a phase (x: latency in ms on a log scale, y: percentile), and a storm's
+//! reconnect curve (x: seconds after the drop, y: upgrades per 100 ms).
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
@@ -67,6 +68,68 @@ pub fn write_cdf(path: &Path, hist: &str, title: &str) -> Result<usize, String> 
     let svg = cdf_svg(&points, title)?;
     std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(points.len())
+}
+
+/// Renders counts per bucket (`bucket_s` wide, from time 0, which `x_desc`
+/// names) as a step line: two vertices per bucket, so a burst stays as
+/// narrow as it was.
+pub fn curve_svg(
+    counts: &[u32],
+    bucket_s: f64,
+    title: &str,
+    x_desc: &str,
+) -> Result<String, String> {
+    let steps: Vec<(f64, f64)> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            let (x0, y) = (i as f64 * bucket_s, f64::from(n));
+            [(x0, y), (x0 + bucket_s, y)]
+        })
+        .collect();
+    let x_max = (counts.len() as f64 * bucket_s).max(1.0);
+    let y_max = f64::from(counts.iter().copied().max().unwrap_or(0)).max(1.0) * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(format!("upgrades per {:.0} ms", bucket_s * 1000.0))
+            .x_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(steps, BLUE.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Writes the curve of `counts` to `path`; returns the buckets drawn.
+pub fn write_curve(
+    path: &Path,
+    counts: &[u32],
+    bucket_s: f64,
+    title: &str,
+    x_desc: &str,
+) -> Result<usize, String> {
+    if counts.is_empty() {
+        return Err("no upgrades recorded: nothing to plot".into());
+    }
+    let svg = curve_svg(counts, bucket_s, title, x_desc)?;
+    std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(counts.len())
 }
 
 #[cfg(test)]
@@ -156,6 +219,34 @@ mod tests {
             "{counts:?} vs {}",
             points.len()
         );
+    }
+
+    /// Vertices of each `<polyline>` in `svg`.
+    fn polyline_vertices(svg: &str) -> Vec<usize> {
+        svg.match_indices("<polyline")
+            .filter_map(|(i, _)| {
+                let tag = &svg[i..i + svg[i..].find('>')?];
+                let pts = tag.split("points=\"").nth(1)?.split('"').next()?;
+                Some(pts.split_whitespace().count())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn curve_is_a_step_line_with_two_vertices_per_bucket() {
+        let counts = [0, 3, 250, 2529, 40, 0, 7];
+        let svg = curve_svg(&counts, 0.1, "storm", "seconds after the drop")
+            .unwrap_or_else(|e| panic!("{e}"));
+        well_formed(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        assert!(polyline_vertices(&svg).contains(&(2 * counts.len())));
+        assert!(svg.contains("upgrades per 100 ms"));
+        assert!(svg.contains("seconds after the drop"));
+        let path = std::env::temp_dir().join(format!("swarm-curve-{}.svg", std::process::id()));
+        assert!(write_curve(&path, &[], 0.1, "x", "t").is_err());
+        assert_eq!(write_curve(&path, &counts, 0.1, "x", "t"), Ok(7));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        assert!(text.contains("</svg>"));
     }
 
     #[test]

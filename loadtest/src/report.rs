@@ -27,6 +27,10 @@ pub struct ConnectSummary {
     /// Subscribed connections with permessage-deflate agreed (`null`: not
     /// offered).
     pub deflate: Option<u64>,
+    /// The relay's CPU while connecting (with `--server-pid`), in all and
+    /// per subscribed connection.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_connection: Option<f64>,
 }
 
 pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
@@ -37,6 +41,11 @@ pub fn connect_summary(r: &ConnectReport) -> ConnectSummary {
         seconds: r.seconds,
         rate_per_s: per_s(r.ready as f64, r.seconds),
         deflate: r.deflate,
+        server_cpu_s: r.server_cpu_s,
+        server_cpu_us_per_connection: r
+            .server_cpu_s
+            .filter(|_| r.ready > 0)
+            .map(|s| s * 1e6 / r.ready as f64),
     }
 }
 
@@ -214,6 +223,12 @@ pub fn connect_rows(t: &mut Table, c: &ConnectSummary) {
             format!("agreed on {n} of {} subscribed", c.ready),
         );
     }
+    if let (Some(s), Some(per)) = (c.server_cpu_s, c.server_cpu_us_per_connection) {
+        t.row(
+            "server CPU connecting",
+            format!("{s:.2} s, {per:.1} µs per connection"),
+        );
+    }
 }
 
 pub fn phase_rows(t: &mut Table, p: &PhaseSummary) {
@@ -345,15 +360,24 @@ fn publish_rows(t: &mut Table, p: &PhaseSummary) {
 
 pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |v| format!("{v:.3} s"));
+    let how = if s.drop == crate::storm::DropHow::Server {
+        format!(
+            "{} clients left for the relay to close (SIGTERM)",
+            s.clients
+        )
+    } else {
+        format!(
+            "{} clients dropped ({}) in {:.3} s",
+            s.clients,
+            format!("{:?}", s.drop).to_lowercase(),
+            s.drop_seconds
+        )
+    };
     t.row(
         "storm",
         format!(
-            "{} clients dropped ({}) in {:.3} s; backoff base {} s cap {} s, full jitter",
-            s.clients,
-            format!("{:?}", s.drop).to_lowercase(),
-            s.drop_seconds,
-            s.base_s,
-            s.cap_s
+            "{how}; backoff base {} s cap {} s, full jitter",
+            s.base_s, s.cap_s
         ),
     );
     t.row(
@@ -397,6 +421,26 @@ pub fn storm_rows(t: &mut Table, s: &crate::storm::StormSummary) {
     );
     if !s.lost_after_back.is_empty() {
         t.row("lost after back", map(&s.lost_after_back));
+    }
+    if s.drop == crate::storm::DropHow::Server {
+        t.row(
+            "closed by the relay",
+            format!(
+                "{} (the last {} after the SIGTERM), {} never closed",
+                s.closed_by_server,
+                secs(s.last_server_close_s),
+                s.never_closed
+            ),
+        );
+    }
+    if let Some(max) = s.retry_after_max_s {
+        t.row(
+            "retry_after_ms",
+            format!(
+                "up to {max:.3} s; {} reconnects waited their hint",
+                s.retry_hints_honoured
+            ),
+        );
     }
 }
 

@@ -10,7 +10,8 @@ use crate::publisher::{self, PubCfg, PubStats, PublishMode};
 use crate::report::{self, PhaseInput, PhaseSummary, Table};
 use crate::resume;
 use crate::stats::{ConnectReport, Window};
-use crate::storm::Backoff;
+use crate::storm::{Backoff, DropHow, StormSummary};
+use crate::successor::{self, Successor};
 use crate::swarm::{self, StormCfg, StormHooks, SwarmCfg};
 use crate::sys::{self, Who};
 use serde_json::json;
@@ -57,6 +58,7 @@ pub fn plan(c: &Common, targets: &[Target]) -> Result<(Vec<SwarmCfg>, bool), Str
     check_name(&c.channel)?;
     let pattern = c.pattern.clone().unwrap_or_else(|| c.channel.clone());
     check_name(&pattern)?;
+    let token = c.token()?;
     if c.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -89,6 +91,7 @@ pub fn plan(c: &Common, targets: &[Target]) -> Result<(Vec<SwarmCfg>, bool), Str
             let cfg = SwarmCfg {
                 targets: targets.to_vec(),
                 pattern: pattern.clone(),
+                token: token.clone(),
                 connections: n,
                 offset,
                 connect_rate: c.connect_rate / members as f64,
@@ -110,6 +113,7 @@ pub fn plan(c: &Common, targets: &[Target]) -> Result<(Vec<SwarmCfg>, bool), Str
 /// Starts the members and waits until they are connected.
 fn connect(c: &Common, targets: &[Target]) -> Result<(Fleet, ConnectReport), String> {
     let (cfgs, processes) = plan(c, targets)?;
+    let server0 = ServerCpu::start(&c.server_pids);
     let mut fleet = Fleet::start(cfgs, processes)?;
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -139,7 +143,10 @@ fn connect(c: &Common, targets: &[Target]) -> Result<(Fleet, ConnectReport), Str
             t.print();
             Err("no connection subscribed".into())
         }
-        Ok(r) => Ok((fleet, r)),
+        Ok(mut r) => {
+            r.server_cpu_s = ServerCpu::total(&server0.by_pid(), c.server_pids.len());
+            Ok((fleet, r))
+        }
         Err(e) => {
             fleet.stop();
             Err(e)
@@ -452,6 +459,24 @@ pub fn idle(a: IdleArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a successor may take to listen, and to exit on SIGTERM.
+const SUCCESSOR_WAIT: Duration = Duration::from_secs(30);
+
+/// What dropped the clients, and the retry hints they got, for the
+/// plot's title.
+fn summary_label(a: &StormArgs, s: &StormSummary) -> String {
+    let how = match a.drop_how {
+        DropHow::Server => "relay restart".to_string(),
+        other => format!("clients drop: {}", format!("{other:?}").to_lowercase()),
+    };
+    let hints = match (s.retry_after_max_s, a.ignore_retry_after) {
+        (None, _) => String::new(),
+        (Some(max), false) => format!(", retry_after_ms 0-{max:.1} s honoured"),
+        (Some(max), true) => format!(", retry_after_ms 0-{max:.1} s ignored"),
+    };
+    how + &hints
+}
+
 pub fn storm(a: StormArgs) -> Result<(), String> {
     let c = &a.common;
     let targets = parse_ws_urls(&c.urls)?;
@@ -489,6 +514,19 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     if a.lead > 0.0 && a.rate <= 0.0 {
         return Err("--lead needs a --rate to publish at".into());
     }
+    let by_server = a.drop_how == DropHow::Server;
+    if by_server && c.server_pids.len() != 1 {
+        return Err("--drop server needs one --server-pid: the relay to stop".into());
+    }
+    if by_server && (a.rate > 0.0 || a.lead > 0.0) {
+        return Err(
+            "--drop server does not publish (--rate, --lead): the successor starts a new seq space"
+                .into(),
+        );
+    }
+    if a.successor.is_some() && !by_server {
+        return Err("--successor is for --drop server".into());
+    }
     let sc = StormCfg {
         drop: a.drop_how,
         backoff: Backoff {
@@ -500,6 +538,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         marker_wait: Duration::from_secs_f64(c.drain),
         resume: !a.no_resume,
         lead: Duration::from_secs_f64(a.lead),
+        honour_retry_after: !a.ignore_retry_after,
     };
     let tty = std::io::stderr().is_terminal();
     let n = c.connections as u64;
@@ -529,13 +568,29 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
             start_publisher();
         }
     };
-    let server0 = std::cell::RefCell::new(None);
+    // With --drop server the successor takes the storm, so its CPU is the
+    // server's.
+    let successor: std::cell::RefCell<Option<Successor>> = std::cell::RefCell::new(None);
+    let cpu_pids = std::cell::RefCell::new(c.server_pids.clone());
+    let before_drop = || {
+        if let Some(cmd) = &a.successor {
+            let s = Successor::start(cmd, SUCCESSOR_WAIT)?;
+            *cpu_pids.borrow_mut() = vec![s.pid()];
+            *successor.borrow_mut() = Some(s);
+        }
+        Ok(())
+    };
+    let server0: std::cell::RefCell<Option<ServerCpu>> = std::cell::RefCell::new(None);
     let storm_t0 = std::cell::Cell::new(None);
     let dropped = || {
         storm_t0.set(Some(Instant::now()));
-        *server0.borrow_mut() = Some(ServerCpu::start(&c.server_pids));
+        *server0.borrow_mut() = Some(ServerCpu::start(&cpu_pids.borrow()));
         if a.lead <= 0.0 {
             start_publisher();
+        }
+        match c.server_pids.first() {
+            Some(&pid) if by_server => successor::terminate(pid),
+            _ => Ok(()),
         }
     };
     let mut published: Option<PubStats> = None;
@@ -543,7 +598,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     let server_cpu = std::cell::Cell::new(None);
     let mut settled = |_all_back: bool| {
         if let Some(start) = server0.borrow().as_ref() {
-            server_cpu.set(ServerCpu::total(&start.by_pid(), c.server_pids.len()));
+            server_cpu.set(ServerCpu::total(&start.by_pid(), cpu_pids.borrow().len()));
         }
         stop.store(true, Ordering::Relaxed);
         published = publisher.take().and_then(|j| j.join().ok());
@@ -572,6 +627,7 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         &mut connect_progress,
         &mut StormHooks {
             connected: &mut { connected },
+            before_drop: &mut { before_drop },
             dropped: &mut { dropped },
             settled: &mut settled,
             progress: &mut progress,
@@ -579,6 +635,12 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     );
     if tty {
         eprintln!();
+    }
+    let successor_pid = successor.borrow().as_ref().map(Successor::pid);
+    if let Some(s) = successor.take() {
+        if !s.stop(SUCCESSOR_WAIT) {
+            eprintln!("the successor did not exit on SIGTERM: killed");
+        }
     }
     let run = result?;
     let (summary, marker) = (&run.summary, &run.marker);
@@ -638,9 +700,36 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
     }
     report::resume_rows(&mut t, &resume);
     if let Some(s) = server_cpu.get() {
-        t.row("server CPU", format!("{s:.2} s during the storm"));
+        let whose = if successor_pid.is_some() {
+            "successor"
+        } else {
+            "server"
+        };
+        t.row(
+            &format!("{whose} CPU"),
+            format!(
+                "{s:.2} s during the storm, {:.1} µs per client back",
+                s * 1e6 / summary.back.max(1) as f64
+            ),
+        );
     }
     t.print();
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "tidings storm ({}): {} clients, upgrades per 100 ms",
+            summary_label(&a, summary),
+            summary.clients
+        );
+        let x_desc = if by_server {
+            "seconds after the SIGTERM"
+        } else {
+            "seconds after the drop"
+        };
+        match crate::plot::write_curve(path, &summary.accepts_per_100ms, 0.1, &title, x_desc) {
+            Ok(n) => eprintln!("  plot: {} ({n} buckets)", path.display()),
+            Err(e) => eprintln!("  plot: not written: {e}"),
+        }
+    }
     let mut head = json!({
         "mode": "storm",
         "url": c.urls.first(),
@@ -655,6 +744,9 @@ pub fn storm(a: StormArgs) -> Result<(), String> {
         "seed": sc.seed,
         "lead_s": a.lead,
         "rate": a.rate,
+        "honour_retry_after": sc.honour_retry_after,
+        "successor": a.successor,
+        "successor_pid": successor_pid,
     });
     head["connect"] = json!(cs);
     head["storm"] = json!(summary);

@@ -29,6 +29,10 @@ pub struct ConnectReport {
     /// permessage-deflate; `None` if the swarm did not offer it.
     #[serde(default)]
     pub deflate: Option<u64>,
+    /// CPU the relay (`--server-pid`) spent while the swarm connected:
+    /// handshakes, auth and subscribes. Set by the driver, not by members.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
 }
 
 impl ConnectReport {

@@ -1,12 +1,12 @@
 //! The pure parts of `storm` mode: the reconnect backoff schedule, the
-//! per-client bookkeeping, and the figures made from it. The socket work is
-//! in `swarm.rs` (`Swarm::storm`).
+//! per-client bookkeeping, the close reason's retry hint, and the figures
+//! made from them. The socket work is in `swarm.rs` (`Swarm::storm`).
 
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-/// How a client drops its connection at the start of the storm.
+/// How a client's connection ends at the start of the storm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DropHow {
@@ -18,6 +18,9 @@ pub enum DropHow {
     Frame,
     /// Abort the socket (SO_LINGER 0: RST).
     Reset,
+    /// The clients keep their connections and wait for the relay to close
+    /// them (a restart: SIGTERM to `--server-pid`).
+    Server,
 }
 
 impl DropHow {
@@ -29,6 +32,22 @@ impl DropHow {
             other => other,
         }
     }
+}
+
+/// The `retry_after_ms` of a close reason such as a stopping relay sends,
+/// `{"reason":"server shutting down","retry_after_ms":N}` (docs/protocol.md);
+/// `None` if the reason is not such a JSON object.
+pub fn retry_after_ms(reason: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Hint {
+        retry_after_ms: u64,
+    }
+    if reason.first() != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<Hint>(reason)
+        .ok()
+        .map(|h| h.retry_after_ms)
 }
 
 /// A small seedable RNG (xorshift64*), so the schedule can be tested.
@@ -85,6 +104,9 @@ impl Backoff {
 pub struct Slot {
     /// Part of the storm (it was subscribed when the drop came).
     pub member: bool,
+    /// Still on its connection from before the storm, waiting for the
+    /// relay to close it (`DropHow::Server`).
+    pub awaiting_close: bool,
     /// Reconnect attempts failed so far in a row (next attempt's backoff index).
     pub failures: u32,
     /// Attempts started.
@@ -114,6 +136,17 @@ pub struct StormBook {
     pub back: u64,
     /// Stop scheduling reconnects due at or after this (µs after the drop).
     pub deadline_us: u64,
+    /// Wait a close's `retry_after_ms` before reconnecting, where it has
+    /// one, instead of the backoff (as `client/tidings.js` does).
+    pub honour_hint: bool,
+    /// When the relay closed each member's connection from before the
+    /// storm (`DropHow::Server`), µs after the drop.
+    pub server_closes_us: Vec<u64>,
+    /// Reconnects scheduled by a close's `retry_after_ms`.
+    pub hints_honoured: u64,
+    /// The largest `retry_after_ms` a subscribed connection's close
+    /// carried (honoured or not): the relay's spread, seen from outside.
+    pub max_hint_ms: Option<u64>,
 }
 
 impl StormBook {
@@ -129,7 +162,22 @@ impl StormBook {
             members: 0,
             back: 0,
             deadline_us,
+            honour_hint: true,
+            server_closes_us: Vec::new(),
+            hints_honoured: 0,
+            max_hint_ms: None,
         }
+    }
+
+    /// Client `i` is subscribed when the storm begins and waits for the
+    /// relay to close it: nothing is scheduled until it does.
+    pub fn awaiting(&mut self, i: usize) {
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        s.member = true;
+        s.awaiting_close = true;
+        self.members += 1;
     }
 
     /// Client `i` was dropped at time 0: schedule its first reconnect.
@@ -143,11 +191,19 @@ impl StormBook {
         self.due.push(Reverse((d, i)));
     }
 
-    /// The clients whose reconnect is due at `now_us`, earliest first.
+    /// All the clients whose reconnect is due at `now_us`, earliest first
+    /// (the swarm takes them in batches: `take_due_at_most`).
+    #[cfg(test)]
     pub fn take_due(&mut self, now_us: u64, out: &mut Vec<usize>) {
+        self.take_due_at_most(now_us, usize::MAX, out);
+    }
+
+    /// At most `max` of the clients whose reconnect is due at `now_us`,
+    /// earliest first; the others stay due.
+    pub fn take_due_at_most(&mut self, now_us: u64, max: usize, out: &mut Vec<usize>) {
         out.clear();
         while let Some(&Reverse((t, i))) = self.due.peek() {
-            if t > now_us {
+            if t > now_us || out.len() >= max {
                 break;
             }
             self.due.pop();
@@ -179,13 +235,31 @@ impl StormBook {
     }
 
     /// Client `i`'s connection ended: an attempt failed (`was_ready` false)
-    /// or a subscribed connection was lost. Either way it tries again after
-    /// a backoff, if that is before the deadline.
-    pub fn closed(&mut self, i: usize, was_ready: bool, why: &str, now_us: u64) {
+    /// or a subscribed connection was closed, with the close reason's
+    /// `retry_after_ms` if it had one. It tries again after that hint (a
+    /// subscribed connection's close, when hints are honoured) or else a
+    /// backoff, if that is before the deadline.
+    pub fn closed(
+        &mut self,
+        i: usize,
+        was_ready: bool,
+        why: &str,
+        now_us: u64,
+        retry_after_ms: Option<u64>,
+    ) {
         let Some(s) = self.slots.get_mut(i).filter(|s| s.member) else {
             return;
         };
-        if was_ready {
+        let retry_after_ms = retry_after_ms.filter(|_| was_ready);
+        self.max_hint_ms = self.max_hint_ms.max(retry_after_ms);
+        let hint_us = retry_after_ms
+            .filter(|_| self.honour_hint)
+            .map(|ms| ms.saturating_mul(1000));
+        if s.awaiting_close {
+            // The close the storm waited for: the start of this client's return.
+            s.awaiting_close = false;
+            self.server_closes_us.push(now_us);
+        } else if was_ready {
             *self.lost_after_back.entry(why.to_string()).or_insert(0) += 1;
             s.failures = 0;
             if s.back_us.take().is_some() {
@@ -195,7 +269,14 @@ impl StormBook {
             *self.failures.entry(why.to_string()).or_insert(0) += 1;
             s.failures = s.failures.saturating_add(1);
         }
-        let at = now_us + self.backoff.delay_us(s.failures, &mut self.rng);
+        let wait_us = match hint_us {
+            Some(h) => {
+                self.hints_honoured += 1;
+                h
+            }
+            None => self.backoff.delay_us(s.failures, &mut self.rng),
+        };
+        let at = now_us.saturating_add(wait_us);
         if at < self.deadline_us {
             self.due.push(Reverse((at, i)));
         }
@@ -207,6 +288,11 @@ impl StormBook {
 
     pub fn attempts(&self) -> u64 {
         self.slots.iter().map(|s| u64::from(s.attempts)).sum()
+    }
+
+    /// Members the relay has not closed yet (`DropHow::Server`).
+    pub fn still_awaiting(&self) -> u64 {
+        self.slots.iter().filter(|s| s.awaiting_close).count() as u64
     }
 }
 
@@ -287,6 +373,16 @@ pub struct StormSummary {
     /// The busiest bucket, as upgrades per second.
     pub peak_accepts_per_s: f64,
     pub peak_at_s: Option<f64>,
+    /// `--drop server`: connections the relay closed, and when the last
+    /// close came.
+    pub closed_by_server: u64,
+    pub last_server_close_s: Option<f64>,
+    /// `--drop server`: members whose connection the relay never closed.
+    pub never_closed: u64,
+    /// Reconnects that waited the close reason's `retry_after_ms`.
+    pub retry_hints_honoured: u64,
+    /// The largest `retry_after_ms` received, in seconds.
+    pub retry_after_max_s: Option<f64>,
 }
 
 pub fn summarize(b: &StormBook, drop: DropHow, drop_seconds: f64) -> StormSummary {
@@ -323,6 +419,11 @@ pub fn summarize(b: &StormBook, drop: DropHow, drop_seconds: f64) -> StormSummar
         peak_accepts_per_s: pk.map_or(0.0, |(_, n)| f64::from(n) * 10.0),
         peak_at_s: pk.map(|(i, _)| i as f64 / 10.0),
         accepts_per_100ms: bk,
+        closed_by_server: b.server_closes_us.len() as u64,
+        last_server_close_s: b.server_closes_us.iter().max().copied().map(secs),
+        never_closed: b.still_awaiting(),
+        retry_hints_honoured: b.hints_honoured,
+        retry_after_max_s: b.max_hint_ms.map(|ms| ms as f64 / 1000.0),
     }
 }
 
@@ -387,13 +488,13 @@ mod tests {
         // 0 comes back, 1 is refused twice, 2 times out once.
         b.upgraded(60_000);
         b.subscribed(0, 61_000);
-        b.closed(1, false, "refused", 70_000);
-        b.closed(2, false, "timeout", 80_000);
+        b.closed(1, false, "refused", 70_000, None);
+        b.closed(2, false, "timeout", 80_000, None);
         b.take_due(u64::MAX / 2, &mut due);
         due.sort_unstable();
         assert_eq!(due, [1, 2]);
         assert_eq!(b.slots[1].failures, 1);
-        b.closed(1, false, "refused", 300_000);
+        b.closed(1, false, "refused", 300_000, None);
         assert_eq!(b.slots[1].failures, 2);
         assert!(b.next_due().is_some_and(|t| t < 300_000 + 200_000));
         b.take_due(u64::MAX / 2, &mut due);
@@ -418,7 +519,7 @@ mod tests {
         assert_eq!(s.full_resubscription_s, Some(0.9));
         assert_eq!(s.back_p99_s, Some(0.9));
         // Lost again after being back: counted apart, not back, rescheduled.
-        b.closed(0, true, "1001", 950_000);
+        b.closed(0, true, "1001", 950_000, None);
         assert_eq!(b.lost_after_back.get("1001"), Some(&1));
         assert_eq!((b.back, b.all_back()), (2, false));
         assert!(b.next_due().is_some());
@@ -436,7 +537,7 @@ mod tests {
         b.dropped(0);
         let mut due = Vec::new();
         b.take_due(u64::MAX / 2, &mut due);
-        b.closed(0, false, "reset", 500_000);
+        b.closed(0, false, "reset", 500_000, None);
         assert_eq!(b.next_due(), None);
     }
 
@@ -463,9 +564,104 @@ mod tests {
     }
 
     #[test]
+    fn retry_hints_from_close_reasons() {
+        let r = |s: &str| retry_after_ms(s.as_bytes());
+        assert_eq!(
+            r(r#"{"reason":"server shutting down","retry_after_ms":7300}"#),
+            Some(7300)
+        );
+        assert_eq!(r(r#"{"retry_after_ms":0}"#), Some(0));
+        assert_eq!(r(r#"{"reason":"server shutting down"}"#), None);
+        assert_eq!(r(r#"{"retry_after_ms":-5}"#), None);
+        assert_eq!(r(r#"{"retry_after_ms":"5"}"#), None);
+        assert_eq!(r("going away"), None);
+        assert_eq!(r(""), None);
+        assert_eq!(r(r#"{"retry_after_ms":5"#), None, "cut short");
+    }
+
+    #[test]
+    fn server_closes_start_each_return_after_its_hint() {
+        let mut b = StormBook::new(4, backoff(1000, 1000), 5, 60_000_000);
+        for i in 0..3 {
+            b.awaiting(i);
+        }
+        assert_eq!((b.members, b.still_awaiting()), (3, 3));
+        assert_eq!(
+            b.next_due(),
+            None,
+            "nothing scheduled before the relay closes"
+        );
+        // The relay closes all three 10 ms in; two carry a hint.
+        b.closed(0, true, "1001", 10_000, Some(4000));
+        b.closed(1, true, "1001", 10_000, Some(0));
+        b.closed(2, true, "eof", 10_000, None);
+        assert_eq!(b.still_awaiting(), 0);
+        assert!(
+            b.lost_after_back.is_empty(),
+            "the awaited close is not a loss"
+        );
+        let mut due = Vec::new();
+        b.take_due(10_000, &mut due);
+        assert_eq!(due, [1], "a zero hint: at once");
+        b.take_due(1_010_000, &mut due);
+        assert_eq!(due, [2], "no hint: within the first backoff");
+        b.take_due(4_009_999, &mut due);
+        assert!(due.is_empty());
+        b.take_due(4_010_000, &mut due);
+        assert_eq!(due, [0], "exactly its hint after the close");
+        // A failed attempt falls back to the backoff, whatever the hint.
+        b.closed(0, false, "refused", 4_020_000, Some(30_000));
+        assert!(b.next_due().is_some_and(|t| t < 4_020_000 + 1_000_000));
+        let s = summarize(&b, DropHow::Server, 0.001);
+        assert_eq!(s.closed_by_server, 3);
+        assert_eq!(s.last_server_close_s, Some(0.01));
+        assert_eq!(s.never_closed, 0);
+        assert_eq!(s.retry_hints_honoured, 2);
+        assert_eq!(s.retry_after_max_s, Some(4.0));
+        assert_eq!(s.failures.get("refused"), Some(&1));
+    }
+
+    #[test]
+    fn due_reconnects_are_taken_in_batches_earliest_first() {
+        let mut b = StormBook::new(3, backoff(1000, 1000), 5, 60_000_000);
+        for i in 0..3 {
+            b.awaiting(i);
+            // Hints 30, 20 and 10 ms: due in the opposite order.
+            b.closed(i, true, "1001", 0, Some(30 - 10 * i as u64));
+        }
+        let mut due = Vec::new();
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert_eq!(due, [2, 1]);
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert_eq!(due, [0]);
+        b.take_due_at_most(50_000, 2, &mut due);
+        assert!(due.is_empty());
+        assert_eq!(b.attempts(), 3, "each counted once");
+    }
+
+    #[test]
+    fn hints_can_be_ignored() {
+        let mut b = StormBook::new(1, backoff(1000, 1000), 5, 60_000_000);
+        b.honour_hint = false;
+        b.awaiting(0);
+        b.closed(0, true, "1001", 0, Some(9_000));
+        assert!(b.next_due().is_some_and(|t| t < 1_000_000));
+        assert_eq!(b.hints_honoured, 0);
+        assert_eq!(b.max_hint_ms, Some(9_000), "seen, though not honoured");
+        let s = summarize(&b, DropHow::Server, 0.0);
+        assert_eq!((s.closed_by_server, s.never_closed), (1, 0));
+        let mut b = StormBook::new(2, backoff(1000, 1000), 5, 60_000_000);
+        b.awaiting(0);
+        b.awaiting(1);
+        b.closed(1, true, "1001", 0, None);
+        assert_eq!(summarize(&b, DropHow::Server, 0.0).never_closed, 1);
+    }
+
+    #[test]
     fn mixed_drop_alternates() {
         assert_eq!(DropHow::Mixed.for_client(0), DropHow::Tcp);
         assert_eq!(DropHow::Mixed.for_client(1), DropHow::Frame);
         assert_eq!(DropHow::Reset.for_client(1), DropHow::Reset);
+        assert_eq!(DropHow::Server.for_client(0), DropHow::Server);
     }
 }

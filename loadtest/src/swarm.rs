@@ -33,6 +33,8 @@ pub struct SwarmCfg {
     /// `targets[k % len]`.
     pub targets: Vec<Target>,
     pub pattern: String,
+    /// Sent with every upgrade as the `Bearer` subprotocol.
+    pub token: Option<String>,
     pub connections: usize,
     /// Index of this member's first connection in the whole swarm (picks
     /// source addresses).
@@ -195,6 +197,7 @@ impl Swarm {
             failed: std::mem::take(&mut self.failed),
             seconds: t0.elapsed().as_secs_f64(),
             deflate,
+            server_cpu_s: None,
         }
     }
 
@@ -216,7 +219,13 @@ impl Swarm {
         );
         let target = self.cfg.target(i);
         let offer = self.cfg.deflate.then_some(inflate::OFFER);
-        let request = handshake::request(&target.host, &target.path, &key, offer);
+        let request = handshake::request(
+            &target.host,
+            &target.path,
+            &key,
+            offer,
+            self.cfg.token.as_deref(),
+        );
         let addr = target.addr;
         let track = std::mem::take(&mut self.conns[i].track);
         self.conns[i] = Conn::new(request, 0);
@@ -436,6 +445,7 @@ impl Swarm {
                 c.state == State::Ready,
                 &why,
                 t0.elapsed().as_micros() as u64,
+                c.retry_after_ms,
             );
         }
         if c.state == State::Ready {
@@ -567,14 +577,20 @@ pub struct StormCfg {
     pub resume: bool,
     /// Hold the subscribed clients this long (reading) before the drop.
     pub lead: Duration,
+    /// After a close whose reason has `retry_after_ms`, wait that long
+    /// before reconnecting, instead of the backoff.
+    pub honour_retry_after: bool,
 }
 
 /// What the driver does at the storm's turning points.
 pub struct StormHooks<'a> {
     /// Everyone is connected; the lead (if any) starts now.
     pub connected: &'a mut dyn FnMut(),
-    /// Right after the drop (start a background publisher).
-    pub dropped: &'a mut dyn FnMut(),
+    /// Just before the drop, after the lead (start a successor relay).
+    pub before_drop: &'a mut dyn FnMut() -> Result<(), String>,
+    /// Right after the drop (start a background publisher; with
+    /// `DropHow::Server`, tell the relay to stop). An error ends the storm.
+    pub dropped: &'a mut dyn FnMut() -> Result<(), String>,
     /// Once all are back and caught up, or the deadline passed (stop the
     /// publisher, publish a marker): the marker's seq, if there is one.
     pub settled: &'a mut dyn FnMut(bool) -> Option<u64>,
@@ -596,6 +612,12 @@ pub struct StormRun {
     pub drop_seq: u64,
 }
 
+/// Reconnects the storm loop starts before it polls again: a crowd of
+/// separate machines reads its answers while others are still
+/// connecting, and so must the swarm (starting 19,000 sockets in one go
+/// takes it about a second, with every answer left unread meanwhile).
+const STARTS_PER_TURN: usize = 256;
+
 /// How often the storm loop checks whether every client has caught up.
 const CAUGHT_UP_CHECK: Duration = Duration::from_millis(10);
 
@@ -607,10 +629,11 @@ impl Swarm {
         })
     }
 
-    /// Drops every subscribed connection at once; each then reconnects
-    /// with backoff and resubscribes, until all are back and caught up, or
-    /// the deadline.
-    pub fn storm(&mut self, sc: &StormCfg, hooks: &mut StormHooks<'_>) -> StormRun {
+    /// Drops every subscribed connection at once (or, with
+    /// `DropHow::Server`, waits for the relay to close them); each then
+    /// reconnects after its retry hint or backoff and resubscribes, until
+    /// all are back and caught up, or the deadline.
+    pub fn storm(&mut self, sc: &StormCfg, hooks: &mut StormHooks<'_>) -> Result<StormRun, String> {
         (hooks.connected)();
         let lead_end = Instant::now() + sc.lead;
         // Bounded by the lead.
@@ -619,6 +642,7 @@ impl Swarm {
         }
         let deadline_us = sc.deadline.as_micros() as u64;
         let mut book = StormBook::new(self.conns.len(), sc.backoff, sc.seed, deadline_us);
+        book.honour_hint = sc.honour_retry_after;
         let drop_seq = self
             .conns
             .iter()
@@ -626,6 +650,7 @@ impl Swarm {
             .map(|c| c.track.last)
             .max()
             .unwrap_or(0);
+        (hooks.before_drop)()?;
         let drop_unix_us = sys::unix_us();
         let t0 = Instant::now();
         for i in 0..self.conns.len() {
@@ -633,6 +658,12 @@ impl Swarm {
                 continue;
             }
             match sc.drop.for_client(i) {
+                DropHow::Server => {
+                    // A new relay starts a new seq space: nothing to catch up to.
+                    self.conns[i].track.dropped(0);
+                    book.awaiting(i);
+                    continue;
+                }
                 DropHow::Frame => {
                     let mask = self.mask();
                     frame::encode_close(&mut self.conns[i].out, 1000, mask);
@@ -655,7 +686,7 @@ impl Swarm {
         self.resume = sc.resume;
         let members = book.members;
         self.storm = Some((book, t0));
-        (hooks.dropped)();
+        (hooks.dropped)()?;
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
         let mut due = Vec::new();
         let mut last_tick = Instant::now();
@@ -680,7 +711,7 @@ impl Swarm {
             let Some((book, _)) = self.storm.as_mut() else {
                 break;
             };
-            book.take_due(now, &mut due);
+            book.take_due_at_most(now, STARTS_PER_TURN, &mut due);
             for &i in &due {
                 self.start(i);
             }
@@ -741,7 +772,7 @@ impl Swarm {
             .filter(|(_, slot)| slot.member)
             .map(|(c, _)| (std::mem::take(&mut c.track), c.state == State::Ready))
             .collect();
-        StormRun {
+        Ok(StormRun {
             connect: ConnectReport::default(),
             summary,
             marker,
@@ -749,7 +780,7 @@ impl Swarm {
             replies: std::mem::take(&mut self.replies),
             drop_unix_us,
             drop_seq,
-        }
+        })
     }
 }
 
@@ -770,7 +801,7 @@ pub fn run_storm(
             report.failed
         ));
     }
-    let mut run = swarm.storm(sc, hooks);
+    let mut run = swarm.storm(sc, hooks)?;
     run.connect = report;
     Ok(run)
 }

@@ -49,7 +49,15 @@ fn start_relay() -> (KillOnDrop, String) {
     start_relay_with(&[])
 }
 
-/// `start_relay` with more command-line arguments.
+/// A relay configured by `config` (TOML), on an ephemeral port.
+fn start_configured_relay(name: &str, config: &str) -> (KillOnDrop, String, PathBuf) {
+    let path = std::env::temp_dir().join(format!("swarm-smoke-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, config).expect("write the relay's config");
+    let (relay, url) = start_relay_with(&["--config", &path.to_string_lossy()]);
+    (relay, url, path)
+}
+
+/// Starts the relay with `extra` arguments on an ephemeral port.
 fn start_relay_with(extra: &[&str]) -> (KillOnDrop, String) {
     let bin = relay_binary();
     let mut child = Command::new(&bin)
@@ -156,13 +164,9 @@ fn fanout_one_event_per_post_over_two_connections_gets_everything() {
     assert_eq!(p["offered_per_s"].as_f64(), Some(200.0), "{v}");
 }
 
-/// A relay with `compression = "on"`, from a config file of that one line.
+/// A relay with `compression = "on"`.
 fn start_compressing_relay() -> (KillOnDrop, String, PathBuf) {
-    let config = std::env::temp_dir().join(format!("swarm-smoke-{}.toml", std::process::id()));
-    std::fs::write(&config, "compression = \"on\"\n").expect("write the config file");
-    let path = config.to_string_lossy().to_string();
-    let (relay, url) = start_relay_with(&["--config", &path]);
-    (relay, url, config)
+    start_configured_relay("deflate", "compression = \"on\"\n")
 }
 
 #[test]
@@ -210,6 +214,10 @@ fn swarm_result(args: &[&str]) -> serde_json::Value {
         .output()
         .expect("run tidings-swarm");
     assert!(out.status.success(), "swarm failed: {:?}", out.status);
+    parse_result(&out)
+}
+
+fn parse_result(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = stdout
         .lines()
@@ -303,4 +311,105 @@ fn fanout_plot_writes_an_svg() {
         "{svg}"
     );
     assert!(svg.contains("<polyline"), "no curve in the plot");
+}
+
+#[test]
+fn restart_storm_waits_for_the_relay_and_honours_its_retry_hints() {
+    // Both relays spread their clients' returns over 1.5 s.
+    let (old, url, config) =
+        start_configured_relay("restart", "[shutdown]\nreconnect_spread = \"1500ms\"\n");
+    let listen = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("unexpected URL {url}"));
+    let successor = format!(
+        "{} --listen {listen} --config {}",
+        relay_binary().display(),
+        config.display()
+    );
+    let plot = std::env::temp_dir().join(format!("swarm-smoke-{}-restart.svg", std::process::id()));
+    let old_pid = old.0.id().to_string();
+    let v = swarm_result(&[
+        "storm",
+        "--url",
+        &url,
+        "--connections",
+        "200",
+        "--drop",
+        "server",
+        "--server-pid",
+        &old_pid,
+        "--successor",
+        &successor,
+        "--deadline",
+        "20s",
+        "--plot",
+        &plot.to_string_lossy(),
+    ]);
+    let svg = std::fs::read_to_string(&plot).unwrap_or_default();
+    let _ = std::fs::remove_file(&plot);
+    let _ = std::fs::remove_file(&config);
+    let s = &v["storm"];
+    assert_eq!(s["drop"], "server", "{v}");
+    assert_eq!(s["clients"], 200, "{v}");
+    assert_eq!(s["closed_by_server"], 200, "{v}");
+    assert_eq!(s["never_closed"], 0, "{v}");
+    assert_eq!(s["all_back"], true, "{v}");
+    assert_eq!(s["lost_after_back"], serde_json::json!({}), "{v}");
+    // Every close carried a hint and every client waited it.
+    assert_eq!(s["retry_hints_honoured"], 200, "{v}");
+    let max_hint = s["retry_after_max_s"].as_f64().unwrap_or(0.0);
+    assert!(max_hint > 0.5 && max_hint <= 1.5, "{v}");
+    // The hand-over never leaves the port without a listener.
+    assert_eq!(s["failed_attempts"], 0, "{v}");
+    // 200 hints drawn uniformly from [0, 1.5 s): all below 0.5 s has
+    // probability 3^-200, so the last return comes later than that.
+    let full = s["full_resubscription_s"].as_f64().unwrap_or(0.0);
+    assert!(full > 0.5, "{v}");
+    assert_ne!(v["successor_pid"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["marker"]["received"], 200, "{v}");
+    assert!(svg.contains("<polyline") && svg.contains("upgrades per 100 ms"));
+}
+
+#[test]
+fn the_token_goes_with_every_upgrade() {
+    let (_relay, url, config) =
+        start_configured_relay("token", "[[auth.tokens]]\ntoken = \"swarm-smoke-token\"\n");
+    let token_file = config.with_extension("token");
+    std::fs::write(&token_file, "swarm-smoke-token\n").expect("write the token");
+    let hold = |token: &[&str]| {
+        let mut args = vec![
+            "idle",
+            "--url",
+            &url,
+            "--connections",
+            "20",
+            "--duration",
+            "0s",
+        ];
+        args.extend_from_slice(token);
+        Command::new(env!("CARGO_BIN_EXE_tidings-swarm"))
+            .args(&args)
+            .output()
+            .expect("run tidings-swarm")
+    };
+    let with_flag = hold(&["--token", "swarm-smoke-token"]);
+    let with_file = hold(&["--token-file", &token_file.to_string_lossy()]);
+    let without = hold(&[]);
+    let wrong = hold(&["--token", "another-token"]);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&token_file);
+    for out in [&with_flag, &with_file] {
+        assert!(out.status.success(), "{:?}", out.status);
+        let v = parse_result(out);
+        assert_eq!(v["connect"]["ready"], 20, "{v}");
+    }
+    // A wrong token is refused before the upgrade; none at all may still
+    // upgrade (an `auth` message could follow) but may not subscribe.
+    // Either way no connection subscribes and the swarm fails.
+    for (out, why) in [(&wrong, "http_401"), (&without, "subscribe_error")] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(why), "{why}: {err}");
+    }
 }
