@@ -128,6 +128,8 @@ export class Proxy {
     this.target = target;
     this.sockets = new Set();
     this.frozen = new Set();
+    /** Client side -> relay side, of the connections still open. */
+    this.clients = new Map();
     this.connections = 0;
     this.server = net.createServer((client) => this.accept(client));
   }
@@ -142,12 +144,14 @@ export class Proxy {
     this.connections += 1;
     const upstream = net.connect(this.target, '127.0.0.1');
     const pair = [client, upstream];
+    this.clients.set(client, upstream);
     for (const socket of pair) {
       this.sockets.add(socket);
       socket.on('error', () => {});
       socket.on('close', () => {
         this.sockets.delete(socket);
         this.frozen.delete(socket);
+        this.clients.delete(socket);
         for (const other of pair) other.destroy();
       });
     }
@@ -157,11 +161,20 @@ export class Proxy {
     });
   }
 
-  /** Destroys every proxied socket, both sides. */
+  /**
+   * Destroys every proxied socket, both sides. Returns how many live
+   * connections it cut: a frozen one, or one already closing on one side,
+   * does not count (the client has left it, so cutting it makes it
+   * reconnect no more).
+   */
   cut() {
-    const count = this.sockets.size / 2;
+    let live = 0;
+    for (const socket of this.sockets) {
+      if (this.clients.has(socket) && !this.frozen.has(socket) && !socket.destroyed
+          && this.sockets.has(this.clients.get(socket))) live += 1;
+    }
     for (const socket of this.sockets) socket.destroy();
-    return count;
+    return live;
   }
 
   /** Stops reading from the relay (its writes back up), until `unblock()`. */
