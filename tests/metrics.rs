@@ -91,7 +91,7 @@ fn promtool_accepts_the_exposition() {
         .stderr(Stdio::piped())
         .spawn();
     let Ok(mut promtool) = promtool else {
-        eprintln!("SKIPPING: promtool not found (Debian package `prometheus`)");
+        common::skipping("promtool (Debian package `prometheus`)");
         return;
     };
     promtool

@@ -424,7 +424,7 @@ fn chunked_publish_from_a_real_http_client() {
     {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIPPING: python3 is not installed (.ci/run installs it)");
+            common::skipping("python3");
             return;
         }
         Err(e) => panic!("run python3: {e}"),

@@ -19,10 +19,7 @@ fn python_websockets() -> bool {
 #[test]
 fn python_websockets_negotiates_compression_and_reads_events() {
     if !python_websockets() {
-        eprintln!(
-            "SKIPPING: python3 with the `websockets` package is not installed \
-             (pip install websockets; .ci/run does)"
-        );
+        common::skipping("python3 with the `websockets` package (pip install websockets)");
         return;
     }
     let relay = TestRelay::with(|c| {

@@ -19,9 +19,8 @@ pub fn pyjwt_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "SKIPPING: python3 with PyJWT and cryptography is needed to mint JWTs \
-             (pip install pyjwt cryptography)"
+        super::skipping(
+            "python3 with PyJWT and cryptography, to mint JWTs (pip install pyjwt cryptography)",
         );
     }
     ok

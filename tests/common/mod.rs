@@ -1016,3 +1016,14 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Says loudly that a test is skipped for want of `what` (a tool the test
+/// drives); under CI, where .ci/run installs every such tool, fails instead,
+/// so a CI run never passes a test it did not run.
+pub fn skipping(what: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is required under CI (.ci/run installs it)"
+    );
+    eprintln!("\n*** SKIPPING: {what} ***\n");
+}

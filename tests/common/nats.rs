@@ -52,10 +52,7 @@ impl NatsServer {
     /// there is no nats-server to run.
     pub fn new() -> Option<NatsServer> {
         let Some(binary) = nats_binary() else {
-            eprintln!(
-                "\n*** SKIPPING fleet test: no nats-server (install the Debian package \
-                 nats-server, or set NATS_SERVER) ***\n"
-            );
+            super::skipping("nats-server (the Debian package nats-server, or set NATS_SERVER)");
             return None;
         };
         Some(NatsServer {
