@@ -392,17 +392,7 @@ impl Sequencer {
     /// so the log never holds more than `capacity` events or one request's.
     pub fn try_append(&self, events: &mut Vec<EncodedEvent>) -> Result<u64, AppendError> {
         let mut log = self.lock();
-        if log.closed {
-            return Err(AppendError::Closed);
-        }
-        // What must be free: room for them all, or the whole log.
-        let needed = events.len().min(self.capacity);
-        if log.no_room_for(needed, self.capacity, self.now_ms())
-            || (events.len() > self.capacity && log.unread() > 0)
-        {
-            log.room_wanted = true;
-            return Err(AppendError::Full);
-        }
+        self.make_room(&mut log, events.len())?;
         let first = log.last_seq + 1;
         for event in events.drain(..) {
             let seq = log.last_seq + 1;
@@ -411,6 +401,23 @@ impl Sequencer {
         drop(log);
         self.wake_all();
         Ok(first)
+    }
+
+    /// Whether `count` events can go in at once: room for them all, or the
+    /// whole log for a request larger than it. With `Full`, every reactor is
+    /// woken once room frees up.
+    fn make_room(&self, log: &mut Log, count: usize) -> Result<(), AppendError> {
+        if log.closed {
+            return Err(AppendError::Closed);
+        }
+        let needed = count.min(self.capacity);
+        if log.no_room_for(needed, self.capacity, self.now_ms())
+            || (count > self.capacity && log.unread() > 0)
+        {
+            log.room_wanted = true;
+            return Err(AppendError::Full);
+        }
+        Ok(())
     }
 
     /// [`Sequencer::try_append`] for events numbered upstream (JetStream's
@@ -422,16 +429,7 @@ impl Sequencer {
         events: &mut Vec<(u64, EncodedEvent)>,
     ) -> Result<usize, AppendError> {
         let mut log = self.lock();
-        if log.closed {
-            return Err(AppendError::Closed);
-        }
-        let needed = events.len().min(self.capacity);
-        if log.no_room_for(needed, self.capacity, self.now_ms())
-            || (events.len() > self.capacity && log.unread() > 0)
-        {
-            log.room_wanted = true;
-            return Err(AppendError::Full);
-        }
+        self.make_room(&mut log, events.len())?;
         let mut stale = 0;
         for (seq, event) in events.drain(..) {
             if seq <= log.last_seq {

@@ -794,17 +794,21 @@ impl Reactor {
     /// yet: a resume or a snapshot compares seqs with the history's, which
     /// must be of the same order.
     pub(super) fn catch_up_epoch(&mut self) {
-        while self.epoch_changes_seen < self.sequencer.epoch_changes() {
-            if self.inbox.is_empty()
-                && self.sequencer.read(self.index, READ_CHUNK, &mut self.inbox) == 0
-            {
-                break;
-            }
-            let Some(event) = self.inbox.pop_front() else {
-                break;
-            };
-            self.fan_out(&event);
+        while self.epoch_changes_seen < self.sequencer.epoch_changes() && self.fan_out_next() {}
+    }
+
+    /// Fans out the next event of the log, if it has one.
+    fn fan_out_next(&mut self) -> bool {
+        if self.inbox.is_empty()
+            && self.sequencer.read(self.index, READ_CHUNK, &mut self.inbox) == 0
+        {
+            return false;
         }
+        let Some(event) = self.inbox.pop_front() else {
+            return false;
+        };
+        self.fan_out(&event);
+        true
     }
 
     /// Times a sampled event from its entry in the log to the end of the
@@ -824,17 +828,7 @@ impl Reactor {
     /// another reactor, further ahead, gave it: answered from here before
     /// this reactor got there, it would get those events twice.
     pub(super) fn catch_up(&mut self, seq: u64) {
-        while self.last_seq < seq {
-            if self.inbox.is_empty()
-                && self.sequencer.read(self.index, READ_CHUNK, &mut self.inbox) == 0
-            {
-                break;
-            }
-            let Some(event) = self.inbox.pop_front() else {
-                break;
-            };
-            self.fan_out(&event);
-        }
+        while self.last_seq < seq && self.fan_out_next() {}
     }
 
     pub(super) fn apply_deferred_closes(&mut self) {
