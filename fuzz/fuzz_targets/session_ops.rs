@@ -225,6 +225,8 @@ fuzz_target!(|input: Input| {
         subject_limits: &subject_limits,
         stats: &stats,
         hooks_set: input.with_hooks,
+        // A relay without JetStream: resumes are answered from the history.
+        fetch_resumes: false,
         shaping: &shaping,
         upstream: Default::default(),
     };
