@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -167,11 +169,19 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
     wait_subscriptions(&a, 1);
     wait_subscriptions(&b, 1);
 
+    // Publishes go on, one every 10 ms, until NATS is back (at most
+    // PUBLISHES of them).
+    const PUBLISHES: u64 = 3000;
+    let stop = Arc::new(AtomicBool::new(false));
     let publishing = thread::spawn({
         let addr = a.addr;
+        let stop = Arc::clone(&stop);
         move || {
             let (mut confirmed, mut refused) = (Vec::new(), 0);
-            for n in 0..150u64 {
+            for n in 0..PUBLISHES {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let body = json!({ "channel": "feed", "data": { "n": n } }).to_string();
                 let answer = http(addr, &publish_request(&body, ""));
                 match answer.status {
@@ -186,11 +196,16 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
     });
     thread::sleep(Duration::from_millis(300));
     nats.kill();
-    thread::sleep(Duration::from_millis(300));
+    // Down long enough for the relay to see it: a publish is refused.
+    wait_until("a publish refused while NATS is down", || {
+        relay_metric(&a, "tidings_upstream_refused_total") >= 1
+    });
     nats.start();
-    let (confirmed, refused) = publishing.join().expect("publisher");
     wait_up(&a);
     wait_up(&b);
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (confirmed, refused) = publishing.join().expect("publisher");
     wait_until("interest re-established", || {
         nats.subjects()
             .iter()
@@ -199,11 +214,11 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
             == 2
     });
     // Once both are back, every event arrives again.
-    for n in 1000..1010 {
+    for n in 10_000..10_010 {
         assert_eq!(publish_on(&a, "feed", json!({ "n": n })).status, 200);
     }
     publish_on(&a, "feed", json!({ "last": true }));
-    let after: Vec<u64> = (1000..1010).collect();
+    let after: Vec<u64> = (10_000..10_010).collect();
     for (name, relay, client) in [("A", &a, &mut on_a), ("B", &b, &mut on_b)] {
         let (seen, notices) = read_through_last_with_notices(client);
         // Core NATS keeps nothing for a relay cut off: its subscribers are
@@ -219,7 +234,10 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
         );
         // In order, never twice, and nothing that was not published.
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{name}: {seen:?}");
-        assert!(seen.iter().all(|n| *n < 150 || after.contains(n)), "{name}");
+        assert!(
+            seen.iter().all(|n| *n < PUBLISHES || after.contains(n)),
+            "{name}"
+        );
         assert!(seen.ends_with(&after), "{name}: {seen:?}");
         assert!(
             relay_metric(relay, "tidings_upstream_disconnects_total") >= 1,
