@@ -72,8 +72,12 @@ impl TimerWheel {
             }
             let slot = ((self.next_tick + step) % SLOTS as u64) as usize;
             if self.occupied[slot / 64] & (1 << (slot % 64)) != 0 {
-                self.len -= self.slots[slot].len();
-                due.append(&mut self.slots[slot]);
+                // Taken, not drained: a slot that kept its buffer would hold
+                // the largest burst it ever saw, and over the laps every
+                // slot would, so the wheel would keep what storms left.
+                let entries = std::mem::take(&mut self.slots[slot]);
+                self.len -= entries.len();
+                due.extend(entries);
                 self.occupied[slot / 64] &= !(1 << (slot % 64));
             }
         }
@@ -160,6 +164,16 @@ mod tests {
         let mut due = Vec::new();
         wheel.expire(horizon, &mut due);
         assert_eq!(due, vec![entry(9, far)], "caller sees the real deadline");
+    }
+
+    #[test]
+    fn an_expired_slot_keeps_no_buffer() {
+        let mut wheel = TimerWheel::new(Duration::from_millis(10));
+        for key in 0..1000 {
+            wheel.schedule(entry(key, 25));
+        }
+        assert_eq!(expire(&mut wheel, 30).len(), 1000);
+        assert!(wheel.slots.iter().all(|slot| slot.capacity() == 0));
     }
 
     #[test]
