@@ -73,6 +73,8 @@ pub struct Coalescer {
     /// Delivery and write counters at the start of the period.
     deliveries_at_start: u64,
     writes_at_start: u64,
+    /// Frames per write over the last closed period.
+    frames_per_write: f64,
 }
 
 impl Coalescer {
@@ -92,7 +94,14 @@ impl Coalescer {
             busy_streak: 0,
             deliveries_at_start: 0,
             writes_at_start: 0,
+            frames_per_write: 0.0,
         }
+    }
+
+    /// How many frames writes carried on average over the last measuring
+    /// period (0 before the first one closes).
+    pub fn frames_per_write(&self) -> f64 {
+        self.frames_per_write
     }
 
     /// The current interval: a socket is written at most once per this.
@@ -156,6 +165,7 @@ impl Coalescer {
         self.deepest_bytes = 0;
         self.deliveries_at_start = deliveries;
         self.writes_at_start = writes;
+        self.frames_per_write = frames_per_write;
         Some(busy)
     }
 }
@@ -190,6 +200,16 @@ mod tests {
             let deliveries = c.deliveries_at_start + (written as f64 * frames) as u64;
             assert!(c.tick(*now, deliveries, writes).is_some());
         }
+    }
+
+    #[test]
+    fn reports_the_frames_per_write_of_the_last_period() {
+        let (mut now, mut c) = (0, coalescer(5, 100));
+        assert_eq!(c.frames_per_write(), 0.0);
+        run_writing(&mut c, &mut now, 0.5, 3.0, 1);
+        assert_eq!(c.frames_per_write(), 3.0);
+        run_writing(&mut c, &mut now, 0.5, 40.0, 1);
+        assert_eq!(c.frames_per_write(), 40.0);
     }
 
     #[test]

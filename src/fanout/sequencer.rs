@@ -339,6 +339,20 @@ impl Sequencer {
         self.lock().no_room_for(1, self.capacity, self.now_ms())
     }
 
+    /// [`Sequencer::is_full`] for a reactor holding HTTP publishes: when it
+    /// is full, every reactor is woken once room frees up, as after a failed
+    /// append. A reactor retries its held publishes only when it turns, and
+    /// a look that left no wake behind let one sleep, once its pass was
+    /// written, while the producer it held waited for it.
+    pub fn is_full_wake_on_room(&self) -> bool {
+        let mut log = self.lock();
+        let full = log.no_room_for(1, self.capacity, self.now_ms());
+        if full {
+            log.room_wanted = true;
+        }
+        full
+    }
+
     /// A reactor paused its intake (`paused`) or resumed it. Producers wait
     /// while any reactor is paused; the last resume lets them go on.
     pub fn set_paused(&self, reactor: usize, paused: bool) {
@@ -748,6 +762,26 @@ mod tests {
         assert!(s.is_full(), "reactor 0 is still behind");
         s.set_paused(0, false);
         assert_eq!(s.try_append(&mut vec![event("a")]), Ok(1));
+    }
+
+    #[test]
+    fn a_reactor_that_found_no_room_is_woken_when_room_frees() {
+        let s = sequencer(1, 100);
+        let wakeup = Arc::clone(s.wakeup(0));
+        s.set_paused(0, true);
+        assert_eq!(s.try_append(&mut vec![event("a")]), Err(AppendError::Full));
+        // The failed append's wake is spent (a resume, say, then another
+        // pause) before the reactor looks again.
+        s.set_paused(0, false);
+        s.set_paused(0, true);
+        wakeup.clear();
+        assert!(s.is_full_wake_on_room());
+        s.set_paused(0, false);
+        assert!(
+            wakeup.pending.load(Ordering::Acquire),
+            "the reactor holding the publish must be woken"
+        );
+        assert!(!s.is_full_wake_on_room());
     }
 
     #[test]

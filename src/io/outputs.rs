@@ -397,7 +397,7 @@ impl Reactor {
     /// Retries the publish requests that found the log full, in the order
     /// they arrived. Cheap when it still is: one look under the lock.
     pub(super) fn retry_held_publishes(&mut self) {
-        if self.held.is_empty() || self.sequencer.is_full() {
+        if self.held.is_empty() || self.sequencer.is_full_wake_on_room() {
             return;
         }
         for held in std::mem::take(&mut self.held) {

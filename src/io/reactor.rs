@@ -61,9 +61,26 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 const READS_PER_TURN: usize = 8;
 /// Shared read buffer: large reads, and no per-socket buffer while idle.
 const READ_BUFFER: usize = 64 * 1024;
-/// Sockets flushed per step of a flush pass, between two looks at new input
-/// and events: about a millisecond of writes.
+/// Sockets flushed per step of a flush pass while writes carry few frames,
+/// between two looks at new input and events: about a millisecond of
+/// one-frame writes. Events taken between steps reach the sockets later in
+/// the pass in the same write; at one event per request that is most of the
+/// batching there is (1,000 sockets at 200 events/s: 2 frames per write,
+/// against 1.3 and 20% more CPU with steps of 1,024).
 const FLUSH_STEP: usize = 256;
+/// Sockets per step once writes carry `DEEP_WRITE_FRAMES` or more: a pass
+/// over 1,000 sockets is one step. With steps of 256, the events taken
+/// between steps went to sockets already written, which then waited a whole
+/// pass, crossed half their limits sooner and paused intake twice as often:
+/// at saturation 6-8% fewer deliveries/s (BENCHMARKS.md, "Saturation at
+/// 1,000 subscribers").
+const DEEP_FLUSH_STEP: usize = 1024;
+/// Frames per write (over the coalescer's last period) from which writes
+/// count as deep. Only saturation gets there (about 455 frames per write
+/// with the default limits): at 1,000 × 8,000 events/s writes carry about
+/// 200 and at 10,000 × 900/s 320-380, and from 16 frames the large step
+/// cost 6% more CPU per delivery at 8,000/s.
+const DEEP_WRITE_FRAMES: f64 = 384.0;
 /// Events taken from the log under one lock.
 const READ_CHUNK: usize = 64;
 /// Resolution of the timer wheel.
@@ -837,12 +854,12 @@ impl Reactor {
         }
     }
 
-    /// One step of the flush pass: up to `FLUSH_STEP` sockets, one write
-    /// each. A pass over many sockets takes a while (each write costs
-    /// microseconds in the kernel), so it is cut into steps with the rest of
-    /// the loop in between: sockets later in the pass then carry the events
-    /// taken in meanwhile in the same write, and sockets already flushed get
-    /// them on the next pass.
+    /// One step of the flush pass: up to `FLUSH_STEP` sockets
+    /// (`DEEP_FLUSH_STEP` while writes are deep), one write each. A pass over
+    /// many sockets takes a while (each write costs microseconds in the
+    /// kernel), so it is cut into steps with the rest of the loop in between:
+    /// sockets later in the pass then carry the events taken in meanwhile in
+    /// the same write, and sockets already flushed get them on the next pass.
     fn flush_step(&mut self) {
         if self.flushed == self.flushing.len() {
             if self.dirty.is_empty() {
@@ -862,7 +879,12 @@ impl Reactor {
             self.passes += 1;
         }
         let began = Instant::now();
-        let end = (self.flushed + FLUSH_STEP).min(self.flushing.len());
+        let step = if self.coalescer.frames_per_write() >= DEEP_WRITE_FRAMES {
+            DEEP_FLUSH_STEP
+        } else {
+            FLUSH_STEP
+        };
+        let end = (self.flushed + step).min(self.flushing.len());
         for at in self.flushed..end {
             let key = self.flushing[at];
             if let Some(conn) = self.conns.get_mut(key) {
