@@ -397,9 +397,13 @@ impl Default for Limits {
             // 512 bytes cut a dashboard subscribing to 30 channels.
             max_message_size: 64 * 1024,
             // gorilla's chat hub cuts at 256 messages, Centrifugo at 1 MB; one
-            // stuck reader costs at most 256 KiB of queued frames here.
-            max_queue_messages: 1024,
-            max_queue_bytes: 256 * 1024,
+            // stuck reader costs at most 512 KiB of queued frames here. Half
+            // of these (where intake pauses for readers that keep up) is about
+            // one `writev` of 1,024 frames; at 1,024 / 256 KiB writes carried
+            // half that, and the relay sustained fewer deliveries/s at
+            // saturation (BENCHMARKS.md).
+            max_queue_messages: 2048,
+            max_queue_bytes: 512 * 1024,
             socket_send_buffer: 0,
             slow_consumer: SlowConsumerPolicy::Close,
             max_subscriptions: 128,
@@ -440,7 +444,7 @@ impl Default for HistoryConfig {
             max_events: 10_000,
             max_bytes: 16 * 1024 * 1024,
             max_age: Duration::from_secs(600),
-            // Fits limits.max_queue_messages (1024): a replay is queued at once.
+            // Fits limits.max_queue_messages (2048): a replay is queued at once.
             max_replay: 1000,
             last_value: Vec::new(),
             max_channels: 10_000,

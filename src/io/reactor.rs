@@ -76,10 +76,10 @@ const FLUSH_STEP: usize = 256;
 /// 1,000 subscribers").
 const DEEP_FLUSH_STEP: usize = 1024;
 /// Frames per write (over the coalescer's last period) from which writes
-/// count as deep. Only saturation gets there (about 455 frames per write
-/// with the default limits): at 1,000 × 8,000 events/s writes carry about
-/// 200 and at 10,000 × 900/s 320-380, and from 16 frames the large step
-/// cost 6% more CPU per delivery at 8,000/s.
+/// count as deep. Saturation gets there (about 1,000 frames per write with
+/// the default limits), and sometimes the runs below it: at 1,000 × 8,000
+/// events/s writes carry 170-430 and at 10,000 × 900/s 350-420. From 16
+/// frames the large step cost 6% more CPU per delivery at 8,000/s.
 const DEEP_WRITE_FRAMES: f64 = 384.0;
 /// Events taken from the log under one lock.
 const READ_CHUNK: usize = 64;
