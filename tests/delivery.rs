@@ -1,7 +1,9 @@
 //! `[[delivery]]` rules on real sockets: a stalled reader under `latest`
 //! gets the newest value of each channel and key and no backlog;
 //! `never_drop` events survive `drop_oldest`, and close the socket with 1008
-//! when they alone fill its queue. docs/protocol.md, "Delivery rules".
+//! when they alone fill its queue (or are dropped with the backlog and
+//! announced, under `slow_consumer = "resync"`). docs/protocol.md,
+//! "Delivery rules".
 
 mod common;
 
@@ -167,4 +169,42 @@ fn never_drop_events_that_fill_the_queue_close_it_with_1008() {
         matches!(closed, Closed::Code(1008) | Closed::Dropped),
         "got {closed:?}"
     );
+}
+
+#[test]
+fn never_drop_events_that_fill_the_queue_under_resync_are_announced_and_the_socket_stays() {
+    let relay = TestRelay::with(|c| {
+        stalling(c);
+        c.limits.slow_consumer = SlowConsumerPolicy::Resync;
+        c.limits.max_queue_messages = 16;
+        c.delivery = vec![rule("alert.>", DeliveryPolicy::NeverDrop, None)];
+    });
+    let mut slow = stuck_client(&relay, r#"["alert.>"]"#);
+    let pad = "x".repeat(2000);
+    for i in 0..3000 {
+        relay.publish("alert.error", json!({"i": i, "pad": pad}));
+    }
+    relay.wait_stats("a resync", |s| s.resyncs > 0);
+    let got = read_all(&mut slow);
+    let notices: Vec<&Value> = got.iter().filter(|e| e["type"] == "resync").collect();
+    assert!(!notices.is_empty(), "the dropped alerts were announced");
+    for notice in &notices {
+        assert_eq!(notice["data"]["reason"], "overflow", "{notice}");
+    }
+    let alerts = got.iter().filter(|e| e["type"] == "alert.error").count();
+    assert!(alerts < 3000, "the backlog went, alerts included: {alerts}");
+    // Nothing after a notice is older than what it stands for.
+    let mut last = 0;
+    for message in &got {
+        let seq = message["seq"]
+            .as_u64()
+            .or_else(|| message["data"]["seq"].as_u64())
+            .expect("a seq");
+        assert!(seq >= last, "seq {seq} after {last}: {message}");
+        last = seq;
+    }
+    // Resynced, not closed: the socket still answers.
+    assert_eq!(relay.stats().slow_consumer_closes, 0);
+    slow.send_text(r#"{"type":"ping"}"#);
+    assert_eq!(slow.next_json()["type"], "pong");
 }

@@ -336,3 +336,35 @@ fn a_resume_across_a_nats_outage_is_gone() {
     let reply = again.request(&json!({"type": "subscribe", "channels": ["feed"], "since": since}));
     assert_eq!(reply["recovered"], true, "{reply}");
 }
+
+/// In core NATS mode each relay numbers events itself: a position from one
+/// relay means nothing on another, which says so (`reason: "epoch"`) and
+/// delivers live from there.
+#[test]
+fn in_core_mode_a_resume_on_another_relay_is_refused_as_another_epoch() {
+    let Some(nats) = NatsServer::started() else {
+        return;
+    };
+    let a = fleet_relay(&nats, |_| {});
+    let b = fleet_relay(&nats, |_| {});
+    wait_up(&a);
+    wait_up(&b);
+    let mut on_a = connect(a.addr);
+    let reply = on_a.request(&json!({"type": "subscribe", "channels": ["feed.*"]}));
+    let epoch_a = reply["epoch"].as_str().expect("epoch").to_string();
+    wait_subscriptions(&a, 1);
+    assert_eq!(publish_on(&a, "feed.x", json!({ "n": 0 })).status, 200);
+    let seq = on_a.next_json()["seq"].as_u64().expect("seq");
+
+    let mut on_b = connect(b.addr);
+    let since = json!({ "epoch": epoch_a, "seq": seq });
+    let reply = on_b.request(&json!({"type": "subscribe", "channels": ["feed.*"], "since": since}));
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["reason"], "epoch", "{reply}");
+    assert_ne!(reply["epoch"], epoch_a.as_str(), "{reply}");
+    // Live delivery starts as for a plain subscribe.
+    wait_subscriptions(&b, 1);
+    assert_eq!(publish_on(&a, "feed.x", json!({ "n": 1 })).status, 200);
+    let event = on_b.next_json();
+    assert_eq!(event["data"]["n"], 1, "{event}");
+}

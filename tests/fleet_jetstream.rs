@@ -6,10 +6,13 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::nats::*;
+use common::proc::{parse_startup_line, Proc};
 use common::*;
 use serde_json::{json, Value};
 use tidings::{Event, UpstreamConfig};
@@ -36,7 +39,11 @@ fn js_relay_with(
 
 /// The epoch the relay's reactors answer with (`/api/stats`).
 fn epoch_of(relay: &TestRelay) -> String {
-    let stats = http_get(relay.addr, "/api/stats").json();
+    epoch_at(relay.addr)
+}
+
+fn epoch_at(addr: SocketAddr) -> String {
+    let stats = http_get(addr, "/api/stats").json();
     stats["epoch"].as_str().expect("epoch").to_string()
 }
 
@@ -202,6 +209,83 @@ fn a_client_resumes_on_another_relay_with_nothing_missed() {
     expected.retain(|_| true);
     assert_eq!(replayed, expected);
     assert!(relay_metric(&c, "tidings_upstream_backfilled_total") > 0);
+}
+
+/// A relay killed outright (SIGKILL: no close frame, nothing more written):
+/// its client comes back through another relay and resumes there, and gets
+/// what the stream acknowledged to the dead relay just before it died as
+/// well as what the other relay took in meanwhile.
+#[test]
+fn a_client_of_a_killed_relay_resumes_on_another_with_nothing_missed() {
+    let Some(nats) = NatsServer::started_jetstream() else {
+        return;
+    };
+    let config = TempFile::new(
+        "killed-relay.toml",
+        &format!(
+            "[upstream]\nnats = [\"{}\"]\njetstream = true\n",
+            nats.url()
+        ),
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(config.path())
+        .env("TIDINGS_LOG", "warn");
+    let mut a = Proc::spawn_command(command);
+    let a_addr = parse_startup_line(&a.startup_line());
+    let b = js_relay(&nats, |_| {});
+    let epoch = wait_one_epoch(&[&b]);
+    wait_until("A to read the stream", || {
+        epoch_at(a_addr) == epoch
+            && metric(a_addr, "tidings_upstream_consumers_created_total").unwrap_or(0.0) > 0.0
+    });
+
+    let mut on_a = connect(a_addr);
+    on_a.subscribe(&["feed.*"]);
+    let publish_at_a = |n: u64| {
+        let body = json!({ "channel": "feed.x", "data": { "n": n } }).to_string();
+        let answer = http(a_addr, &publish_request(&body, ""));
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+        answer.json()["seq"].as_u64().expect("seq")
+    };
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        publish_at_a(n);
+        let event = on_a.next_json();
+        seen.push((
+            event["seq"].as_u64().expect("seq"),
+            event["data"]["n"].as_u64().expect("n"),
+        ));
+    }
+    assert_eq!(
+        seen.iter().map(|e| e.1).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    let position = seen.last().unwrap().0;
+
+    // Acknowledged by the stream (the answer carries its seq), then A dies
+    // before its client has read them.
+    let mut missed: Vec<(u64, u64)> = (5..8).map(|n| (publish_at_a(n), n)).collect();
+    a.child.kill().expect("SIGKILL relay A");
+    a.child.wait().expect("reap relay A");
+    drop(on_a);
+    missed.extend((8..13).map(|n| (publish_n(&b, "feed.x", n), n)));
+
+    // Back through the load balancer, on B.
+    let last = missed.last().unwrap().0;
+    wait_until("B to have read the stream", || {
+        relay_metric(&b, "tidings_upstream_received_total") >= last
+    });
+    let mut on_b = connect(b.addr);
+    let reply = subscribe_since(&mut on_b, &["feed.*"], &epoch, position);
+    assert_eq!(reply["recovered"], true, "{reply}");
+    publish_on(&b, "feed.x", json!({ "last": true }));
+    assert_eq!(
+        read_seqs_through_last(&mut on_b),
+        missed,
+        "zero missed, zero twice"
+    );
 }
 
 #[test]
