@@ -1,5 +1,6 @@
 //! The binary's logs: no credential ever appears in them, at the debug
-//! level too; `--log-format json`; one line per close, rate-limited.
+//! level too; `--log-format json`; one line per close, rate-limited; the
+//! level from `RUST_LOG` when `TIDINGS_LOG` is unset.
 
 mod common;
 
@@ -147,4 +148,37 @@ fn a_burst_of_closes_is_summed_up_past_the_limit() {
     // At most 2 a second per reactor; the run takes a few seconds at most.
     assert!(closes < 20, "{closes} close lines:\n{log}");
     assert!(log.contains("were not logged"), "{log}");
+}
+
+/// With `TIDINGS_LOG` unset, `RUST_LOG` sets the level: at `warn` a
+/// connection's close line (info) is left out, at `info` it is written.
+#[test]
+fn rust_log_sets_the_level_when_tidings_log_is_unset() {
+    let levels_at = |rust_log: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env_remove("TIDINGS_LOG")
+            .env("RUST_LOG", rust_log);
+        let mut proc = Proc::spawn_command(command);
+        let addr = parse_startup_line(&proc.startup_line());
+        let mut raw = Raw::upgrade(addr);
+        raw.send_text(r#"{"type":"ping"}"#);
+        assert_eq!(raw.next_json()["type"], "pong");
+        drop(raw);
+        proc.signal(libc::SIGTERM);
+        assert!(proc.wait_exit().success());
+        let log = proc.stderr_text();
+        log.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .map(|l| l["level"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<String>>()
+    };
+    let at_warn = levels_at("warn");
+    assert!(
+        at_warn.iter().all(|l| l == "WARN" || l == "ERROR"),
+        "{at_warn:?}"
+    );
+    let at_info = levels_at("info");
+    assert!(at_info.iter().any(|l| l == "INFO"), "{at_info:?}");
 }
