@@ -671,3 +671,83 @@ async fn forward(mut subscriber: async_nats::Subscriber, inbound: InboundQueue) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::delivery::Shaping;
+    use crate::fanout::history::History;
+
+    fn message(n: u8) -> Message {
+        Message {
+            subject: "tidings.feed".into(),
+            reply: None,
+            payload: bytes::Bytes::from(vec![n]),
+            headers: None,
+            status: None,
+            description: None,
+            length: 1,
+        }
+    }
+
+    fn queue(room: usize) -> (InboundQueue, mpsc::Receiver<Inbound>) {
+        let history = History::new(&HistoryConfig::default(), "test-epoch");
+        let sequencer = Sequencer::new(16, vec![], Arc::default(), history, Shaping::default());
+        let (outgoing, _) = mpsc::unbounded_channel();
+        let link = UpstreamLink::new(
+            outgoing,
+            16,
+            Duration::from_secs(1),
+            0,
+            Arc::new(sequencer),
+            false,
+        );
+        let (sender, receiver) = mpsc::channel(room);
+        let queue = InboundQueue {
+            sender,
+            cut_owed: Arc::default(),
+            link: Arc::new(link),
+        };
+        (queue, receiver)
+    }
+
+    /// What the inbound task would read: message payloads, and `None` for a cut.
+    fn drain(receiver: &mut mpsc::Receiver<Inbound>) -> Vec<Option<u8>> {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|inbound| match inbound {
+                Inbound::Message(m) => Some(m.payload[0]),
+                Inbound::Cut => None,
+            })
+            .collect()
+    }
+
+    /// A relay slower than NATS never holds more than the queue's room: what
+    /// does not fit is dropped, counted, and followed by a cut, so that its
+    /// subscribers are told (never a silent loss).
+    #[test]
+    fn a_full_inbound_queue_drops_counts_and_owes_a_cut() {
+        let (queue, mut receiver) = queue(2);
+        for n in 1..=4 {
+            assert!(queue.push(message(n)));
+        }
+        let dropped = || queue.link.counters.dropped.load(Ordering::Relaxed);
+        assert_eq!(dropped(), 2, "3 and 4 did not fit");
+        assert_eq!(drain(&mut receiver), [Some(1), Some(2)]);
+        // The cut goes before anything newer.
+        assert!(queue.push(message(5)));
+        assert_eq!(drain(&mut receiver), [None, Some(5)]);
+        assert_eq!(dropped(), 2);
+        // An owed cut is paid as soon as there is room, without a message.
+        queue.push(message(6));
+        queue.push(message(7));
+        queue.push(message(8));
+        assert_eq!(dropped(), 3);
+        assert_eq!(drain(&mut receiver), [Some(6), Some(7)]);
+        queue.pay_owed_cut();
+        assert_eq!(drain(&mut receiver), [None]);
+        queue.pay_owed_cut();
+        assert_eq!(drain(&mut receiver), [], "one cut per loss");
+        drop(receiver);
+        assert!(!queue.push(message(9)), "closed");
+    }
+}
