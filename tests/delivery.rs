@@ -47,6 +47,37 @@ fn read_all(raw: &mut Raw) -> Vec<Value> {
         .collect()
 }
 
+/// A stalled reader of `alert.>` (`never_drop`, a queue of 16 frames under
+/// `policy`) and 3,000 alerts of 2 kB published to it.
+fn alerts_flooding_a_stalled_reader(policy: SlowConsumerPolicy) -> (TestRelay, Raw) {
+    let relay = TestRelay::with(|c| {
+        stalling(c);
+        c.limits.slow_consumer = policy;
+        c.limits.max_queue_messages = 16;
+        c.delivery = vec![rule("alert.>", DeliveryPolicy::NeverDrop, None)];
+    });
+    let slow = stuck_client(&relay, r#"["alert.>"]"#);
+    let pad = "x".repeat(2000);
+    for i in 0..3000 {
+        relay.publish("alert.error", json!({"i": i, "pad": pad}));
+    }
+    (relay, slow)
+}
+
+/// Events and notices come in seq order: a notice names the last event it
+/// stands for, and every event after it is newer.
+fn assert_in_seq_order(got: &[Value]) {
+    let mut last = 0;
+    for message in got {
+        let seq = message["seq"]
+            .as_u64()
+            .or_else(|| message["data"]["seq"].as_u64())
+            .expect("a seq");
+        assert!(seq >= last, "seq {seq} after {last}: {message}");
+        last = seq;
+    }
+}
+
 #[test]
 fn a_stalled_reader_under_latest_gets_the_newest_value_per_key_and_no_backlog() {
     let relay = TestRelay::with(|c| {
@@ -136,33 +167,13 @@ fn never_drop_events_survive_drop_oldest() {
     let floods = got.iter().filter(|e| e["type"] == "flood.x").count() as u64;
     assert!(notices > 0, "the dropped flood events were announced");
     assert!(floods < FLOOD, "flood events were dropped");
-    // Events and notices come in seq order: a notice names the last event
-    // it stands for, and every event after it is newer.
-    let mut last = 0;
-    for message in &got {
-        let seq = message["seq"]
-            .as_u64()
-            .or_else(|| message["data"]["seq"].as_u64())
-            .expect("a seq");
-        assert!(seq >= last, "seq {seq} after {last}: {message}");
-        last = seq;
-    }
+    assert_in_seq_order(&got);
     assert_eq!(relay.stats().slow_consumer_closes, 0);
 }
 
 #[test]
 fn never_drop_events_that_fill_the_queue_close_it_with_1008() {
-    let relay = TestRelay::with(|c| {
-        stalling(c);
-        c.limits.slow_consumer = SlowConsumerPolicy::DropOldest;
-        c.limits.max_queue_messages = 16;
-        c.delivery = vec![rule("alert.>", DeliveryPolicy::NeverDrop, None)];
-    });
-    let mut slow = stuck_client(&relay, r#"["alert.>"]"#);
-    let pad = "x".repeat(2000);
-    for i in 0..3000 {
-        relay.publish("alert.error", json!({"i": i, "pad": pad}));
-    }
+    let (relay, mut slow) = alerts_flooding_a_stalled_reader(SlowConsumerPolicy::DropOldest);
     relay.wait_stats("a slow consumer close", |s| s.slow_consumer_closes == 1);
     let closed = slow.expect_close();
     assert!(
@@ -173,17 +184,7 @@ fn never_drop_events_that_fill_the_queue_close_it_with_1008() {
 
 #[test]
 fn never_drop_events_that_fill_the_queue_under_resync_are_announced_and_the_socket_stays() {
-    let relay = TestRelay::with(|c| {
-        stalling(c);
-        c.limits.slow_consumer = SlowConsumerPolicy::Resync;
-        c.limits.max_queue_messages = 16;
-        c.delivery = vec![rule("alert.>", DeliveryPolicy::NeverDrop, None)];
-    });
-    let mut slow = stuck_client(&relay, r#"["alert.>"]"#);
-    let pad = "x".repeat(2000);
-    for i in 0..3000 {
-        relay.publish("alert.error", json!({"i": i, "pad": pad}));
-    }
+    let (relay, mut slow) = alerts_flooding_a_stalled_reader(SlowConsumerPolicy::Resync);
     relay.wait_stats("a resync", |s| s.resyncs > 0);
     let got = read_all(&mut slow);
     let notices: Vec<&Value> = got.iter().filter(|e| e["type"] == "resync").collect();
@@ -193,16 +194,7 @@ fn never_drop_events_that_fill_the_queue_under_resync_are_announced_and_the_sock
     }
     let alerts = got.iter().filter(|e| e["type"] == "alert.error").count();
     assert!(alerts < 3000, "the backlog went, alerts included: {alerts}");
-    // Nothing after a notice is older than what it stands for.
-    let mut last = 0;
-    for message in &got {
-        let seq = message["seq"]
-            .as_u64()
-            .or_else(|| message["data"]["seq"].as_u64())
-            .expect("a seq");
-        assert!(seq >= last, "seq {seq} after {last}: {message}");
-        last = seq;
-    }
+    assert_in_seq_order(&got);
     // Resynced, not closed: the socket still answers.
     assert_eq!(relay.stats().slow_consumer_closes, 0);
     slow.send_text(r#"{"type":"ping"}"#);

@@ -14,15 +14,21 @@ use common::*;
 use serde_json::json;
 use tidings::{Event, PublishError, UpstreamConfig};
 
+/// Two relays on `nats`, both connected.
+fn two_relays_up(nats: &NatsServer) -> (TestRelay, TestRelay) {
+    let a = fleet_relay(nats, |_| {});
+    let b = fleet_relay(nats, |_| {});
+    wait_up(&a);
+    wait_up(&b);
+    (a, b)
+}
+
 #[test]
 fn an_http_publish_on_a_reaches_a_subscriber_on_b_once_in_order() {
     let Some(nats) = NatsServer::started() else {
         return;
     };
-    let a = fleet_relay(&nats, |_| {});
-    let b = fleet_relay(&nats, |_| {});
-    wait_up(&a);
-    wait_up(&b);
+    let (a, b) = two_relays_up(&nats);
     let mut client = connect(b.addr);
     // Two overlapping patterns: NATS sends each message twice; once arrives.
     client.subscribe(&["job.*", "job.>"]);
@@ -43,10 +49,7 @@ fn an_embedded_publisher_on_b_reaches_a_and_b() {
     let Some(nats) = NatsServer::started() else {
         return;
     };
-    let a = fleet_relay(&nats, |_| {});
-    let b = fleet_relay(&nats, |_| {});
-    wait_up(&a);
-    wait_up(&b);
+    let (a, b) = two_relays_up(&nats);
     let mut on_a = connect(a.addr);
     on_a.subscribe(&["prices.>"]);
     let mut on_b = connect(b.addr);
@@ -73,10 +76,7 @@ fn a_relay_subscribes_upstream_only_to_what_its_clients_hold() {
     let Some(nats) = NatsServer::started() else {
         return;
     };
-    let a = fleet_relay(&nats, |_| {});
-    let b = fleet_relay(&nats, |_| {});
-    wait_up(&a);
-    wait_up(&b);
+    let (a, b) = two_relays_up(&nats);
     // Two clients on A hold y.*: one NATS subscription, counted twice.
     let mut first = connect(a.addr);
     first.subscribe(&["y.*"]);
@@ -158,10 +158,7 @@ fn both_relays_recover_when_nats_restarts_mid_stream() {
     let Some(mut nats) = NatsServer::started() else {
         return;
     };
-    let a = fleet_relay(&nats, |_| {});
-    let b = fleet_relay(&nats, |_| {});
-    wait_up(&a);
-    wait_up(&b);
+    let (a, b) = two_relays_up(&nats);
     let mut on_a = connect(a.addr);
     on_a.subscribe(&["feed"]);
     let mut on_b = connect(b.addr);
@@ -345,10 +342,7 @@ fn in_core_mode_a_resume_on_another_relay_is_refused_as_another_epoch() {
     let Some(nats) = NatsServer::started() else {
         return;
     };
-    let a = fleet_relay(&nats, |_| {});
-    let b = fleet_relay(&nats, |_| {});
-    wait_up(&a);
-    wait_up(&b);
+    let (a, b) = two_relays_up(&nats);
     let mut on_a = connect(a.addr);
     let reply = on_a.request(&json!({"type": "subscribe", "channels": ["feed.*"]}));
     let epoch_a = reply["epoch"].as_str().expect("epoch").to_string();
