@@ -7,12 +7,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::nats::*;
-use common::proc::{parse_startup_line, Proc};
+use common::proc::Proc;
 use common::*;
 use serde_json::{json, Value};
 use tidings::{Event, UpstreamConfig};
@@ -227,13 +226,7 @@ fn a_client_of_a_killed_relay_resumes_on_another_with_nothing_missed() {
             nats.url()
         ),
     );
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(config.path())
-        .env("TIDINGS_LOG", "warn");
-    let mut a = Proc::spawn_command(command);
-    let a_addr = parse_startup_line(&a.startup_line());
+    let (mut a, a_addr) = Proc::start(&["--config", config.path()]);
     let b = js_relay(&nats, |_| {});
     let epoch = wait_one_epoch(&[&b]);
     wait_until("A to read the stream", || {
